@@ -1,0 +1,133 @@
+"""Run settings: neurons in `LxNy` notation, sample-size profiles, the seed's neuron lists.
+
+Everything a run depends on that is not a model weight or a data byte lives here, so that
+the cache key of every step can be derived from these values alone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from .errors import UsageError
+
+_NEURON_RE = re.compile(r"^L(\d+)N(\d+)$")
+
+
+@dataclass(frozen=True, order=True)
+class Neuron:
+    """An MLP neuron, addressed as TransformerLens does: `blocks.{layer}.mlp.hook_post[..., index]`."""
+
+    layer: int
+    index: int
+
+    @classmethod
+    def parse(cls, text: str) -> Neuron:
+        """Parse `LxNy` (e.g. `L3N669`).
+
+        Raises:
+            UsageError: the text is not of the form `L<int>N<int>`.
+        """
+        m = _NEURON_RE.match(text.strip())
+        if not m:
+            raise UsageError(
+                f"neuron {text!r} is not of the form LxNy (layer x, neuron y), e.g. L3N669"
+            )
+        return cls(int(m.group(1)), int(m.group(2)))
+
+    def check(self, n_layers: int, d_mlp: int) -> None:
+        """Raise UsageError if this neuron does not exist in a model of that shape."""
+        if not (0 <= self.layer < n_layers):
+            raise UsageError(
+                f"neuron {self} is out of range: the model has layers 0..{n_layers - 1}"
+            )
+        if not (0 <= self.index < d_mlp):
+            raise UsageError(
+                f"neuron {self} is out of range: layer {self.layer} has neurons 0..{d_mlp - 1}"
+            )
+
+    def __str__(self) -> str:
+        return f"L{self.layer}N{self.index}"
+
+    def hook(self, name: str = "hook_post") -> str:
+        return f"blocks.{self.layer}.mlp.{name}"
+
+
+def _neurons(pairs: list[tuple[int, int]]) -> tuple[Neuron, ...]:
+    return tuple(Neuron(layer, index) for layer, index in pairs)
+
+
+# The seed's lists (cell "Set up model, data, and deactivate German neuron hook"), kept as
+# they are whatever --neuron says: they are what the seed studied in Pythia-70M.
+ENGLISH_NEURONS = _neurons(
+    [(5, 395), (5, 166), (5, 908), (5, 285), (3, 862), (5, 73), (4, 896), (5, 348), (5, 297), (3, 1204)]
+)
+GERMAN_NEURONS = _neurons(
+    [(4, 482), (5, 1039), (5, 407), (5, 1516), (5, 1336), (4, 326), (5, 250), (3, 669)]
+)
+FRENCH_NEURONS = _neurons(
+    [(5, 112), (4, 1080), (5, 1293), (5, 455), (5, 5), (5, 1901), (5, 486), (4, 975)]
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sample sizes of a run. `paper` is the seed's; `quick` fits a 2-core CPU.
+
+    Attributes:
+        activation_examples: examples per language whose MLP activations are collected
+            (seed: `german_data[:200]`, `english_data[:200]`).
+        crop_start, crop_end: token positions kept per example (seed `get_mlp_activations`
+            defaults 10 and 400; position 0 is BOS).
+        probe_samples: activations per language fed to each single-neuron probe (seed 5,000).
+        probe_test_size: held-out fraction of the probe split (seed 0.2).
+        loss_examples: examples per language for the mean-ablation losses (seed 1,000).
+        seed: the seed of every random choice (the probe's train/test split; random weights).
+        batch_tokens: padded tokens per forward batch (memory, not results).
+    """
+
+    name: str
+    activation_examples: int
+    probe_samples: int
+    loss_examples: int
+    crop_start: int = 10
+    crop_end: int = 400
+    probe_test_size: float = 0.2
+    seed: int = 0
+    batch_tokens: int = 4096
+
+    def sizes(self) -> dict:
+        d = asdict(self)
+        d.pop("name")
+        d.pop("batch_tokens")
+        return d
+
+
+PROFILES: dict[str, Profile] = {
+    "paper": Profile("paper", activation_examples=200, probe_samples=5000, loss_examples=1000),
+    "quick": Profile("quick", activation_examples=30, probe_samples=2000, loss_examples=40),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """Raises UsageError for an unknown profile name."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise UsageError(
+            f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What the user asked for, resolved (paths absolute, names validated)."""
+
+    model: str
+    neuron: Neuron
+    profile: Profile
+    device: str = "cpu"
+    data_dir: str | None = None
+    tokenizer: str | None = None
+    out: str | None = None
+    studied: tuple[Neuron, ...] = field(default=GERMAN_NEURONS)

@@ -1,0 +1,337 @@
+"""The forward-pass engine every analysis uses.
+
+It runs the bridge's processed weights (LayerNorm folded, writing weights and unembedding
+centred, exactly as `enable_compatibility_mode()` leaves them) in a batched, hook-named
+forward of Pythia's architecture (rotary attention, parallel attention + MLP, GELU), so that
+it can do what the bridge's own forward cannot do cheaply:
+
+* batch examples of different lengths (right padding; under a causal mask a real token
+  never attends to padding, so no attention mask is needed and results equal the
+  unpadded per-example pass up to float rounding);
+* stop at the last layer an analysis needs (no unembedding for activation statistics);
+* restart an ablated pass from the cached residual stream at the ablated layer;
+* compute the next-token loss in row chunks without materialising a whole batch's logits.
+
+Interventions are keyed by the hook names TransformerLens writes
+(`blocks.3.mlp.hook_post`, `blocks.5.mlp.hook_pre`, `blocks.4.hook_resid_pre`, ...):
+an `Edits` mapping is `{hook_name: fn(tensor) -> tensor}`, like a `fwd_hooks` list.
+`tests/test_engine.py` checks the engine against the bridge's own forward.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+Edit = Callable[[Tensor], Tensor]
+Edits = Mapping[str, Edit]
+
+SUPPORTED_HOOKS = (
+    "hook_resid_pre", "hook_attn_out", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out",
+    "hook_resid_post",
+)
+
+
+@dataclass
+class Weights:
+    """Processed weights in TransformerLens shapes (see `from_bridge`)."""
+
+    W_E: Float[Tensor, "d_vocab d_model"]
+    W_Q: Float[Tensor, "n_layers n_heads d_model d_head"]
+    b_Q: Float[Tensor, "n_layers n_heads d_head"]
+    W_K: Float[Tensor, "n_layers n_heads d_model d_head"]
+    b_K: Float[Tensor, "n_layers n_heads d_head"]
+    W_V: Float[Tensor, "n_layers n_heads d_model d_head"]
+    b_V: Float[Tensor, "n_layers n_heads d_head"]
+    W_O: Float[Tensor, "n_layers n_heads d_head d_model"]
+    b_O: Float[Tensor, "n_layers d_model"]
+    W_in: Float[Tensor, "n_layers d_model d_mlp"]
+    b_in: Float[Tensor, "n_layers d_mlp"]
+    W_out: Float[Tensor, "n_layers d_mlp d_model"]
+    b_out: Float[Tensor, "n_layers d_model"]
+    W_U: Float[Tensor, "d_model d_vocab"]
+    b_U: Float[Tensor, "d_vocab"]
+    rotary_dim: int
+    rotary_base: float
+    eps: float
+
+    @property
+    def n_layers(self) -> int:
+        return self.W_Q.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.W_Q.shape[1]
+
+    @property
+    def d_head(self) -> int:
+        return self.W_Q.shape[3]
+
+    @property
+    def d_mlp(self) -> int:
+        return self.W_in.shape[2]
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_E.device
+
+    @classmethod
+    def from_bridge(cls, bridge, rotary_pct: float) -> Weights:
+        """Copy the processed weights out of a TransformerBridge in compatibility mode."""
+        names = ["W_E", "W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O",
+                 "W_in", "b_in", "W_out", "b_out", "W_U", "b_U"]
+        with torch.no_grad():
+            t = {n: getattr(bridge, n).detach().clone().float().contiguous() for n in names}
+        cfg = bridge.cfg
+        d_head = t["W_Q"].shape[3]
+        return cls(
+            **t,
+            rotary_dim=int(d_head * rotary_pct),
+            rotary_base=float(getattr(cfg, "rotary_base", 10000) or 10000),
+            eps=float(getattr(cfg, "eps", 1e-5)),
+        )
+
+
+def layer_norm_pre(x: Float[Tensor, "... d_model"], eps: float) -> Float[Tensor, "... d_model"]:
+    """LayerNorm without weights (TransformerLens `LNPre`): the folded form."""
+    x = x - x.mean(-1, keepdim=True)
+    return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+
+def _rotary_tables(n_pos: int, rotary_dim: int, base: float, device) -> tuple[Tensor, Tensor]:
+    inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64, device=device).float() / rotary_dim))
+    pos = torch.arange(n_pos, device=device, dtype=torch.int64).float()
+    freqs = torch.outer(pos, inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def _apply_rotary(x: Float[Tensor, "batch pos head d_head"], cos: Tensor, sin: Tensor, rotary_dim: int) -> Tensor:
+    # GPT-NeoX rotates the first rotary_dim dims of each head, halves not interleaved.
+    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
+    half = rotary_dim // 2
+    rotated = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)
+    c = cos[None, :, None, :]
+    s = sin[None, :, None, :]
+    return torch.cat([x_rot * c + rotated * s, x_pass], dim=-1)
+
+
+class Forward:
+    """A hook-named forward over `Weights`; every method is a pure function of its inputs."""
+
+    def __init__(self, w: Weights):
+        self.w = w
+        self._rope: tuple[int, Tensor, Tensor] | None = None
+        self.tokens_forwarded = 0  # tokens x layers / n_layers, for the pass counters
+        self.unembedded_rows = 0
+
+    def _rope_for(self, n_pos: int):
+        if self._rope is None or self._rope[0] < n_pos:
+            cos, sin = _rotary_tables(max(n_pos, 128), self.w.rotary_dim, self.w.rotary_base, self.w.device)
+            self._rope = (max(n_pos, 128), cos, sin)
+        return self._rope[1][:n_pos], self._rope[2][:n_pos]
+
+    def embed(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        return self.w.W_E[tokens]
+
+    def block(self, layer: int, resid: Float[Tensor, "batch pos d_model"], edits: Edits | None = None,
+              capture: dict | None = None) -> Float[Tensor, "batch pos d_model"]:
+        """One parallel-residual block: resid + attn(LN(resid)) + mlp(LN(resid))."""
+        w = self.w
+        edits = edits or {}
+        p = f"blocks.{layer}."
+
+        def hook(name: str, x: Tensor) -> Tensor:
+            fn = edits.get(p + name)
+            if fn is not None:
+                x = fn(x)
+            if capture is not None and (p + name) in capture:
+                capture[p + name] = x
+            return x
+
+        resid = hook("hook_resid_pre", resid)
+        b, n, _ = resid.shape
+        x = layer_norm_pre(resid, w.eps)
+        q = torch.einsum("bpd,hde->bphe", x, w.W_Q[layer]) + w.b_Q[layer]
+        k = torch.einsum("bpd,hde->bphe", x, w.W_K[layer]) + w.b_K[layer]
+        v = torch.einsum("bpd,hde->bphe", x, w.W_V[layer]) + w.b_V[layer]
+        if w.rotary_dim:
+            cos, sin = self._rope_for(n)
+            q = _apply_rotary(q, cos, sin, w.rotary_dim)
+            k = _apply_rotary(k, cos, sin, w.rotary_dim)
+        # Explicit softmax attention (eager, fp32), as the bridge's eager path.
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(w.d_head)
+        causal = torch.ones(n, n, dtype=torch.bool, device=resid.device).triu(1)
+        scores = scores.masked_fill(causal, float("-inf"))
+        pattern = scores.softmax(-1)
+        z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+        attn_out = torch.einsum("bqhe,hed->bqd", z, w.W_O[layer]) + w.b_O[layer]
+        attn_out = hook("hook_attn_out", attn_out)
+        pre = x @ w.W_in[layer] + w.b_in[layer]
+        pre = hook("mlp.hook_pre", pre)
+        post = F.gelu(pre)
+        post = hook("mlp.hook_post", post)
+        mlp_out = post @ w.W_out[layer] + w.b_out[layer]
+        mlp_out = hook("hook_mlp_out", mlp_out)
+        resid = resid + attn_out + mlp_out
+        self.tokens_forwarded += b * n / w.n_layers
+        return hook("hook_resid_post", resid)
+
+    def run(self, tokens: Int[Tensor, "batch pos"] | None = None, *, resid: Tensor | None = None,
+            start_layer: int = 0, stop_layer: int | None = None, edits: Edits | None = None,
+            capture: dict | None = None) -> Float[Tensor, "batch pos d_model"]:
+        """Residual stream after block `stop_layer - 1` (all blocks by default).
+
+        Start from `tokens` (embedding) or from `resid`, the residual stream entering block
+        `start_layer` (`blocks.{start_layer}.hook_resid_pre`).
+        """
+        stop = self.w.n_layers if stop_layer is None else stop_layer
+        if resid is None:
+            assert tokens is not None and start_layer == 0
+            resid = self.embed(tokens)
+        for layer in range(start_layer, stop):
+            resid = self.block(layer, resid, edits, capture)
+        return resid
+
+    def logits(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        return layer_norm_pre(resid, self.w.eps) @ self.w.W_U + self.w.b_U
+
+    def token_losses(self, resid: Float[Tensor, "batch pos d_model"], tokens: Int[Tensor, "batch pos"],
+                     lengths: Int[Tensor, "batch"], chunk_rows: int = 1024) -> Float[Tensor, "batch pos_minus_1"]:
+        """Next-token cross-entropy (nats) at every position with a target; 0 elsewhere.
+
+        Position t of row i predicts token t+1; positions t >= lengths[i]-1 (the last real
+        token and the padding) have no target, as in the seed's `get_average_loss` mask.
+        Logits are formed `chunk_rows` rows at a time, for valid rows only.
+        """
+        b, n, d = resid.shape
+        valid = torch.arange(n - 1, device=resid.device)[None, :] < (lengths[:, None] - 1)
+        rows = resid[:, :-1][valid]
+        targets = tokens[:, 1:][valid]
+        out = torch.empty(rows.shape[0], device=resid.device, dtype=resid.dtype)
+        for s in range(0, rows.shape[0], chunk_rows):
+            lg = self.logits(rows[s:s + chunk_rows])
+            out[s:s + chunk_rows] = torch.logsumexp(lg, -1) - lg.gather(-1, targets[s:s + chunk_rows, None])[:, 0]
+        self.unembedded_rows += rows.shape[0]
+        losses = torch.zeros(b, n - 1, device=resid.device, dtype=resid.dtype)
+        losses[valid] = out
+        return losses
+
+
+@dataclass
+class Batch:
+    """Right-padded token batch. `index[i]` is row i's position in the caller's list."""
+
+    tokens: Int[Tensor, "batch pos"]
+    lengths: Int[Tensor, "batch"]
+    index: list[int]
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+
+def make_batches(token_lists: Sequence[Sequence[int]], batch_tokens: int, pad_id: int,
+                 device: str | torch.device = "cpu") -> list[Batch]:
+    """Group examples by length (longest first) into batches of at most `batch_tokens`
+    padded tokens (a longer single example gets its own batch)."""
+    order = sorted(range(len(token_lists)), key=lambda i: (-len(token_lists[i]), i))
+    batches: list[Batch] = []
+    cur: list[int] = []
+    for i in order:
+        width = len(token_lists[cur[0]]) if cur else len(token_lists[i])
+        if cur and width * (len(cur) + 1) > batch_tokens:
+            batches.append(_pack(token_lists, cur, pad_id, device))
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(_pack(token_lists, cur, pad_id, device))
+    return batches
+
+
+def _pack(token_lists, idx: list[int], pad_id: int, device) -> Batch:
+    width = max(len(token_lists[i]) for i in idx)
+    t = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    for r, i in enumerate(idx):
+        t[r, : len(token_lists[i])] = torch.tensor(token_lists[i], dtype=torch.long)
+    lengths = torch.tensor([len(token_lists[i]) for i in idx], dtype=torch.long)
+    return Batch(t.to(device), lengths.to(device), list(idx))
+
+
+def progress(iterable: Sequence[Batch], desc: str, enabled: bool = True) -> Iterator[Batch]:
+    """A tqdm bar over batches that shows tokens/s."""
+    from tqdm.auto import tqdm
+
+    total = sum(b.n_tokens for b in iterable)
+    start = time.perf_counter()
+    with tqdm(total=total, desc=desc, unit="tok", unit_scale=True, disable=not enabled,
+              leave=False, dynamic_ncols=True) as bar:
+        for b in iterable:
+            yield b
+            bar.update(b.n_tokens)
+    _ = start
+
+
+def set_neurons(indices: Sequence[int], values: Sequence[float] | float) -> Edit:
+    """An edit that sets neurons `indices` of an MLP hook to `values` (mean ablation when
+    the values are mean activations). Seed: `value[:, :, NEURONS] = MEAN_ACTIVATION_INACTIVE`."""
+    idx = list(indices)
+    vals = values
+
+    def fn(x: Tensor) -> Tensor:
+        x = x.clone()
+        v = torch.as_tensor(vals, dtype=x.dtype, device=x.device)
+        x[..., idx] = v
+        return x
+
+    return fn
+
+
+def earliest_layer(edits: Edits) -> int:
+    """The first block an edit touches (where a restarted pass must begin)."""
+    layers = [int(name.split(".")[1]) for name in edits]
+    return min(layers) if layers else 0
+
+
+def per_example_losses(
+    fwd: Forward,
+    batches: Sequence[Batch],
+    variants: Mapping[str, Edits],
+    desc: str = "losses",
+    show_progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Mean next-token loss (nats) of every example under the unedited model (`"original"`)
+    and each variant, in the caller's example order.
+
+    The unedited pass runs once per batch; each variant restarts from the cached
+    `hook_resid_pre` of the first layer it edits. Seed: `haystack_utils.get_ablated_performance`
+    (per example `model(tokens, return_type="loss")`, with and without the hooks).
+
+    Returns:
+        {"original": [n_examples], name: [n_examples], ...}
+    """
+    n = sum(len(b.index) for b in batches)
+    out = {k: np.zeros(n, dtype=np.float64) for k in ["original", *variants]}
+    starts = {name: earliest_layer(e) for name, e in variants.items()}
+    needed = sorted(set(starts.values()))
+    with torch.inference_mode():
+        for batch in progress(batches, desc, show_progress):
+            capture = {f"blocks.{layer}.hook_resid_pre": None for layer in needed}
+            resid = fwd.run(batch.tokens, capture=capture)
+            denom = (batch.lengths - 1).clamp(min=1).to(resid.dtype)
+            base = fwd.token_losses(resid, batch.tokens, batch.lengths).sum(1) / denom
+            out["original"][batch.index] = base.double().cpu().numpy()
+            for name, edits in variants.items():
+                start = starts[name]
+                r = fwd.run(resid=capture[f"blocks.{start}.hook_resid_pre"], start_layer=start, edits=edits)
+                loss = fwd.token_losses(r, batch.tokens, batch.lengths).sum(1) / denom
+                out[name][batch.index] = loss.double().cpu().numpy()
+    return out

@@ -1,0 +1,451 @@
+"""Loading models through TransformerLens 4, the way the seed's loader did.
+
+The seed called `HookedTransformer.from_pretrained("EleutherAI/pythia-70m", fold_ln=True,
+center_writing_weights=True, center_unembed=True)`. TransformerLens 4 has no
+HookedTransformer; `TransformerBridge.boot_transformers(...)` followed by one call of
+`enable_compatibility_mode()` applies the same processing (a second call would re-centre
+the weights, so `load_model` is the only place that calls it).
+
+The bridge's `to_tokens` does not prepend BOS on a local GPT-NeoX checkpoint, while the
+seed's loader did (`to_str_tokens(" von") == ['<|endoftext|>', ' von']`), and every loss
+moves without it. So tokenisation is done here, explicitly: `[BOS] + encode(text)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModelUnavailableError, UsageError
+
+PYTHIA_REPO = "EleutherAI/pythia-70m"
+# The final-checkpoint branch: a stable pin (the `main` branch can move).
+PYTHIA_REVISION = "step143000"
+
+PROCESSING = {
+    "fold_ln": True,
+    "center_writing_weights": True,
+    "center_unembed": True,
+    "fold_value_biases": True,
+}
+
+# Pythia-70M's exact shape (config.json of EleutherAI/pythia-70m).
+PYTHIA_70M_SHAPE = dict(
+    vocab_size=50304,
+    hidden_size=512,
+    num_hidden_layers=6,
+    num_attention_heads=8,
+    intermediate_size=2048,
+    rotary_pct=0.25,
+    rotary_emb_base=10000,
+    max_position_embeddings=2048,
+    use_parallel_residual=True,
+    hidden_act="gelu",
+    layer_norm_eps=1e-5,
+    tie_word_embeddings=False,
+    bos_token_id=0,
+    eos_token_id=0,
+)
+
+# `tiny`: Pythia's layer count and MLP width (so every neuron the seed names exists) on a
+# 64-wide residual stream and a 512-token vocabulary: about 1.8M parameters.
+TINY_SHAPE = dict(
+    PYTHIA_70M_SHAPE,
+    vocab_size=512,
+    hidden_size=64,
+    num_attention_heads=4,
+)
+
+BUILTIN_MODELS = ("pythia-70m", "pythia-70m-random", "tiny")
+
+
+@dataclass
+class LoadedModel:
+    """A processed bridge plus what identifies it.
+
+    Attributes:
+        bridge: the TransformerBridge after `enable_compatibility_mode()`.
+        tokenizer: the Hugging Face tokenizer (fast).
+        model_id: the name given by the user (or the checkpoint folder's name).
+        info: provenance recorded in every artifact (source, revision, fingerprint, shape,
+            dtype, attention implementation, BOS policy, weight processing).
+    """
+
+    bridge: Any
+    tokenizer: Any
+    model_id: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def bos_id(self) -> int:
+        bos = self.tokenizer.bos_token_id
+        return 0 if bos is None else int(bos)
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.bridge.cfg.n_ctx)
+
+    def to_tokens(self, text: str) -> list[int]:
+        """`[BOS] + encode(text)`, truncated to the context length (seed `model.to_tokens`)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ([self.bos_id] + list(ids))[: self.n_ctx]
+
+    def to_str_tokens(self, ids) -> list[str]:
+        return [self.tokenizer.decode([int(i)]) for i in ids]
+
+
+def _fingerprint_dir(path: Path) -> str:
+    """sha256 over the weight and config files of a checkpoint folder."""
+    h = hashlib.sha256()
+    files = sorted(
+        p for p in path.iterdir()
+        if p.is_file() and (p.suffix in {".safetensors", ".bin", ".json"} or p.name.startswith("tokenizer"))
+    )
+    for p in files:
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _boot(path: Path, hf_model, tokenizer, device: str):
+    """Boot the bridge on a loaded HF model and apply the seed's weight processing once."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_model = hf_model.to(device=device, dtype=torch.float32).eval()
+    bridge = TransformerBridge.boot_transformers(
+        str(path),  # a path, never a bare name: bare names are resolved as Hub aliases
+        hf_model=hf_model,
+        tokenizer=tokenizer,
+        device=device,
+        dtype=torch.float32,
+    )
+    bridge.enable_compatibility_mode(disable_warnings=True, **PROCESSING)
+    bridge.eval()
+    return bridge
+
+
+def _rotary(cfg) -> tuple[float, float]:
+    """(partial rotary factor, rotary base) from a GPT-NeoX config (transformers 4 or 5)."""
+    rp = getattr(cfg, "rope_parameters", None) or {}
+    pct = rp.get("partial_rotary_factor", getattr(cfg, "rotary_pct", None))
+    base = rp.get("rope_theta", getattr(cfg, "rotary_emb_base", 10000))
+    return float(pct if pct is not None else 1.0), float(base)
+
+
+def _shape_info(cfg) -> dict:
+    pct, base = _rotary(cfg)
+    return {
+        "n_layers": cfg.num_hidden_layers,
+        "d_model": cfg.hidden_size,
+        "d_mlp": cfg.intermediate_size,
+        "n_heads": cfg.num_attention_heads,
+        "d_vocab": cfg.vocab_size,
+        "n_ctx": cfg.max_position_embeddings,
+        "rotary_pct": pct,
+        "rotary_base": base,
+        "parallel_residual": cfg.use_parallel_residual,
+    }
+
+
+def _common_info() -> dict:
+    return {
+        "dtype": "float32",
+        "attn_implementation": "eager",
+        "prepend_bos": True,
+        "processing": dict(PROCESSING),
+        "loader": "TransformerBridge.boot_transformers + enable_compatibility_mode",
+    }
+
+
+def fast_tokenizer(tokenizer_file: str | os.PathLike):
+    """A GPT-NeoX-style fast tokenizer from a `tokenizer.json` file (or a folder holding one).
+
+    Raises:
+        UsageError: the file does not exist or is not a tokenizer.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    path = Path(tokenizer_file).expanduser()
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise UsageError(
+            f"tokenizer file {path} does not exist",
+            hint="pass --tokenizer PATH/tokenizer.json (the GPT-NeoX-20B tokenizer Pythia uses)",
+        )
+    try:
+        tok = PreTrainedTokenizerFast(
+            tokenizer_file=str(path),
+            bos_token="<|endoftext|>",
+            eos_token="<|endoftext|>",
+            unk_token="<|endoftext|>",
+            pad_token="<|padding|>",
+        )
+    except Exception as exc:
+        raise UsageError(f"{path} is not a tokenizer.json file ({type(exc).__name__})") from None
+    return tok
+
+
+def random_model(shape: dict, seed: int):
+    """A GPT-NeoX with Hugging Face's initialisation drawn from `torch.manual_seed(seed)`."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    cfg = GPTNeoXConfig(**shape)
+    cfg._attn_implementation = "eager"
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = GPTNeoXForCausalLM(cfg)
+    finally:
+        torch.random.set_rng_state(state)
+    return model.eval()
+
+
+def _perturb_norms_and_biases(model, seed: int) -> None:
+    """Give LayerNorms and biases non-trivial values, so that folding LN and centring
+    weights are exercised by every test that runs `tiny` (HF initialises them to 1 and 0)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if "layernorm" in name or "final_layer_norm" in name:
+                base = 1.0 if name.endswith("weight") else 0.0
+                p.copy_(base + 0.1 * torch.randn(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+
+
+def models_cache_dir() -> Path:
+    import platformdirs
+
+    return Path(os.environ.get("GERMAN_NEURON_CACHE") or platformdirs.user_cache_dir("german-neuron")) / "models"
+
+
+def _materialise(name: str, build, key: str) -> Path:
+    """Save a generated checkpoint once under the cache (atomically: a folder is renamed
+    into place only when complete), so that every model is loaded the same way."""
+    import shutil
+    import tempfile
+
+    target = models_cache_dir() / f"{name}-{key[:16]}"
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        model, tok = build()
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process won the race: use its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _random_key(shape: dict, seed: int, tokenizer_hash: str, extra: str = "") -> str:
+    import transformers
+
+    blob = json.dumps({"shape": shape, "seed": seed, "tok": tokenizer_hash, "extra": extra,
+                       "torch": torch.__version__, "transformers": transformers.__version__},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def tiny_checkpoint(seed: int = 0) -> Path:
+    """`tiny`: random ~1.8M-parameter GPT-NeoX + byte-level BPE trained on fixture text.
+    Hermetic: needs nothing outside the package."""
+    from .tiny_tokenizer import train_fixture_tokenizer
+
+    tok = train_fixture_tokenizer(vocab_size=TINY_SHAPE["vocab_size"])
+
+    def build():
+        model = random_model(TINY_SHAPE, seed)
+        _perturb_norms_and_biases(model, seed)
+        return model, tok
+
+    return _materialise("tiny", build, _random_key(TINY_SHAPE, seed, _tokenizer_hash(tok), "perturbed"))
+
+
+def pythia_random_checkpoint(tokenizer: str | None, seed: int = 0) -> Path:
+    """`pythia-70m-random`: Pythia-70M's exact shape with random weights from `seed`, and
+    the GPT-NeoX-20B tokenizer from `tokenizer` (else Pythia's own, from the Hub).
+
+    Raises:
+        UsageError: the tokenizer file does not exist.
+        ModelUnavailableError: no tokenizer given and the Hub cannot be reached.
+    """
+    tok = fast_tokenizer(tokenizer) if tokenizer else _hub_tokenizer()
+    return _materialise(
+        "pythia-70m-random",
+        lambda: (random_model(PYTHIA_70M_SHAPE, seed), tok),
+        _random_key(PYTHIA_70M_SHAPE, seed, _tokenizer_hash(tok)),
+    )
+
+
+def _tokenizer_hash(tok) -> str:
+    return hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()
+
+
+def _offline_message(what: str) -> str:
+    return (
+        f"Cannot load {what} ({PYTHIA_REPO} at revision {PYTHIA_REVISION}): the Hugging Face "
+        "Hub cannot be reached and the files are not in the local cache. Provide it by running "
+        "once with network access (the files are then cached under $HF_HOME), by pointing "
+        "--model at a local checkpoint folder (config.json, model.safetensors or "
+        "pytorch_model.bin, tokenizer.json), or use --model pythia-70m-random or tiny for a "
+        "pipeline check on random weights."
+    )
+
+
+def _hub_snapshot() -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(
+            PYTHIA_REPO,
+            revision=PYTHIA_REVISION,
+            allow_patterns=["*.json", "*.safetensors", "pytorch_model.bin"],
+        )
+    except Exception:
+        raise ModelUnavailableError(_offline_message("Pythia-70M")) from None
+    return Path(path)
+
+
+def _hub_tokenizer():
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(PYTHIA_REPO, "tokenizer.json", revision=PYTHIA_REVISION)
+    except Exception:
+        raise ModelUnavailableError(
+            _offline_message("the Pythia tokenizer"),
+            hint="offline, pass --tokenizer PATH/tokenizer.json",
+        ) from None
+    return fast_tokenizer(path)
+
+
+def check_checkpoint_dir(path: Path) -> dict:
+    """Validate a Hugging Face checkpoint folder and return its config.json.
+
+    Raises:
+        UsageError: the folder, its config.json or its weights are missing, or the config is
+            not a GPT-NeoX model (the analyses assume Pythia's architecture).
+    """
+    if not path.is_dir():
+        raise UsageError(
+            f"model {str(path)!r} is neither a known model ({', '.join(BUILTIN_MODELS)}) "
+            "nor an existing checkpoint folder"
+        )
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise UsageError(f"checkpoint folder {path} has no config.json")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UsageError(f"{cfg_path} is not valid JSON") from None
+    if cfg.get("model_type") != "gpt_neox":
+        raise UsageError(
+            f"checkpoint {path} is a {cfg.get('model_type')!r} model; the analyses need a "
+            "GPT-NeoX (Pythia-architecture) model"
+        )
+    if not any(path.glob("*.safetensors")) and not (path / "pytorch_model.bin").is_file():
+        raise UsageError(
+            f"checkpoint folder {path} has no weights (model.safetensors or pytorch_model.bin)"
+        )
+    return cfg
+
+
+def _saved_tokenizer(tokenizer: str | None, path: Path):
+    """A tokenizer loaded with `from_pretrained` (TransformerLens re-opens it by its
+    `name_or_path`), from `--tokenizer` or from the checkpoint folder."""
+    from transformers import AutoTokenizer
+
+    if tokenizer:
+        tok = fast_tokenizer(tokenizer)
+        key = _tokenizer_hash(tok)
+        folder = models_cache_dir() / f"tokenizer-{key[:16]}"
+        if not (folder / "tokenizer.json").is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            tok.save_pretrained(folder)
+        return AutoTokenizer.from_pretrained(str(folder))
+    if not (path / "tokenizer.json").is_file():
+        raise UsageError(f"checkpoint folder {path} has no tokenizer.json", hint="pass --tokenizer PATH")
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def load_checkpoint(path: str | os.PathLike, tokenizer: str | None = None, device: str = "cpu",
+                    model_id: str | None = None, revision: str | None = None,
+                    source: str | None = None, extra_info: dict | None = None) -> LoadedModel:
+    """Load a local Hugging Face GPT-NeoX checkpoint folder through the bridge.
+
+    Raises:
+        UsageError: see `check_checkpoint_dir`; no tokenizer in the folder and none given.
+    """
+    from transformers import GPTNeoXForCausalLM
+
+    path = Path(path).expanduser().resolve()
+    check_checkpoint_dir(path)
+    tok = _saved_tokenizer(tokenizer, path)
+    try:
+        model = GPTNeoXForCausalLM.from_pretrained(
+            str(path), attn_implementation="eager", dtype=torch.float32
+        )
+    except Exception as exc:
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise UsageError(f"could not load the weights in {path}: {type(exc).__name__}: {first}") from None
+    info = {
+        "id": model_id or path.name,
+        "source": source or str(path),
+        "revision": revision,
+        "fingerprint": _fingerprint_dir(path),
+        "tokenizer": str(tokenizer) if tokenizer else "checkpoint's tokenizer.json",
+        "tokenizer_sha256": _tokenizer_hash(tok),
+        **_shape_info(model.config),
+        **_common_info(),
+        **(extra_info or {}),
+    }
+    return LoadedModel(_boot(path, model, tok, device), tok, info["id"], info)
+
+
+def load_model(name: str, tokenizer: str | None = None, device: str = "cpu", seed: int = 0) -> LoadedModel:
+    """Load `pythia-70m`, `pythia-70m-random`, `tiny`, or a checkpoint folder.
+
+    Raises:
+        UsageError: unknown name / bad folder / bad tokenizer path / unavailable device.
+        ModelUnavailableError: Pythia-70M is not cached and the Hub cannot be reached.
+    """
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was given but no CUDA device is available")
+    if name == "tiny":
+        return load_checkpoint(tiny_checkpoint(seed), None, device, model_id="tiny",
+                               source=f"random GPT-NeoX (seed {seed}) + fixture BPE tokenizer",
+                               extra_info={"weights_seed": seed})
+    if name == "pythia-70m-random":
+        return load_checkpoint(pythia_random_checkpoint(tokenizer, seed), None, device,
+                               model_id="pythia-70m-random",
+                               source=f"random GPT-NeoX in Pythia-70M's shape (seed {seed})",
+                               extra_info={"weights_seed": seed,
+                                           "tokenizer": tokenizer or f"{PYTHIA_REPO}@{PYTHIA_REVISION}"})
+    if name == "pythia-70m":
+        snap = _hub_snapshot()
+        return load_checkpoint(snap, tokenizer, device, model_id="pythia-70m",
+                               revision=PYTHIA_REVISION, source=PYTHIA_REPO)
+    return load_checkpoint(name, tokenizer, device)
+
+
+def model_slug(name: str) -> str:
+    """A folder-safe id for `build/<model-id>/`."""
+    if name in BUILTIN_MODELS:
+        return name
+    return Path(name).expanduser().resolve().name or "checkpoint"

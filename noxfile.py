@@ -1,0 +1,39 @@
+"""Sessions: `report` (wraps `german-neuron report`), `tests`, `lint`.
+
+pip/virtualenv backend on purpose: `torch==2.13.0` resolves to the CPU wheel on machines
+that have it on disk, where uv would download a multi-GB CUDA build.
+"""
+
+import nox
+
+nox.options.default_venv_backend = "virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "tests"]
+
+PYTHON = "3.11"
+
+
+def _install(session: nox.Session) -> None:
+    # constraints.txt pins every package to the versions the baselines were made with;
+    # a maintainer upgrading a library edits it and reruns the regression checks.
+    session.install("-c", "constraints.txt", "-e", ".[test]")
+
+
+@nox.session(python=PYTHON)
+def report(session: nox.Session) -> None:
+    """Build the report: `nox -s report -- [--model ...] [--data-dir ...] ...`."""
+    _install(session)
+    session.run("german-neuron", "report", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Unit and end-to-end tests on the hermetic `tiny` model."""
+    _install(session)
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("-c", "constraints.txt", "ruff")
+    session.run("ruff", "check", ".")

@@ -1,0 +1,46 @@
+"""Shared fixtures: the hermetic `tiny` model (fixture tokenizer, random weights) and one
+end-to-end `tiny` report built once per test session. Nothing here reads ../shared."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    # Generated checkpoints go to a per-session cache, so tests never depend on (or
+    # pollute) the user's cache.
+    os.environ["GERMAN_NEURON_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ.pop("GERMAN_NEURON_DATA_DIR", None)
+    os.environ.pop("GERMAN_NEURON_TOKENIZER", None)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from analysis.models import load_model
+
+    return load_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_fwd(tiny):
+    from analysis.engine import Forward, Weights
+
+    return Forward(Weights.from_bridge(tiny.bridge, tiny.info["rotary_pct"]))
+
+
+@pytest.fixture(scope="session")
+def tiny_report(tmp_path_factory):
+    """A full `tiny` run (quick profile, fixture corpora) with the report rendered."""
+    from analysis.config import Neuron, RunConfig, get_profile
+    from analysis.pipeline import run_report
+
+    out = Path(tmp_path_factory.mktemp("tiny-report"))
+    logs: list[str] = []
+    cfg = RunConfig(model="tiny", neuron=Neuron.parse("L3N669"), profile=get_profile("quick"), out=str(out))
+    res = run_report(cfg, corpus="fixture", show_progress=False, log=logs.append)
+    return res, logs, cfg
