@@ -51,3 +51,86 @@ def loss_summary(original: np.ndarray, ablated: np.ndarray) -> dict:
     o, a = float(np.mean(original)), float(np.mean(ablated))
     return {"original": o, "ablated": a, "percent_increase": (a - o) / o * 100.0,
             "n_examples": int(len(original))}
+
+
+# ------------------------------------------------------------------ pipeline step
+
+
+def run_step(run, arts: dict) -> dict:
+    """Step `ablation`: mean-ablation losses of the context neuron, each studied neuron,
+    and the all-except-context set (seed cells "Check loss increase from disabling each
+    German neuron", its English sanity check, and the all-except-L3 cell)."""
+    import sys
+
+    from .engine import per_example_losses
+    from .runner import LANGUAGES
+
+    p = run.profile
+    ctx = run.context
+    acts = arts["activations"]
+    toks = {lang: run.tokens(lang, p.loss_examples) for lang in LANGUAGES}
+    params = {"examples_per_language": p.loss_examples, "context_neuron": str(ctx),
+              "neurons": [str(n) for n in run.studied], "ablation": "mean (English mean, hook_post)",
+              "tokens": {lang: toks[lang][1] for lang in toks}}
+
+    def compute():
+        res = acts["result"]
+        values = res["english_means"]
+        layer_means = {layer: run.store.load_array("activations", f"layer{layer}_mean_english")
+                       for layer in res["layers"]}
+        variants = dict(single_neuron_variants(list(dict.fromkeys([*run.studied, ctx])), values))
+        rest = [n for n in run.studied if n != ctx]
+        if rest:
+            for k, v in all_except_context_variants(run.studied, ctx, values, layer_means).items():
+                variants[f"all_except_context:{k}"] = v
+        losses = {lang: per_example_losses(run.fwd, run.batches(toks[lang][0]), variants,
+                                           desc=f"losses {lang}", show_progress=run.show_progress)
+                  for lang in LANGUAGES}
+
+        def summary(name):
+            return {lang: loss_summary(losses[lang]["original"], losses[lang][name])
+                    for lang in LANGUAGES}
+
+        result = {
+            "n_examples": {lang: toks[lang][1]["used"] for lang in toks},
+            "loss_definition": "mean over examples of the per-example mean next-token "
+                               "cross-entropy (nats), BOS prepended",
+            "context": {"neuron": str(ctx), "value": values[str(ctx)], **summary(str(ctx))},
+            "single": [{"neuron": str(n), "value": values[str(n)], **summary(str(n))}
+                       for n in run.studied],
+        }
+        if rest:
+            result["all_except_context"] = {
+                "intended": {"description": "each listed neuron except the context neuron set to "
+                                            "its own English mean, in its own layer",
+                             "neurons": [str(n) for n in rest],
+                             **summary("all_except_context:intended")},
+                "seed_literal": {"description": "the seed's hook as written: `layer == layer` is "
+                                                "always true, so all listed indices are set in both "
+                                                "layers to one scalar (the mean English activation "
+                                                "over those indices in that layer)",
+                                 "neurons": [str(n) for n in rest],
+                                 **summary("all_except_context:seed_literal")},
+            }
+        names = list(losses["german"])
+        result["per_example_losses"] = {"rows": names, "arrays": ["losses_german", "losses_english"]}
+        arrays = {f"losses_{lang}": np.stack([losses[lang][k] for k in names]).astype(np.float64)
+                  for lang in losses}
+        return result, arrays
+
+    inputs = run.inputs("ablation", sys.modules[__name__], params, run.data_prov(*LANGUAGES),
+                        {"activations": acts["key"]})
+    return run.step(inputs, compute)
+
+
+def figures(run, arts: dict, fig_dir) -> list[dict]:
+    import figures.plots as plots
+
+    abl = arts["ablation"]
+    fig = plots.ablation_bar(abl["result"]["single"])
+    return [plots.save(fig, fig_dir, "ablation_loss_increase", {
+        "step": "ablation", "artifact_key": abl["key"], "function": "figures.plots.ablation_bar",
+        "caption": "Loss increase (%) when each neuron is mean-ablated (set to its English mean), "
+                   "on German and on English text.",
+        "seed_cell": "Check loss increase from disabling each German neuron on German data",
+    })]

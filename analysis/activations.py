@@ -61,3 +61,82 @@ def collect_mlp_activations(
     samples = np.concatenate([per_example[i] for i in sorted(per_example)], axis=0)
     means = {layer: (sums[layer] / max(count, 1)).numpy() for layer in layers}
     return samples, means, count
+
+
+# ------------------------------------------------------------------ pipeline step
+
+
+def run_step(run, arts: dict) -> dict:
+    """Step `activations`: `hook_post` of the studied neurons' layers on the first
+    `activation_examples` German and English examples (seed cell "Set up model, data...")."""
+    from .errors import ReportError
+    from .runner import LANGUAGES
+
+    p = run.profile
+    neurons = list(dict.fromkeys([*run.studied, run.context]))
+    layers = sorted({n.layer for n in neurons})
+    toks = {lang: run.tokens(lang, p.activation_examples) for lang in LANGUAGES}
+    params = {"examples_per_language": p.activation_examples, "crop": [p.crop_start, p.crop_end],
+              "hook": "mlp.hook_post", "layers": layers, "neurons": [str(n) for n in neurons],
+              "context_neuron": str(run.context),
+              "tokens": {lang: toks[lang][1] for lang in toks}}
+
+    def compute():
+        samples, means, counts = {}, {}, {}
+        for lang in LANGUAGES:
+            s, m, c = collect_mlp_activations(
+                run.fwd, run.batches(toks[lang][0]), layers, neurons, (p.crop_start, p.crop_end),
+                desc=f"activations {lang}", show_progress=run.show_progress)
+            samples[lang], means[lang], counts[lang] = s, m, c
+        if min(counts.values()) == 0:
+            raise ReportError("no activation was collected: every example is shorter than the "
+                              f"crop start ({p.crop_start} tokens)")
+        col = {str(n): i for i, n in enumerate(neurons)}
+        ctx = str(run.context)
+        result = {
+            "context_neuron": ctx, "neurons": [str(n) for n in neurons], "layers": layers,
+            "hook": "mlp.hook_post", "crop": [p.crop_start, p.crop_end],
+            "n_examples": {lang: toks[lang][1]["used"] for lang in toks},
+            "n_activations": counts,
+            "context_mean_active": float(samples["german"][:, col[ctx]].mean()),
+            "context_mean_inactive": float(samples["english"][:, col[ctx]].mean()),
+            "german_means": {n: float(samples["german"][:, i].mean()) for n, i in col.items()},
+            "english_means": {n: float(samples["english"][:, i].mean()) for n, i in col.items()},
+        }
+        arrays = {"german": samples["german"], "english": samples["english"]}
+        for lang in LANGUAGES:
+            for layer, m in means[lang].items():
+                arrays[f"layer{layer}_mean_{lang}"] = m.astype(np.float64)
+        return result, arrays
+
+    import sys
+
+    inputs = run.inputs("activations", sys.modules[__name__], params,
+                        run.data_prov(*LANGUAGES), {})
+    return run.step(inputs, compute)
+
+
+def figures(run, arts: dict, fig_dir) -> list[dict]:
+    """English-vs-German histograms of the context neuron and of each studied neuron."""
+    import figures.plots as plots
+
+    from .config import Neuron
+
+    acts = arts["activations"]
+    de = run.store.load_array("activations", "german")
+    en = run.store.load_array("activations", "english")
+    neurons = acts["result"]["neurons"]
+    ctx = acts["result"]["context_neuron"]
+    out = []
+    for n in [ctx] + [n for n in neurons if n != ctx]:
+        i = neurons.index(n)
+        fig = plots.activation_histogram(en[:, i], de[:, i], n)
+        out.append(plots.save(fig, fig_dir, f"activation_hist_{n}", {
+            "step": "activations", "artifact_key": acts["key"],
+            "function": "figures.plots.activation_histogram",
+            "caption": f"{n} activations (blocks.{Neuron.parse(n).layer}.mlp.hook_post, positions "
+                       f"{acts['result']['crop'][0]}–{acts['result']['crop'][1]}) on English vs German text.",
+            "seed_cell": "Check classification accuracy of German neurons (two_histogram)",
+            "neuron": n,
+        }))
+    return out

@@ -82,6 +82,15 @@ class Profile:
         probe_samples: activations per language fed to each single-neuron probe (seed 5,000).
         probe_test_size: held-out fraction of the probe split (seed 0.2).
         loss_examples: examples per language for the mean-ablation losses (seed 1,000).
+        dla_examples: German examples for direct logit attribution, component patching and
+            the L3 unembedding differences (seed `german_data[:1000]`).
+        downstream_examples: examples per language for the downstream-neuron activation
+            differences (seed: all German + all English, 3,466).
+        shift_examples: examples per language for the L4/L5 `hook_pre` context shift
+            (seed `num_activation_examples = 1000`).
+        neuron_examples: German examples searched for each neuron's top loss-difference
+            examples (seed `german_data[:500]` / `[:1000]`).
+        top_examples: examples shown per neuron as heat maps (seed 5).
         seed: the seed of every random choice (the probe's train/test split; random weights).
         batch_tokens: padded tokens per forward batch (memory, not results).
     """
@@ -90,6 +99,11 @@ class Profile:
     activation_examples: int
     probe_samples: int
     loss_examples: int
+    dla_examples: int = 1000
+    downstream_examples: int | None = None
+    shift_examples: int = 1000
+    neuron_examples: int = 1000
+    top_examples: int = 5
     crop_start: int = 10
     crop_end: int = 400
     probe_test_size: float = 0.2
@@ -104,8 +118,12 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "paper": Profile("paper", activation_examples=200, probe_samples=5000, loss_examples=1000),
-    "quick": Profile("quick", activation_examples=30, probe_samples=2000, loss_examples=40),
+    "paper": Profile("paper", activation_examples=200, probe_samples=5000, loss_examples=1000,
+                     dla_examples=1000, downstream_examples=None, shift_examples=1000,
+                     neuron_examples=1000, top_examples=5),
+    "quick": Profile("quick", activation_examples=30, probe_samples=2000, loss_examples=40,
+                     dla_examples=20, downstream_examples=20, shift_examples=20,
+                     neuron_examples=20, top_examples=3),
 }
 
 

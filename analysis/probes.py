@@ -42,3 +42,45 @@ def single_neuron_probe(positive: np.ndarray, negative: np.ndarray, n_samples: i
         "f1": float(f1_score(y_test, clf.predict(X_test), zero_division=0.0)),
         "n_per_class": [int(len(pos)), int(len(neg))],
     }
+
+
+# ------------------------------------------------------------------ pipeline step
+
+
+def probe_rows(neurons, german: np.ndarray, english: np.ndarray, columns: list[str],
+               n_samples: int, test_size: float, seed: int) -> list[dict]:
+    """One probe row per neuron from `[n_acts, n_columns]` activation samples."""
+    col = {n: i for i, n in enumerate(columns)}
+    rows = []
+    for n in neurons:
+        i = col[str(n)]
+        r = single_neuron_probe(german[:, i], english[:, i], n_samples, test_size, seed)
+        rows.append({"neuron": str(n), "layer": n.layer, "index": n.index, **r,
+                     "mean_english": float(english[:, i].mean()),
+                     "mean_german": float(german[:, i].mean())})
+    return rows
+
+
+def run_step(run, arts: dict) -> dict:
+    """Step `probes`: the seed's probe table for the German neurons (seed cell "Check
+    classification accuracy of German neurons")."""
+    import sys
+
+    from .runner import LANGUAGES
+
+    p = run.profile
+    acts = arts["activations"]
+    params = {"n_per_language": p.probe_samples, "test_size": p.probe_test_size,
+              "split_seed": p.seed, "neurons": [str(n) for n in run.studied],
+              "classifier": "sklearn LogisticRegression() defaults", "positive_class": "german"}
+
+    def compute():
+        rows = probe_rows(run.studied, run.store.load_array("activations", "german"),
+                          run.store.load_array("activations", "english"),
+                          acts["result"]["neurons"], p.probe_samples, p.probe_test_size, p.seed)
+        return {"neurons": [str(n) for n in run.studied], "n_per_language": p.probe_samples,
+                "test_size": p.probe_test_size, "split_seed": p.seed, "rows": rows}, {}
+
+    inputs = run.inputs("probes", sys.modules[__name__], params, run.data_prov(*LANGUAGES),
+                        {"activations": acts["key"]})
+    return run.step(inputs, compute)

@@ -1,0 +1,120 @@
+"""The state one report run shares between its steps, and the cached-step mechanism.
+
+A step is a function `fn(run, arts) -> artifact` registered as a `StepSpec` in
+`analysis.pipeline.STEPS`. Inside it, the step's compute function (pure: model, tokens,
+parameters -> result, arrays) is wrapped by `run.step(...)`, which derives the cache key
+from the step's inputs, reuses a valid artifact with that key, or computes and writes a
+new artifact atomically. Figures are drawn by the spec's `figures(run, arts, fig_dir)`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from .artifacts import ArtifactStore, StepInputs, module_hash
+from .config import Neuron, RunConfig
+from .data import Corpus
+from .engine import Batch, Forward, make_batches
+from .errors import ReportError
+from .models import LoadedModel
+
+LANGUAGES = ("german", "english")
+
+
+@dataclass
+class Run:
+    """What the steps of one run share: config, model, engine, corpora, artifact store."""
+
+    cfg: RunConfig
+    model: LoadedModel
+    fwd: Forward
+    corpora: dict[str, Corpus]
+    store: ArtifactStore
+    studied: tuple[Neuron, ...]
+    log: Callable[[str], None]
+    show_progress: bool = True
+    data_dir: str | None = None
+    _token_cache: dict = field(default_factory=dict)
+
+    @property
+    def profile(self):
+        return self.cfg.profile
+
+    @property
+    def context(self) -> Neuron:
+        return self.cfg.neuron
+
+    def tokens(self, language: str, n: int | None) -> tuple[list[list[int]], dict]:
+        """Token ids of the first `n` examples (all if None) of a language's corpus (BOS
+        prepended, truncated to the context), and a record of what was used, truncated or
+        skipped (examples with no next-token target)."""
+        key = (language, n)
+        if key in self._token_cache:
+            return self._token_cache[key]
+        ex = self.corpora[language].examples
+        ex = ex if n is None else ex[:n]
+        toks, skipped, truncated = [], 0, 0
+        for text in ex:
+            t = self.model.to_tokens(text)
+            if len(t) < 2:
+                skipped += 1
+                continue
+            if len(t) == self.model.n_ctx:
+                truncated += 1
+            toks.append(t)
+        if not toks:
+            raise ReportError(f"no usable {language} example among the first {n}")
+        rec = {"requested": n if n is not None else len(ex), "available": len(ex), "used": len(toks),
+               "skipped_empty": skipped, "truncated_to_n_ctx": truncated}
+        self._token_cache[key] = (toks, rec)
+        return toks, rec
+
+    def batches(self, toks: Sequence[Sequence[int]]) -> list[Batch]:
+        return make_batches(toks, self.cfg.profile.batch_tokens, pad_id=1, device=self.cfg.device)
+
+    def data_prov(self, *languages: str) -> dict:
+        return {lang: self.corpora[lang].provenance() for lang in languages}
+
+    def inputs(self, step: str, module: ModuleType, params: dict, data: dict,
+               upstream: dict) -> StepInputs:
+        return StepInputs(step=step, code={"module": module.__name__, "sha256": module_hash(module)},
+                          model=self.model.info, data=data, params=params,
+                          seed=self.cfg.profile.seed, upstream=upstream, device=self.cfg.device)
+
+    def step(self, inputs: StepInputs, compute: Callable[[], tuple[dict, dict]]) -> dict:
+        """Reuse the artifact of `inputs.step` if its key matches and it is intact, else
+        run `compute() -> (result, arrays)` and write the artifact atomically."""
+        key = inputs.key()
+        cached = self.store.load_valid(inputs.step, key)
+        if cached is not None:
+            self.log(f"  {inputs.step}: cached ({key[:12]}), not recomputed")
+            return cached
+        t0 = time.perf_counter()
+        result, arrays = compute()
+        wall = time.perf_counter() - t0
+        art = self.store.save(inputs, result, wall, arrays or None)
+        self.log(f"  {inputs.step}: computed in {wall:.1f} s ({key[:12]})")
+        return art
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """A node of the analysis DAG.
+
+    Attributes:
+        name: the step (and artifact file) name.
+        run: `fn(run, arts) -> artifact`; `arts` holds the artifacts of earlier steps.
+        deps: steps whose artifacts `run` reads (must come earlier in `STEPS`).
+        figures: optional `fn(run, arts, fig_dir) -> [figure records]`.
+        when: optional predicate on the run (e.g. only when a corpus exists).
+    """
+
+    name: str
+    run: Callable[[Run, dict], dict]
+    deps: tuple[str, ...] = ()
+    figures: Callable[[Run, dict, Path], list[dict]] | None = None
+    when: Callable[[Run], bool] | None = None
