@@ -27,6 +27,14 @@ def report(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def organism(session: nox.Session) -> None:
+    """Train the positive control (CPU, at most 20 minutes):
+    `nox -s organism -- --tokenizer PATH/tokenizer.json --data-dir DIR [--steps N ...]`."""
+    _install(session)
+    session.run("german-neuron", "organism", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Unit and end-to-end tests on the hermetic `tiny` model."""
     _install(session)
@@ -37,3 +45,17 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install("-c", "constraints.txt", "ruff")
     session.run("ruff", "check", ".")
+
+
+@nox.session(python=PYTHON)
+def regression(session: nox.Session) -> None:
+    """Compare the newest artifacts with a baseline: `-- --model tiny --profile quick`."""
+    _install(session)
+    session.run("german-neuron", "regression", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def baseline(session: nox.Session) -> None:
+    """Show (and with `--update` write) a fixture baseline: `-- --model tiny --update`."""
+    _install(session)
+    session.run("german-neuron", "baseline", *session.posargs)

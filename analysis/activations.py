@@ -98,6 +98,9 @@ def run_step(run, arts: dict) -> dict:
             "hook": "mlp.hook_post", "crop": [p.crop_start, p.crop_end],
             "n_examples": {lang: toks[lang][1]["used"] for lang in toks},
             "n_activations": counts,
+            # examples with no position in the crop window contribute no activation
+            "examples_shorter_than_crop": {lang: sum(len(t) <= p.crop_start for t in toks[lang][0])
+                                           for lang in toks},
             "context_mean_active": float(samples["german"][:, col[ctx]].mean()),
             "context_mean_inactive": float(samples["english"][:, col[ctx]].mean()),
             "german_means": {n: float(samples["german"][:, i].mean()) for n, i in col.items()},

@@ -24,14 +24,14 @@ def _root() -> None:
 
 @app.command()
 def report(
-    model: str = typer.Option("pythia-70m", help="pythia-70m | pythia-70m-random | tiny | PATH to a HF GPT-NeoX checkpoint folder"),
+    model: str | None = typer.Option(None, help="pythia-70m | pythia-70m-random | tiny | organism | PATH to a HF GPT-NeoX checkpoint folder; default: pythia-70m if it can be loaded, else the organism (trained first if none is cached)"),
     tokenizer: str | None = typer.Option(None, envvar="GERMAN_NEURON_TOKENIZER", help="tokenizer.json (GPT-NeoX-20B) for pythia-70m-random or a checkpoint without one"),
     data_dir: str | None = typer.Option(None, envvar="GERMAN_NEURON_DATA_DIR", help="folder with the seed's data files (offline); default $GERMAN_NEURON_DATA_DIR, else download"),
-    neuron: str = typer.Option("L3N669", help="the context neuron under study, LxNy"),
+    neuron: str = typer.Option("L3N669", help="the context neuron under study, LxNy, or auto (the top German-positive neuron found by probing every neuron)"),
     profile: str = typer.Option("quick", help="quick | paper (sample sizes)"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     out: str | None = typer.Option(None, help="output folder (default build/<model-id>/)"),
-    corpus: str = typer.Option("seed", help="seed (KDE4 English / WMT German) | fixture (the package's own short texts)"),
+    corpus: str | None = typer.Option(None, help="seed (KDE4 English / WMT German) | fixture (the package's own short texts) | europarl-heldout (the organism's held-out passages); default: europarl-heldout for the organism, else seed"),
     renderer: str = typer.Option("auto", help="auto (quarto if installed, else pandoc+typst) | quarto | pandoc"),
     render: bool = typer.Option(True, help="build report.html/report.pdf after the artifacts"),
     debug: bool = typer.Option(False, help="show tracebacks"),
@@ -46,8 +46,14 @@ def report(
             raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
         if renderer not in ("auto", "quarto", "pandoc"):
             raise UsageError(f"unknown renderer {renderer!r}; choose auto, quarto or pandoc")
-        cfg = RunConfig(model=model, neuron=Neuron.parse(neuron), profile=get_profile(profile),
-                        device=device, data_dir=data_dir, tokenizer=tokenizer, out=out)
+        context_neuron = None if neuron.strip().lower() == "auto" else Neuron.parse(neuron)
+        prof, note = get_profile(profile), None
+        if model is None:  # pythia-70m if loadable, else the organism (said on the console)
+            from .organism import resolve_default_model
+
+            model, note = resolve_default_model(tokenizer, data_dir, log=lambda s: typer.echo(s, err=True))
+        cfg = RunConfig(model=model, neuron=context_neuron, profile=prof,
+                        device=device, data_dir=data_dir, tokenizer=tokenizer, out=out, note=note)
         res = run_report(cfg, render=render, renderer=renderer, corpus=corpus,
                          command="german-neuron " + shlex.join(sys.argv[1:]))
     except ReportError as exc:
@@ -58,6 +64,146 @@ def report(
     if res["report"]:
         for kind in ("html", "pdf"):
             typer.echo(f"{kind}: {res['report'][kind]}")
+
+
+@app.command()
+def organism(
+    tokenizer: str | None = typer.Option(None, envvar="GERMAN_NEURON_TOKENIZER", help="tokenizer.json of GPT-NeoX-20B"),
+    data_dir: str | None = typer.Option(None, envvar="GERMAN_NEURON_DATA_DIR", help="folder with europarl/english_europarl.json and german_europarl.json (offline); default $GERMAN_NEURON_DATA_DIR, else download"),
+    out: str | None = typer.Option(None, help="output folder (default: the model cache, organism-<hash of the config>)"),
+    steps: int | None = typer.Option(None, help="optimiser steps (default 500)"),
+    layers: int | None = typer.Option(None, help="layers (default 4)"),
+    d_model: int | None = typer.Option(None, help="residual width (default 128)"),
+    d_mlp: int | None = typer.Option(None, help="MLP neurons per layer (default 512)"),
+    heads: int | None = typer.Option(None, help="attention heads (default 4)"),
+    seq_len: int | None = typer.Option(None, help="tokens per sequence = context length (default 256)"),
+    batch_size: int | None = typer.Option(None, help="sequences per step (default 8)"),
+    lr: float | None = typer.Option(None, help="peak AdamW learning rate (default 2e-3)"),
+    warmup: int | None = typer.Option(None, help="warm-up steps (default 30)"),
+    german_fraction: float | None = typer.Option(None, help="fraction of German sequences per batch, rounded to whole sequences (default 0.25: 2 of 8)"),
+    train_per_language: int | None = typer.Option(None, help="cap on training passages per language (default: the whole training split)"),
+    seed: int | None = typer.Option(None, help="seed of the initialisation and the data order (default 0)"),
+    max_minutes: float = typer.Option(20.0, help="wall-time limit; when reached, the current step is the final checkpoint"),
+    force: bool = typer.Option(False, help="retrain even if a completed run with the same inputs exists"),
+    debug: bool = typer.Option(False, help="show tracebacks"),
+) -> None:
+    """Train the positive control: a small GPT-NeoX on English + German Europarl (CPU, seeded)."""
+    from .organism import OrganismConfig, replace, train_europarl
+
+    try:
+        cfg = replace(OrganismConfig(), steps=steps, n_layers=layers, d_model=d_model, d_mlp=d_mlp,
+                      n_heads=heads, seq_len=seq_len, batch_size=batch_size, lr=lr, warmup_steps=warmup,
+                      german_fraction=german_fraction, train_per_language=train_per_language, seed=seed)
+        folder, manifest = train_europarl(cfg, tokenizer, data_dir, out=out, force=force,
+                                          max_seconds=max_minutes * 60, show_progress=sys.stderr.isatty())
+    except ReportError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    final = manifest["final"]
+    typer.echo(f"wall time {manifest['wall_time_s']:.1f} s, {manifest['tokens_per_s']:,.0f} tokens/s, "
+               f"{manifest['steps_done']} steps, {manifest['tokens_seen']:,} tokens, "
+               f"final training loss {manifest['final_train_loss']:.3f}"
+               + (" (stopped by the time limit)" if manifest["stopped_by_time_limit"] else ""))
+    typer.echo(f"manifest: {folder / 'manifest.json'}")
+    typer.echo(f"final checkpoint: {folder / final['path']}  (use --model organism)")
+
+
+def _out_dir(model: str, out: str | None):
+    from pathlib import Path
+
+    from .pipeline import default_out
+
+    return Path(out) if out else default_out(model)
+
+
+@app.command()
+def regression(
+    model: str = typer.Option("pythia-70m", help="model id whose artifacts to check"),
+    profile: str = typer.Option("quick", help="profile the artifacts were made with"),
+    out: str | None = typer.Option(None, help="output folder of the run (default build/<model-id>/)"),
+    baseline: str | None = typer.Option(None, help="baseline JSON (default baselines/<model>-<profile>.json)"),
+    all_rows: bool = typer.Option(False, "--all", help="print every row, not only problems"),
+) -> None:
+    """Compare the newest artifacts with a baseline; exit 1 naming the metrics that moved."""
+    from pathlib import Path
+
+    from . import regression as reg
+    from .models import model_slug
+
+    out_dir = _out_dir(model, out)
+    arts = reg.load_artifacts(out_dir)
+    if not arts:
+        typer.echo(f"error: no artifacts in {out_dir / 'artifacts'}; build the report first", err=True)
+        raise typer.Exit(2)
+    path = Path(baseline) if baseline else reg.baseline_path(model_slug(model), profile)
+    if not path.is_file():
+        typer.echo(f"error: no baseline {path}", err=True)
+        raise typer.Exit(2)
+    result = reg.compare(reg.load_baseline(path), arts)
+    result["baseline"]["path"] = str(path)
+    reg.print_table(result, only_problems=not all_rows)
+    typer.echo(f"table written to {reg.write_result(out_dir, result)}")
+    if not result["passed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def baseline(
+    model: str = typer.Option(..., help="tiny | pythia-70m-random (fixture baselines only)"),
+    profile: str = typer.Option("quick"),
+    out: str | None = typer.Option(None, help="output folder of the run (default build/<model-id>/)"),
+    update: bool = typer.Option(False, "--update", help="write the baseline (otherwise only show the diff)"),
+) -> None:
+    """Record a fixture baseline from a run's artifacts, showing what changes. The
+    pythia-70m baseline comes from the seed's printed numbers and is never rewritten here."""
+    import json
+
+    from . import regression as reg
+    from .artifacts import atomic_write_text
+    from .models import model_slug
+
+    slug = model_slug(model)
+    if slug == "pythia-70m":
+        typer.echo("error: the pythia-70m baseline is the seed's printed output "
+                   "(analysis/seed_reference.json); it is not recorded from a run", err=True)
+        raise typer.Exit(2)
+    arts = reg.load_artifacts(_out_dir(model, out))
+    if not arts:
+        typer.echo("error: no artifacts; build the report first", err=True)
+        raise typer.Exit(2)
+    new = reg.record_fixture_baseline(arts, slug, profile)
+    path = reg.baseline_path(slug, profile)
+    if path.is_file():
+        old = reg.load_baseline(path)
+        diff = reg.compare(old, arts)
+        reg.print_table(diff, only_problems=True)
+    else:
+        typer.echo(f"{path} does not exist yet ({len(new['metrics'])} metrics)")
+    if update:
+        atomic_write_text(path, json.dumps(new, indent=1, sort_keys=True) + "\n")
+        typer.echo(f"wrote {path}")
+    else:
+        typer.echo("dry run: pass --update to write it")
+
+
+@app.command()
+def diff(first: str = typer.Argument(..., help="output folder of one run"),
+         second: str = typer.Argument(..., help="output folder of another run")) -> None:
+    """Compare the artifacts of two runs; exit 1 unless every artifact is identical."""
+    from pathlib import Path
+
+    from .regression import diff_runs
+
+    res = diff_runs(Path(first), Path(second))
+    for s in res["steps"]:
+        typer.echo(f"{s['step']:<28} {s['status']}")
+    for m in res["moved"]:
+        typer.echo(f"  moved: {m['metric']}: {m['first']!r} -> {m['second']!r}")
+    typer.echo("identical" if res["identical"] else "DIFFERENT")
+    if not res["identical"]:
+        raise typer.Exit(1)
 
 
 def main() -> None:

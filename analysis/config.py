@@ -139,13 +139,20 @@ def get_profile(name: str) -> Profile:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """What the user asked for, resolved (paths absolute, names validated)."""
+    """What the user asked for, resolved (paths absolute, names validated).
+
+    `neuron` None means `--neuron auto`: the run replaces it with the discovery step's top
+    German-positive neuron (`neuron_discovered` then True). `note`: a paragraph shown as a
+    banner at the top of the report (e.g. why the default model fell back to the organism).
+    """
 
     model: str
-    neuron: Neuron
+    neuron: Neuron | None
     profile: Profile
     device: str = "cpu"
     data_dir: str | None = None
     tokenizer: str | None = None
     out: str | None = None
     studied: tuple[Neuron, ...] = field(default=GERMAN_NEURONS)
+    note: str | None = None
+    neuron_discovered: bool = False

@@ -75,7 +75,19 @@ REGISTRY: dict[str, DatasetSpec] = {
 CORPORA = {
     "seed": {"english": "kde4_english", "german": "wmt_german_large", "french": "kde4_french"},
     "fixture": {"english": "fixture_english", "german": "fixture_german"},
+    # The organism's held-out Europarl passages (see `heldout_indices`): same domain as its
+    # training text, never trained on. Chosen automatically when the model is the organism.
+    "europarl-heldout": {"english": "europarl_english_heldout", "german": "europarl_german_heldout"},
 }
+
+# Held-out subsets of the Europarl passages: {subset name: (dataset, part)}. The organism
+# (analysis.organism) trains on the complement and records these indices in its manifest.
+SUBSETS = {
+    "europarl_english_heldout": ("europarl_english", "heldout"),
+    "europarl_german_heldout": ("europarl_german", "heldout"),
+}
+HELDOUT_PER_LANGUAGE = 200
+HELDOUT_SALT = "german-neuron-heldout-v1"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
@@ -178,23 +190,59 @@ def read_examples(path: Path) -> list[str]:
     return examples
 
 
+def heldout_indices(n_examples: int, n_heldout: int = HELDOUT_PER_LANGUAGE) -> list[int]:
+    """The held-out passages of a file of `n_examples`: the `n_heldout` indices with the
+    smallest sha256 of `"<salt>:<index>"`, ascending. A pure function of the two counts
+    (no random generator whose stream could change between library versions)."""
+    if not 0 < n_heldout < n_examples:
+        raise DataError(f"cannot hold out {n_heldout} of {n_examples} examples")
+    key = [hashlib.sha256(f"{HELDOUT_SALT}:{i}".encode()).hexdigest() for i in range(n_examples)]
+    return sorted(sorted(range(n_examples), key=key.__getitem__)[:n_heldout])
+
+
+def split_indices(n_examples: int, n_heldout: int = HELDOUT_PER_LANGUAGE) -> tuple[list[int], list[int]]:
+    """(training indices, held-out indices), both ascending, disjoint, covering every index."""
+    held = heldout_indices(n_examples, n_heldout)
+    hs = set(held)
+    return [i for i in range(n_examples) if i not in hs], held
+
+
+def indices_record(indices: list[int]) -> dict:
+    """How a subset is recorded in manifests and artifacts: count, indices, their sha256."""
+    blob = ",".join(map(str, indices)).encode()
+    return {"n": len(indices), "indices": list(indices), "indices_sha256": hashlib.sha256(blob).hexdigest()}
+
+
 @dataclass(frozen=True)
 class Corpus:
-    """A dataset's examples, with the checksum that identifies them."""
+    """A dataset's examples, with the checksum that identifies them (and, for a subset,
+    which examples of the file were kept)."""
 
     name: str
     language: str
     file: str
     sha256: str
     examples: tuple[str, ...]
+    subset: dict | None = None
 
     def provenance(self) -> dict:
-        return {"dataset": self.name, "file": self.file, "sha256": self.sha256,
+        prov = {"dataset": self.name, "file": self.file, "sha256": self.sha256,
                 "n_examples": len(self.examples)}
+        if self.subset is not None:
+            prov["subset"] = self.subset
+        return prov
 
 
 def load_corpus(name: str, data_dir: str | os.PathLike | None = None) -> Corpus:
-    """Resolve, verify and split dataset `name` (see `resolve` and `read_examples`)."""
+    """Resolve, verify and split dataset `name` (see `resolve` and `read_examples`); a name
+    in `SUBSETS` is the held-out part of its dataset."""
+    if name in SUBSETS:
+        parent, part = SUBSETS[name]
+        full = load_corpus(parent, data_dir)
+        _, held = split_indices(len(full.examples))
+        rec = {"of": parent, "part": part, "salt": HELDOUT_SALT, **indices_record(held)}
+        return Corpus(name, full.language, full.file, full.sha256,
+                      tuple(full.examples[i] for i in held), rec)
     path = resolve(name, data_dir)
     spec = REGISTRY[name]
     return Corpus(name, spec.language, spec.path, spec.sha256, tuple(read_examples(path)))

@@ -301,17 +301,98 @@ def earliest_layer(edits: Edits) -> int:
     return min(layers) if layers else 0
 
 
+def is_final_mlp_edit(edits: Edits, n_layers: int) -> bool:
+    """True when every edit is on the last layer's MLP neurons (`hook_pre`/`hook_post`):
+    then the edit only adds `Δpost @ W_out` to the final residual stream."""
+    last = n_layers - 1
+    ok = {f"blocks.{last}.mlp.hook_pre", f"blocks.{last}.mlp.hook_post"}
+    return bool(edits) and set(edits) <= ok
+
+
+def _final_mlp_delta(fwd: Forward, edits: Edits, pre: Tensor, post: Tensor) -> tuple[list[int], Tensor]:
+    """(edited neuron indices, Δpost at those neurons `[batch, pos, k]`) of a last-layer MLP edit."""
+    last = fwd.w.n_layers - 1
+    f_pre = edits.get(f"blocks.{last}.mlp.hook_pre")
+    f_post = edits.get(f"blocks.{last}.mlp.hook_post")
+    new_post = F.gelu(f_pre(pre)) if f_pre is not None else post
+    if f_post is not None:
+        new_post = f_post(new_post)
+    delta = new_post - post
+    idx = torch.nonzero(delta.abs().amax(dim=(0, 1)) > 0).flatten().tolist()
+    return idx, delta[..., idx]
+
+
+def shortcut_losses(fwd: Forward, resid: Float[Tensor, "batch pos d_model"], tokens: Tensor,
+                    lengths: Tensor, deltas: Sequence[tuple[list[int], Tensor]],
+                    chunk_rows: int = 1024) -> tuple[Tensor, list[Tensor]]:
+    """Per-token losses of the unedited model and of last-layer MLP edits, from one
+    unembedding of the cached final residual stream.
+
+    With LayerNorm folded, the logits are `(r_c / s) W_U + b_U` (r_c: centred residual,
+    s: its RMS scale). An edit that adds `δ = Δpost @ W_out[last, idx]` to the final residual
+    gives `logits' = (s/s')·(logits − b_U) + (Δpost @ (W_out[last, idx] W_U) − mean(δ)·1ᵀW_U)/s' + b_U`
+    with `s'` the recomputed scale of `r_c + δ − mean(δ)`: a rank-k update, exact up to
+    float rounding (tested against the full pass in tests/test_engine.py).
+
+    Returns:
+        (original `[batch, pos-1]`, [edited `[batch, pos-1]` per delta]) losses in nats,
+        0 where there is no target.
+    """
+    w = fwd.w
+    last = w.n_layers - 1
+    b, n, _ = resid.shape
+    valid = torch.arange(n - 1, device=resid.device)[None, :] < (lengths[:, None] - 1)
+    rows = resid[:, :-1][valid]
+    targets = tokens[:, 1:][valid]
+    rc = rows - rows.mean(-1, keepdim=True)
+    scale = (rc.pow(2).mean(-1, keepdim=True) + w.eps).sqrt()
+    colsum = w.W_U.sum(0)  # 1ᵀ W_U, [d_vocab]
+    prepared = []
+    for idx, d in deltas:
+        a = d[:, :-1][valid]  # [rows, k]
+        wo = w.W_out[last, idx]  # [k, d_model]
+        delta = a @ wo
+        m = delta.mean(-1, keepdim=True)
+        rc2 = rc + delta - m
+        scale2 = (rc2.pow(2).mean(-1, keepdim=True) + w.eps).sqrt()
+        basis = torch.cat([wo @ w.W_U, colsum[None]], 0)  # [k+1, d_vocab]
+        coef = torch.cat([a, -m], -1) / scale2  # [rows, k+1]
+        prepared.append((scale / scale2, coef, basis))
+    base = torch.empty(rows.shape[0], device=resid.device, dtype=resid.dtype)
+    edited = [torch.empty_like(base) for _ in deltas]
+    for s0 in range(0, rows.shape[0], chunk_rows):
+        sl = slice(s0, s0 + chunk_rows)
+        z = (rc[sl] / scale[sl]) @ w.W_U  # logits − b_U
+        tgt = targets[sl, None]
+        lg = z + w.b_U
+        base[sl] = torch.logsumexp(lg, -1) - lg.gather(-1, tgt)[:, 0]
+        for k, (ratio, coef, basis) in enumerate(prepared):
+            x = torch.addmm(w.b_U, coef[sl], basis).add_(z * ratio[sl])
+            edited[k][sl] = torch.logsumexp(x, -1) - x.gather(-1, tgt)[:, 0]
+    fwd.unembedded_rows += rows.shape[0]
+
+    def place(v):
+        t = torch.zeros(b, n - 1, device=resid.device, dtype=resid.dtype)
+        t[valid] = v
+        return t
+
+    return place(base), [place(e) for e in edited]
+
+
 def per_example_losses(
     fwd: Forward,
     batches: Sequence[Batch],
     variants: Mapping[str, Edits],
     desc: str = "losses",
     show_progress: bool = True,
+    shortcut: bool = True,
 ) -> dict[str, np.ndarray]:
     """Mean next-token loss (nats) of every example under the unedited model (`"original"`)
     and each variant, in the caller's example order.
 
-    The unedited pass runs once per batch; each variant restarts from the cached
+    The unedited pass runs once per batch. A variant that edits only last-layer MLP neurons
+    is computed from that pass's final residual stream by the rank-k logit update of
+    `shortcut_losses` (no forward pass at all); any other variant restarts from the cached
     `hook_resid_pre` of the first layer it edits. Seed: `haystack_utils.get_ablated_performance`
     (per example `model(tokens, return_type="loss")`, with and without the hooks).
 
@@ -320,18 +401,28 @@ def per_example_losses(
     """
     n = sum(len(b.index) for b in batches)
     out = {k: np.zeros(n, dtype=np.float64) for k in ["original", *variants]}
-    starts = {name: earliest_layer(e) for name, e in variants.items()}
+    last = fwd.w.n_layers - 1
+    fast = [k for k, e in variants.items() if shortcut and is_final_mlp_edit(e, fwd.w.n_layers)]
+    slow = [k for k in variants if k not in fast]
+    starts = {name: earliest_layer(variants[name]) for name in slow}
     needed = sorted(set(starts.values()))
     with torch.inference_mode():
         for batch in progress(batches, desc, show_progress):
             capture = {f"blocks.{layer}.hook_resid_pre": None for layer in needed}
+            if fast:
+                capture.update({f"blocks.{last}.mlp.hook_pre": None, f"blocks.{last}.mlp.hook_post": None})
             resid = fwd.run(batch.tokens, capture=capture)
             denom = (batch.lengths - 1).clamp(min=1).to(resid.dtype)
-            base = fwd.token_losses(resid, batch.tokens, batch.lengths).sum(1) / denom
-            out["original"][batch.index] = base.double().cpu().numpy()
-            for name, edits in variants.items():
+            deltas = [_final_mlp_delta(fwd, variants[k], capture[f"blocks.{last}.mlp.hook_pre"],
+                                       capture[f"blocks.{last}.mlp.hook_post"]) for k in fast]
+            base_tok, fast_tok = shortcut_losses(fwd, resid, batch.tokens, batch.lengths, deltas)
+            out["original"][batch.index] = (base_tok.sum(1) / denom).double().cpu().numpy()
+            for name, tok in zip(fast, fast_tok, strict=True):
+                out[name][batch.index] = (tok.sum(1) / denom).double().cpu().numpy()
+            for name in slow:
                 start = starts[name]
-                r = fwd.run(resid=capture[f"blocks.{start}.hook_resid_pre"], start_layer=start, edits=edits)
+                r = fwd.run(resid=capture[f"blocks.{start}.hook_resid_pre"], start_layer=start,
+                            edits=variants[name])
                 loss = fwd.token_losses(r, batch.tokens, batch.lengths).sum(1) / denom
                 out[name][batch.index] = loss.double().cpu().numpy()
     return out

@@ -62,7 +62,15 @@ TINY_SHAPE = dict(
     num_attention_heads=4,
 )
 
-BUILTIN_MODELS = ("pythia-70m", "pythia-70m-random", "tiny")
+BUILTIN_MODELS = ("pythia-70m", "pythia-70m-random", "tiny", "organism")
+
+# Pythia-70M training checkpoints (Hub branches) for the training-dynamics step: log-spaced
+# as the paper's curves (`paper`), or a short subset (`quick`).
+PYTHIA_DYNAMICS_REVISIONS = {
+    "quick": ("step512", "step2000", "step8000", "step32000", "step143000"),
+    "paper": ("step1", "step8", "step64", "step512", "step1000", "step2000", "step4000", "step8000",
+              "step16000", "step32000", "step64000", "step100000", "step143000"),
+}
 
 
 @dataclass
@@ -297,9 +305,9 @@ def _tokenizer_hash(tok) -> str:
     return hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()
 
 
-def _offline_message(what: str) -> str:
+def _offline_message(what: str, revision: str = PYTHIA_REVISION) -> str:
     return (
-        f"Cannot load {what} ({PYTHIA_REPO} at revision {PYTHIA_REVISION}): the Hugging Face "
+        f"Cannot load {what} ({PYTHIA_REPO} at revision {revision}): the Hugging Face "
         "Hub cannot be reached and the files are not in the local cache. Provide it by running "
         "once with network access (the files are then cached under $HF_HOME), by pointing "
         "--model at a local checkpoint folder (config.json, model.safetensors or "
@@ -308,18 +316,30 @@ def _offline_message(what: str) -> str:
     )
 
 
-def _hub_snapshot() -> Path:
+def _hub_snapshot(revision: str = PYTHIA_REVISION) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
         path = snapshot_download(
             PYTHIA_REPO,
-            revision=PYTHIA_REVISION,
+            revision=revision,
             allow_patterns=["*.json", "*.safetensors", "pytorch_model.bin"],
         )
     except Exception:
-        raise ModelUnavailableError(_offline_message("Pythia-70M")) from None
+        raise ModelUnavailableError(_offline_message("Pythia-70M", revision)) from None
     return Path(path)
+
+
+def load_revision(revision: str, tokenizer: str | None = None, device: str = "cpu") -> LoadedModel:
+    """Pythia-70M at a Hub branch (`step0` ... `step143000`), for training dynamics; loaded
+    and processed exactly as `load_model("pythia-70m")`.
+
+    Raises:
+        ModelUnavailableError: not cached and the Hub cannot be reached.
+    """
+    snap = _hub_snapshot(revision)
+    return load_checkpoint(snap, tokenizer, device, model_id=f"pythia-70m@{revision}",
+                           revision=revision, source=PYTHIA_REPO)
 
 
 def _hub_tokenizer():
@@ -441,6 +461,13 @@ def load_model(name: str, tokenizer: str | None = None, device: str = "cpu", see
         snap = _hub_snapshot()
         return load_checkpoint(snap, tokenizer, device, model_id="pythia-70m",
                                revision=PYTHIA_REVISION, source=PYTHIA_REPO)
+    from . import organism
+
+    path = organism.require_final_checkpoint() if name == "organism" else Path(name).expanduser()
+    info = organism.checkpoint_info(path)
+    if info is not None:  # the organism trained here: its own tokenizer, its training record
+        return load_checkpoint(path, None, device, model_id=model_slug(str(path)),
+                               source=str(Path(path).resolve()), extra_info={"organism": info})
     return load_checkpoint(name, tokenizer, device)
 
 
@@ -448,4 +475,7 @@ def model_slug(name: str) -> str:
     """A folder-safe id for `build/<model-id>/`."""
     if name in BUILTIN_MODELS:
         return name
-    return Path(name).expanduser().resolve().name or "checkpoint"
+    from .organism import slug
+
+    path = Path(name).expanduser().resolve()
+    return slug(path) or path.name or "checkpoint"

@@ -18,7 +18,17 @@ from pathlib import Path
 
 from . import ablation as ablation_mod
 from . import activations as activations_mod
+from . import correlations as correlations_mod
+from . import discovery as discovery_mod
+from . import dla as dla_mod
+from . import downstream as downstream_mod
+from . import dynamics as dynamics_mod
+from . import l3_tokens as l3_tokens_mod
+from . import language_probes as language_probes_mod
+from . import neurons as neurons_mod
 from . import probes as probes_mod
+from . import probes_ablated as probes_ablated_mod
+from . import unigrams as unigrams_mod
 from .artifacts import ArtifactStore
 from .config import GERMAN_NEURONS, Neuron, RunConfig
 from .data import CORPORA, load_corpus
@@ -37,6 +47,10 @@ def model_shape(name: str) -> tuple[int, int]:
         return PYTHIA_70M_SHAPE["num_hidden_layers"], PYTHIA_70M_SHAPE["intermediate_size"]
     if name == "tiny":
         return TINY_SHAPE["num_hidden_layers"], TINY_SHAPE["intermediate_size"]
+    if name == "organism":
+        from .organism import require_final_checkpoint
+
+        name = str(require_final_checkpoint())
     cfg = check_checkpoint_dir(Path(name).expanduser().resolve())
     return int(cfg["num_hidden_layers"]), int(cfg["intermediate_size"])
 
@@ -44,9 +58,22 @@ def model_shape(name: str) -> tuple[int, int]:
 # The analysis DAG, in execution order (a step's deps come before it). Each family's
 # module holds its pure functions, its step (`run_step`) and its figures.
 STEPS: tuple[StepSpec, ...] = (
+    StepSpec("discovery", discovery_mod.run_step, (), discovery_mod.figures),
     StepSpec("activations", activations_mod.run_step, (), activations_mod.figures),
     StepSpec("probes", probes_mod.run_step, ("activations",)),
     StepSpec("ablation", ablation_mod.run_step, ("activations",), ablation_mod.figures),
+    StepSpec("dynamics", dynamics_mod.run_step, ("discovery", "ablation"), dynamics_mod.figures,
+             when=dynamics_mod.has_series),
+    StepSpec("dla", dla_mod.run_step, ("activations",), dla_mod.figures),
+    StepSpec("l3_tokens", l3_tokens_mod.run_step, ("activations",), l3_tokens_mod.figures),
+    StepSpec("unigrams", unigrams_mod.run_step, ("l3_tokens",), unigrams_mod.figures),
+    StepSpec("probes_ablated", probes_ablated_mod.run_step, ("activations",), probes_ablated_mod.figures),
+    StepSpec("probes_english_neurons", language_probes_mod.run_english),
+    StepSpec("probes_french_neurons", language_probes_mod.run_french, when=language_probes_mod.has_french),
+    StepSpec("correlations", correlations_mod.run_step, ("activations",), correlations_mod.figures),
+    StepSpec("downstream", downstream_mod.run_step, ("activations",), downstream_mod.figures,
+             when=downstream_mod.has_downstream),
+    StepSpec("neurons", neurons_mod.run_step, ("activations",), neurons_mod.figures),
 )
 
 
@@ -62,6 +89,22 @@ def resolve_studied(n_layers: int, d_mlp: int, log) -> tuple[Neuron, ...]:
     return keep
 
 
+def _regression(model_id: str, profile: str, arts: dict, out: Path, log) -> dict | None:
+    """Check the run against `baselines/<model>-<profile>.json` when one exists; the table
+    goes to artifacts/regression.json and the report's appendix (a failure does not stop
+    the report: `german-neuron regression` is the gate)."""
+    from . import regression as reg
+
+    path = reg.baseline_path(model_id, profile)
+    if not path.is_file():
+        return None
+    result = reg.compare(reg.load_baseline(path), arts)
+    result["baseline"]["path"] = str(path.relative_to(reg.REPO)) if path.is_relative_to(reg.REPO) else str(path)
+    reg.write_result(out, result)
+    log(f"  regression: {result['n_checked']} metrics vs {path.name}, {result['n_failed']} outside tolerance")
+    return result
+
+
 def default_out(model: str) -> Path:
     from .models import model_slug
 
@@ -70,8 +113,11 @@ def default_out(model: str) -> Path:
 
 def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
                show_progress: bool | None = None, log: Callable[[str], None] | None = None,
-               corpus: str = "seed", command: str = "") -> dict:
+               corpus: str | None = None, command: str = "") -> dict:
     """Compute (or reuse) every artifact, draw the figures and build the report.
+
+    `corpus` None: `europarl-heldout` for the organism (its held-out passages), else `seed`.
+    `cfg.neuron` None (`--neuron auto`): the top German-positive neuron of the `discovery` step.
 
     Returns {"out": Path, "artifacts": {...}, "figures": [...], "report": {...} | None}.
 
@@ -84,10 +130,15 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
 
     log = log or (lambda s: print(s, file=sys.stderr))
     show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+    if corpus is None:
+        from .organism import default_corpus
+
+        corpus = default_corpus(cfg.model)
     if corpus not in CORPORA:
         raise UsageError(f"unknown corpus set {corpus!r}; choose one of: {', '.join(CORPORA)}")
     n_layers, d_mlp = model_shape(cfg.model)
-    cfg.neuron.check(n_layers, d_mlp)
+    if cfg.neuron is not None:
+        cfg.neuron.check(n_layers, d_mlp)
     out = Path(cfg.out) if cfg.out else default_out(cfg.model)
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / ".lock"))
@@ -97,44 +148,74 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
         raise ReportError(f"another run is writing to {out} (lock {out / '.lock'})",
                           hint="wait for it to finish, or pass a different --out") from None
     try:
-        t0 = time.perf_counter()
-        corpora = {lang: load_corpus(name, cfg.data_dir) for lang, name in CORPORA[corpus].items()}
-        log(f"Loading {cfg.model} on {cfg.device} ...")
-        model = load_model(cfg.model, cfg.tokenizer, cfg.device, cfg.profile.seed)
-        weights = Weights.from_bridge(model.bridge, model.info["rotary_pct"])
-        studied = resolve_studied(n_layers, d_mlp, log)
-        run = Run(cfg, model, Forward(weights), corpora, ArtifactStore(out / "artifacts"),
-                  studied, log, show_progress, data_dir=cfg.data_dir)
-        log(f"Steps (profile {cfg.profile.name}) -> {out}/artifacts")
-        arts: dict[str, dict] = {}
-        for spec in STEPS:
-            if spec.when is None or spec.when(run):
-                arts[spec.name] = spec.run(run, arts)
-        figs: list[dict] = []
-        for spec in STEPS:
-            if spec.figures is not None and spec.name in arts:
-                figs += spec.figures(run, arts, out / "figures")
-        context = {
-            "title": f"The German context neuron {cfg.neuron} in {model.model_id}",
-            "run": {
-                "model_id": model.model_id, "model_source": model.info.get("source"),
-                "revision": model.info.get("revision"), "fingerprint": model.info.get("fingerprint"),
-                "is_pythia": model.model_id == "pythia-70m", "neuron": str(cfg.neuron),
-                "profile": cfg.profile.name, "sizes": cfg.profile.sizes(), "device": cfg.device,
-                "corpus": corpus, "command": command,
-                "created": arts["ablation"]["created"],
-            },
-            "artifacts": arts,
-            "figures": figs,
-            "seed": json.loads(SEED_REFERENCE.read_text()) if model.model_id == "pythia-70m" else None,
-        }
-        report = None
-        if render:
-            from report.build import build_report
-
-            log("Rendering report ...")
-            report = build_report(out, context, renderer=renderer)
-        log(f"Done in {time.perf_counter() - t0:.1f} s: {out}")
-        return {"out": out, "artifacts": arts, "figures": figs, "report": report, "context": context}
+        _remove_stale_temporaries(out)
+        return _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
+                           n_layers, d_mlp)
+    except OSError as exc:
+        # e.g. ENOSPC while writing: every write is atomic, so what is on disk is either
+        # the previous complete file or nothing.
+        raise ReportError(f"could not write to {out}: {exc.strerror or exc}",
+                          hint="free space or pass another --out; previous results are intact") from None
     finally:
         lock.release()
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Temporaries left by a killed run (we hold the lock, so none is in use)."""
+    import shutil
+
+    for p in list(out.glob(".report-tmp-*")):
+        shutil.rmtree(p, ignore_errors=True)
+    for sub in ("artifacts", "figures"):
+        for p in list((out / sub).glob(".*.tmp")):
+            p.unlink(missing_ok=True)
+
+
+def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command, n_layers, d_mlp):
+    """The body of `run_report`, with the output folder's lock held."""
+    t0 = time.perf_counter()
+    corpora = {lang: load_corpus(name, cfg.data_dir) for lang, name in CORPORA[corpus].items()}
+    log(f"Loading {cfg.model} on {cfg.device} ...")
+    model = load_model(cfg.model, cfg.tokenizer, cfg.device, cfg.profile.seed)
+    weights = Weights.from_bridge(model.bridge, model.info["rotary_pct"])
+    studied = resolve_studied(n_layers, d_mlp, log)
+    run = Run(cfg, model, Forward(weights), corpora, ArtifactStore(out / "artifacts"),
+              studied, log, show_progress, data_dir=cfg.data_dir)
+    log(f"Steps (profile {cfg.profile.name}) -> {out}/artifacts")
+    arts: dict[str, dict] = {}
+    for spec in STEPS:
+        if spec.when is None or spec.when(run):
+            arts[spec.name] = spec.run(run, arts)
+            if spec.name == "discovery":  # resolves --neuron auto (dataclasses.replace)
+                cfg = discovery_mod.apply(run, arts["discovery"])
+    figs: list[dict] = []
+    for spec in STEPS:
+        if spec.figures is not None and spec.name in arts:
+            figs += spec.figures(run, arts, out / "figures")
+    context = {
+        "title": f"The German context neuron {cfg.neuron} in {model.model_id}",
+        "run": {
+            "model_id": model.model_id, "model_source": model.info.get("source"),
+            "revision": model.info.get("revision"), "fingerprint": model.info.get("fingerprint"),
+            "is_pythia": model.model_id == "pythia-70m", "neuron": str(cfg.neuron),
+            "profile": cfg.profile.name, "sizes": cfg.profile.sizes(), "device": cfg.device,
+            "corpus": corpus, "command": command,
+            "is_organism": "organism" in model.info, "banner": cfg.note,
+            "neuron_discovered": cfg.neuron_discovered,
+            "created": arts["ablation"]["created"],
+        },
+        "artifacts": arts,
+        "figures": figs,
+        "seed": json.loads(SEED_REFERENCE.read_text()) if model.model_id == "pythia-70m" else None,
+    }
+    regression = _regression(model.model_id, cfg.profile.name, arts, out, log)
+    if regression is not None:
+        context["regression"] = regression
+    report = None
+    if render:
+        from report.build import build_report
+
+        log("Rendering report ...")
+        report = build_report(out, context, renderer=renderer)
+    log(f"Done in {time.perf_counter() - t0:.1f} s: {out}")
+    return {"out": out, "artifacts": arts, "figures": figs, "report": report, "context": context}

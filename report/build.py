@@ -84,17 +84,37 @@ def _unplaced_figures(context: Mapping[str, Any]) -> list[dict]:
 SECTIONS: tuple[Section, ...] = (
     Section("Summary", "00_summary.md.j2"),
     Section("Setup", "10_setup.md.j2"),
+    Section("Neuron discovery", "15_discovery.md.j2", ("discovery",), ("discovery",)),
     Section(
         "Context neuron activations", "20_activations.md.j2", ("activations",), ("activations",)
     ),
     Section("Single-neuron probes", "30_probes.md.j2", ("probes",), ("probes",)),
     Section("Mean ablation", "40_ablation.md.j2", ("ablation",), ("ablation",)),
+    Section("Direct logit attribution and loss by component", "50_dla.md.j2", ("dla",), ("dla",)),
+    Section("Tokens boosted by the context layer", "51_l3_tokens.md.j2", ("l3_tokens",),
+            ("l3_tokens",)),
+    Section("Unigram statistics", "52_unigrams.md.j2", ("unigrams",), ("unigrams",)),
+    Section("Probes with the context neuron ablated", "53_probes_ablated.md.j2",
+            ("probes_ablated",), ("probes_ablated",)),
+    Section("English and French neuron probes", "54_language_probes.md.j2",
+            ("probes_english_neurons",)),
+    Section("Correlation with the context neuron", "55_correlations.md.j2", ("correlations",),
+            ("correlations",)),
+    Section("Downstream neurons by activation difference", "60_downstream.md.j2", ("downstream",),
+            ("downstream",)),
+    Section("Individual downstream neurons", "61_neurons.md.j2", ("neurons",), ("neurons",)),
+    Section("L5N1336", "62_l5n1336.md.j2", ("neurons",), ("neurons",),
+            when=lambda c: any(e["neuron"] == "L5N1336"
+                               for e in c["artifacts"]["neurons"]["result"]["neurons"])),
+    Section("Training dynamics", "70_dynamics.md.j2", ("dynamics",), ("dynamics",)),
     Section("Other figures", "80_other_figures.md.j2", when=lambda c: bool(_unplaced_figures(c))),
     Section("Provenance", "90_provenance.md.j2"),
+    Section("Regression check", "95_regression.md.j2", when=lambda c: c.get("regression") is not None),
 )
 
 # Steps in the order their provenance is summarised (others follow alphabetically).
-STEP_ORDER = ("activations", "probes", "ablation")
+STEP_ORDER = ("discovery", "activations", "probes", "ablation", "dynamics", "dla", "l3_tokens", "unigrams", "probes_ablated",
+              "probes_english_neurons", "probes_french_neurons", "correlations", "downstream", "neurons")
 
 _CELL_MARKER = re.compile(r"^%%% (markdown|code)[ \t]*$", re.MULTILINE)
 
@@ -257,6 +277,7 @@ def _template_variables(context: Mapping[str, Any]) -> dict[str, Any]:
         "artifacts": artifacts,
         "figures": figures,
         "seed": context["seed"],
+        "regression": context.get("regression"),
         "steps": steps,
         "model": first["model"] if first else None,
         "libraries": (first.get("libraries") or {}) if first else {},

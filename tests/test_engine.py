@@ -116,3 +116,29 @@ def test_batches_respect_token_budget_and_keep_every_example():
         assert b.tokens.shape[0] * b.tokens.shape[1] <= 14 or b.tokens.shape[0] == 1
         for row, i in enumerate(b.index):
             assert int(b.lengths[row]) == len(lists[i])
+
+
+def test_final_layer_shortcut_equals_the_full_pass(tiny, tiny_fwd):
+    """The rank-k logit update for last-layer MLP edits equals restarting the pass."""
+    from analysis.engine import Edits, is_final_mlp_edit
+
+    token_lists = [tiny.to_tokens(t) for t in TEXTS]
+    batches = make_batches(token_lists, 4096, 1)
+
+    def shift(x):
+        x = x.clone()
+        x[..., 1336] += 1.7
+        return x
+
+    variants: dict[str, Edits] = {
+        "post_one": {"blocks.5.mlp.hook_post": set_neurons([1336], -0.4)},
+        "post_many": {"blocks.5.mlp.hook_post": set_neurons([1039, 407, 250], [0.5, -1.0, 2.0])},
+        "pre_shift": {"blocks.5.mlp.hook_pre": shift},
+    }
+    assert all(is_final_mlp_edit(v, 6) for v in variants.values())
+    assert not is_final_mlp_edit({"blocks.4.mlp.hook_post": set_neurons([1], 0.0)}, 6)
+    fast = per_example_losses(tiny_fwd, batches, variants, show_progress=False, shortcut=True)
+    full = per_example_losses(tiny_fwd, batches, variants, show_progress=False, shortcut=False)
+    for k in ["original", *variants]:
+        assert np.allclose(fast[k], full[k], rtol=1e-5, atol=1e-6), k
+    assert not np.allclose(fast["post_many"], fast["original"], rtol=0, atol=1e-7)

@@ -33,13 +33,13 @@ def test_report_has_every_section_figure_and_no_template_text(tiny_report):
         assert (out / f["png"]).stat().st_size > 1000 and (out / f["svg"]).is_file()
         meta = json.loads((out / "figures" / f"{f['name']}.json").read_text())
         assert meta["artifact_key"] == res["artifacts"][meta["step"]]["key"]
-        assert meta["function"].startswith("figures.plots.")
+        assert meta["function"].startswith("figures.")
 
 
 def test_artifacts_have_provenance_and_expected_results(tiny_report):
     res, _, cfg = tiny_report
     arts = res["artifacts"]
-    assert set(arts) == {"activations", "probes", "ablation"}
+    assert set(arts) >= {"activations", "probes", "ablation", "downstream", "neurons"}
     for step, art in arts.items():
         on_disk = json.loads((res["out"] / "artifacts" / f"{step}.json").read_text())
         assert on_disk == art
@@ -66,7 +66,7 @@ def test_rerun_hits_the_cache_and_a_changed_artifact_is_recomputed(tiny_report):
     res, _, cfg = tiny_report
     logs: list[str] = []
     again = run_report(cfg, corpus="fixture", show_progress=False, log=logs.append, render=False)
-    assert sum("cached" in line for line in logs) == 3, logs
+    assert sum("cached" in line for line in logs) == len(res["artifacts"]), logs
     assert {k: a["key"] for k, a in again["artifacts"].items()} == {k: a["key"] for k, a in res["artifacts"].items()}
     # an edited payload no longer matches its recorded hash: recomputed, never read
     p = res["out"] / "artifacts" / "probes.json"

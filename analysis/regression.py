@@ -1,0 +1,317 @@
+"""Regression checks: the numbers of a run against a committed baseline.
+
+A maintainer who upgrades torch, transformers or TransformerLens reruns the report and
+wants to know which number moved. `flatten_metrics` turns the artifacts into named scalars
+(`probes.L3N669.f1`, `ablation.context.german.percent_increase`, ...); `compare` puts each
+beside its baseline value and tolerance.
+
+Baselines (`baselines/<model>-<profile>.json`):
+
+* `pythia-70m-paper.json` holds the numbers the seed notebook printed (from
+  `analysis/seed_reference.json`), each with the seed section it comes from and a tolerance
+  = half a unit of its printed precision + two standard errors of its method's sampling
+  noise (see `seed_tolerance`). It is never rewritten by `--update`.
+* fixture baselines (`tiny-quick.json`, `pythia-70m-random-quick.json`) are recorded from
+  the project's own runs; the runs are deterministic on one machine, so their tolerance only
+  covers float re-association across library versions (see `fixture_tolerance`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+from .artifacts import atomic_write_text
+
+REPO = Path(__file__).resolve().parent.parent
+BASELINES = REPO / "baselines"
+SEED_REFERENCE = Path(__file__).resolve().parent / "seed_reference.json"
+SCHEMA_VERSION = 1
+FIXTURE_REL_TOL = 1e-4
+FIXTURE_ABS_TOL = 1e-6
+
+Metric = tuple[str, float, str]  # (name, value, seed section)
+
+EXTRACTORS: list[Callable[[Mapping[str, dict]], Iterable[Metric]]] = []
+
+
+def extractor(fn):
+    EXTRACTORS.append(fn)
+    return fn
+
+
+def _probe_metrics(prefix: str, rows, section: str) -> Iterable[Metric]:
+    for r in rows:
+        for k in ("f1", "train_acc", "test_acc", "mean_english", "mean_german"):
+            if k in r:
+                yield f"{prefix}.{r['neuron']}.{k}", float(r[k]), section
+
+
+@extractor
+def _activations(arts):
+    if "activations" in arts:
+        r = arts["activations"]["result"]
+        sec = "Set up model, data, and deactivate German neuron hook"
+        yield "activations.context_mean_active", r["context_mean_active"], sec
+        yield "activations.context_mean_inactive", r["context_mean_inactive"], sec
+
+
+@extractor
+def _probes(arts):
+    if "probes" in arts:
+        yield from _probe_metrics("probes", arts["probes"]["result"]["rows"],
+                                  "Check classification accuracy of German neurons")
+
+
+@extractor
+def _ablation(arts):
+    if "ablation" not in arts:
+        return
+    r = arts["ablation"]["result"]
+    sec = "Check loss increase from disabling each German neuron on German data"
+    for lang in ("german", "english"):
+        for k in ("original", "ablated", "percent_increase"):
+            yield f"ablation.context.{lang}.{k}", r["context"][lang][k], sec
+    for row in r["single"]:
+        for lang in ("german", "english"):
+            for k in ("ablated", "percent_increase"):
+                yield f"ablation.{row['neuron']}.{lang}.{k}", row[lang][k], sec
+    for variant, v in (r.get("all_except_context") or {}).items():
+        for lang in ("german", "english"):
+            for k in ("ablated", "percent_increase"):
+                yield f"ablation.all_except_context.{variant}.{lang}.{k}", v[lang][k], sec
+
+
+@extractor
+def _weird_tokens(arts):
+    if "neurons" in arts:
+        w = arts["neurons"]["result"]["weird_tokens"]
+        sec = "Looking at individual neurons"
+        yield "weird_tokens.W_U", w["n_w_u"], sec
+        yield "weird_tokens.W_E", w["n_w_e"], sec
+        yield "weird_tokens.unique", w["n_unique"], sec
+
+
+def _family_extractors() -> None:
+    """Metric extractors that live beside their analyses (names as the seed baseline's)."""
+    from . import dla, probes_ablated, unigrams
+
+    for mod in (dla, unigrams, probes_ablated):
+        if mod.regression_metrics not in EXTRACTORS:
+            EXTRACTORS.append(mod.regression_metrics)
+
+
+def flatten_metrics(arts: Mapping[str, dict]) -> dict[str, dict]:
+    """{metric name: {"value", "section"}} from every artifact an extractor knows."""
+    _family_extractors()
+    out: dict[str, dict] = {}
+    for ex in EXTRACTORS:
+        for name, value, section in ex(arts):
+            out[name] = {"value": float(value), "section": section}
+    return out
+
+
+FIXTURE_PERCENT_ABS_TOL = 1e-3
+
+
+def fixture_tolerance(name: str, value: float) -> float:
+    """1e-4 relative + 1e-6 absolute; a `percent_increase` is a difference of two nearly
+    equal losses (on a random model, 1e-4 % or less), so its float noise is relative to the
+    loss, not to itself: it gets 1e-3 percentage points (1e-5 of the loss) absolute."""
+    extra = FIXTURE_PERCENT_ABS_TOL if name.endswith("percent_increase") else FIXTURE_ABS_TOL
+    return FIXTURE_REL_TOL * abs(value) + extra
+
+
+def seed_tolerance(kind: str, value: float, n_test: int = 2000, decimals: int = 2) -> float:
+    """Tolerance for a number the seed printed with `decimals` decimals.
+
+    * accuracies and F1: the seed split 10,000 activations 80/20 without a seed, so a
+      rerun differs by sampling noise: 2 standard errors of a proportion on the 2,000 test
+      points, sqrt(p(1-p)/n), plus half a printed unit;
+    * deterministic quantities (mean activations, losses, % increases, logit means): half
+      a printed unit plus 1e-3 of the value for GPU-vs-CPU float differences;
+    * counts: exact.
+    """
+    half = 0.5 * 10 ** (-decimals)
+    if kind == "count":
+        return 0.0
+    if kind == "proportion":
+        p = min(max(value, 0.0), 1.0)
+        return round(half + 2 * math.sqrt(max(p * (1 - p), 0.0025) / n_test), 4)
+    return round(half + 1e-3 * abs(value), 6)
+
+
+def seed_baseline() -> dict:
+    """The pythia-70m baseline, derived from the seed's printed numbers."""
+    ref = json.loads(SEED_REFERENCE.read_text())
+    m: dict[str, dict] = {}
+
+    def add(name, value, kind, section, decimals=2):
+        m[name] = {"value": value, "tolerance": seed_tolerance(kind, value, decimals=decimals),
+                   "section": section, "kind": kind}
+
+    for prefix, block in (("probes", ref["probes"]), ("probes_context_ablated", ref["probes_context_ablated"])):
+        for neuron, row in block["rows"].items():
+            for k, v in row.items():
+                kind = "proportion" if k in ("f1", "train_acc", "test_acc") else "deterministic"
+                add(f"{prefix}.{neuron}.{k}", v, kind, block["section"])
+    abl = ref["ablation"]
+    for k, v in abl["context"]["german"].items():
+        add(f"ablation.context.german.{k}", v, "deterministic", abl["section"])
+    for neuron, langs in abl["single"].items():
+        for lang, vals in langs.items():
+            for k in ("ablated", "percent_increase"):
+                add(f"ablation.{neuron}.{lang}.{k}", vals[k], "deterministic", abl["section"])
+    for lang, vals in abl["all_except_context"]["seed_literal"].items():
+        for k in ("ablated", "percent_increase"):
+            add(f"ablation.all_except_context.seed_literal.{lang}.{k}", vals[k], "deterministic",
+                abl["section"])
+    cp = ref["component_patching"]
+    for comp, vals in cp["rows"].items():
+        add(f"component_patching.{comp}.percent_increase", vals["percent_increase"], "deterministic",
+            cp["section"])
+    uni = ref["unigrams"]
+    add("unigrams.german_mean_logit_diff", uni["german_mean_logit_diff"], "deterministic",
+        uni["section"], decimals=4)
+    add("unigrams.english_mean_logit_diff", uni["english_mean_logit_diff"], "deterministic",
+        uni["section"], decimals=4)
+    wt = ref["weird_tokens"]
+    for k in ("W_U", "W_E", "unique"):
+        add(f"weird_tokens.{k}", wt[k], "count", wt["section"])
+    return {"schema_version": SCHEMA_VERSION, "model": "pythia-70m", "profile": "paper",
+            "source": "seed notebook printed output (analysis/seed_reference.json)",
+            "tolerance_rule": seed_tolerance.__doc__.strip(), "metrics": m}
+
+
+def baseline_path(model_id: str, profile: str) -> Path:
+    return BASELINES / f"{model_id}-{profile}.json"
+
+
+def load_baseline(path: Path) -> dict:
+    data = json.loads(Path(path).read_text())
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path}: baseline schema {data.get('schema_version')} != {SCHEMA_VERSION}")
+    return data
+
+
+def record_fixture_baseline(arts: Mapping[str, dict], model_id: str, profile: str) -> dict:
+    metrics = flatten_metrics(arts)
+    keys = {step: a["key"] for step, a in arts.items()}
+    return {"schema_version": SCHEMA_VERSION, "model": model_id, "profile": profile,
+            "source": "recorded from the project's own run", "artifact_keys": keys,
+            "data": data_checksums(arts),
+            "tolerance_rule": fixture_tolerance.__doc__.strip(),
+            "metrics": {k: {"value": v["value"], "tolerance": fixture_tolerance(k, v["value"]),
+                            "section": v["section"]} for k, v in sorted(metrics.items())}}
+
+
+def data_checksums(arts: Mapping[str, dict]) -> dict[str, str]:
+    """{language: sha256} of the text the artifacts were computed on."""
+    out: dict[str, str] = {}
+    for a in arts.values():
+        for lang, d in (a.get("provenance", {}).get("data") or {}).items():
+            out[lang] = d["sha256"]
+    return dict(sorted(out.items()))
+
+
+def compare(baseline: Mapping, arts: Mapping[str, dict]) -> dict:
+    """Rows (metric, baseline, current, difference, tolerance, status) and a verdict.
+
+    Status: `ok`, `FAIL` (outside tolerance), `missing` (in the baseline, not computed: a
+    failure), `new` (computed, not in the baseline: listed, not a failure)."""
+    current = flatten_metrics(arts)
+    rows = []
+    for name, b in baseline["metrics"].items():
+        c = current.get(name)
+        if c is None:
+            rows.append({"metric": name, "baseline": b["value"], "current": None, "difference": None,
+                         "tolerance": b["tolerance"], "status": "missing", "section": b.get("section")})
+            continue
+        diff = c["value"] - b["value"]
+        ok = abs(diff) <= b["tolerance"]
+        rows.append({"metric": name, "baseline": b["value"], "current": c["value"], "difference": diff,
+                     "tolerance": b["tolerance"], "status": "ok" if ok else "FAIL",
+                     "section": b.get("section")})
+    for name in sorted(set(current) - set(baseline["metrics"])):
+        rows.append({"metric": name, "baseline": None, "current": current[name]["value"],
+                     "difference": None, "tolerance": None, "status": "new",
+                     "section": current[name]["section"]})
+    # A fixture baseline holds only for the text it was recorded on.
+    for lang, digest in (baseline.get("data") or {}).items():
+        cur = data_checksums(arts).get(lang)
+        if cur != digest:
+            rows.append({"metric": f"data.{lang}.sha256", "baseline": None, "current": None,
+                         "difference": None, "tolerance": None, "status": "FAIL",
+                         "section": f"baseline recorded on {digest[:12]}, run on {str(cur)[:12]}"})
+    failed = [r["metric"] for r in rows if r["status"] in ("FAIL", "missing")]
+    return {"baseline": {"model": baseline.get("model"), "profile": baseline.get("profile"),
+                         "source": baseline.get("source")},
+            "rows": rows, "n_checked": sum(r["status"] in ("ok", "FAIL") for r in rows),
+            "n_failed": len(failed), "failed": failed, "passed": not failed}
+
+
+def print_table(result: dict, console=None, only_problems: bool = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    # Full metric names even when piped (CI logs, closing notes): no truncation.
+    console = console or Console(width=None if sys.stdout.isatty() else 200)
+    t = Table(title=f"Regression check against {result['baseline']['model']}-{result['baseline']['profile']}")
+    for col in ("metric", "baseline", "current", "difference", "tolerance", "status"):
+        t.add_column(col, justify="left" if col in ("metric", "status") else "right",
+                     no_wrap=col == "metric")
+
+    def f(x):
+        return "—" if x is None else f"{x:.6g}"
+
+    for r in result["rows"]:
+        if only_problems and r["status"] == "ok":
+            continue
+        style = {"FAIL": "bold red", "missing": "red", "new": "yellow"}.get(r["status"])
+        t.add_row(r["metric"], f(r["baseline"]), f(r["current"]), f(r["difference"]),
+                  f(r["tolerance"]), r["status"], style=style)
+    console.print(t)
+    verdict = "PASSED" if result["passed"] else f"FAILED ({result['n_failed']}): " + ", ".join(result["failed"])
+    console.print(f"{result['n_checked']} checked, {result['n_failed']} failed: {verdict}")
+
+
+def write_result(out_dir: Path, result: dict) -> Path:
+    p = Path(out_dir) / "artifacts" / "regression.json"
+    atomic_write_text(p, json.dumps(result, indent=1, sort_keys=True, allow_nan=False))
+    return p
+
+
+def load_artifacts(out_dir: Path) -> dict[str, dict]:
+    arts = {}
+    for p in sorted((Path(out_dir) / "artifacts").glob("*.json")):
+        if p.stem == "regression":
+            continue
+        a = json.loads(p.read_text())
+        if isinstance(a, dict) and "result" in a and "step" in a:
+            arts[a["step"]] = a
+    return arts
+
+
+def diff_runs(a_dir: Path, b_dir: Path) -> dict:
+    """Artifact-by-artifact comparison of two output folders: same cache key, same payload
+    hash, same array bytes; and every metric that differs. Used to prove determinism."""
+    a, b = load_artifacts(a_dir), load_artifacts(b_dir)
+    steps = []
+    for step in sorted(set(a) | set(b)):
+        if step not in a or step not in b:
+            steps.append({"step": step, "status": "only in " + ("first" if step in a else "second")})
+            continue
+        same_key = a[step]["key"] == b[step]["key"]
+        same_payload = a[step]["payload_sha256"] == b[step]["payload_sha256"]
+        same_arrays = (a[step].get("arrays") or {}) == (b[step].get("arrays") or {})
+        steps.append({"step": step, "same_key": same_key, "same_payload": same_payload,
+                      "same_arrays": same_arrays,
+                      "status": "identical" if (same_key and same_payload and same_arrays) else "DIFFERENT"})
+    ma, mb = flatten_metrics(a), flatten_metrics(b)
+    moved = [{"metric": k, "first": ma[k]["value"], "second": mb[k]["value"]}
+             for k in sorted(set(ma) & set(mb)) if ma[k]["value"] != mb[k]["value"]]
+    return {"steps": steps, "moved": moved,
+            "identical": all(s["status"] == "identical" for s in steps) and not moved}
