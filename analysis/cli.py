@@ -27,7 +27,7 @@ def report(
     model: str | None = typer.Option(None, help="pythia-70m | pythia-70m-random | tiny | organism | PATH to a HF GPT-NeoX checkpoint folder; default: pythia-70m if it can be loaded, else the organism (trained first if none is cached)"),
     tokenizer: str | None = typer.Option(None, envvar="GERMAN_NEURON_TOKENIZER", help="tokenizer.json (GPT-NeoX-20B) for pythia-70m-random or a checkpoint without one"),
     data_dir: str | None = typer.Option(None, envvar="GERMAN_NEURON_DATA_DIR", help="folder with the seed's data files (offline); default $GERMAN_NEURON_DATA_DIR, else download"),
-    neuron: str = typer.Option("L3N669", help="the context neuron under study, LxNy, or auto (the top German-positive neuron found by probing every neuron)"),
+    neuron: str | None = typer.Option(None, help="the context neuron under study, LxNy, or auto (the top German-positive neuron found by probing every neuron); default L3N669, auto for the organism"),
     profile: str = typer.Option("quick", help="quick | paper (sample sizes)"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     out: str | None = typer.Option(None, help="output folder (default build/<model-id>/)"),
@@ -46,12 +46,15 @@ def report(
             raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
         if renderer not in ("auto", "quarto", "pandoc"):
             raise UsageError(f"unknown renderer {renderer!r}; choose auto, quarto or pandoc")
-        context_neuron = None if neuron.strip().lower() == "auto" else Neuron.parse(neuron)
+        from .organism import is_organism, resolve_default_model
+
+        auto = neuron is not None and neuron.strip().lower() == "auto"
+        context_neuron = None if auto or neuron is None else Neuron.parse(neuron)
         prof, note = get_profile(profile), None
         if model is None:  # pythia-70m if loadable, else the organism (said on the console)
-            from .organism import resolve_default_model
-
             model, note = resolve_default_model(tokenizer, data_dir, log=lambda s: typer.echo(s, err=True))
+        if neuron is None and not is_organism(model):
+            context_neuron = Neuron.parse("L3N669")  # the seed's neuron; the organism finds its own
         cfg = RunConfig(model=model, neuron=context_neuron, profile=prof,
                         device=device, data_dir=data_dir, tokenizer=tokenizer, out=out, note=note)
         res = run_report(cfg, render=render, renderer=renderer, corpus=corpus,

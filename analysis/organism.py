@@ -630,3 +630,8 @@ def training_summary(path: str | os.PathLike) -> dict | None:
             "data": {lang: {"file": d.get("file"), "sha256": d.get("sha256"), "train_passages": d.get("passages"),
                             "heldout": {k: v for k, v in (d.get("heldout") or {}).items() if k != "indices"}}
                      for lang, d in m["data"].items()}}
+
+
+def is_organism(model: str) -> bool:
+    """`organism`, or a checkpoint folder written by `train`."""
+    return default_corpus(model) == "europarl-heldout"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import ablation as ablation_mod
 from . import activations as activations_mod
+from . import backup as backup_mod
 from . import correlations as correlations_mod
 from . import discovery as discovery_mod
 from . import dla as dla_mod
@@ -71,6 +72,7 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("probes_english_neurons", language_probes_mod.run_english),
     StepSpec("probes_french_neurons", language_probes_mod.run_french, when=language_probes_mod.has_french),
     StepSpec("correlations", correlations_mod.run_step, ("activations",), correlations_mod.figures),
+    StepSpec("backup", backup_mod.run_step, ("activations", "ablation"), when=backup_mod.has_pairs),
     StepSpec("downstream", downstream_mod.run_step, ("activations",), downstream_mod.figures,
              when=downstream_mod.has_downstream),
     StepSpec("neurons", neurons_mod.run_step, ("activations",), neurons_mod.figures),

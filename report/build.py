@@ -100,6 +100,7 @@ SECTIONS: tuple[Section, ...] = (
             ("probes_english_neurons",)),
     Section("Correlation with the context neuron", "55_correlations.md.j2", ("correlations",),
             ("correlations",)),
+    Section("Backup test: pairs of ablated neurons", "56_backup.md.j2", ("backup",)),
     Section("Downstream neurons by activation difference", "60_downstream.md.j2", ("downstream",),
             ("downstream",)),
     Section("Individual downstream neurons", "61_neurons.md.j2", ("neurons",), ("neurons",)),
@@ -113,7 +114,7 @@ SECTIONS: tuple[Section, ...] = (
 )
 
 # Steps in the order their provenance is summarised (others follow alphabetically).
-STEP_ORDER = ("discovery", "activations", "probes", "ablation", "dynamics", "dla", "l3_tokens", "unigrams", "probes_ablated",
+STEP_ORDER = ("discovery", "activations", "probes", "ablation", "backup", "dynamics", "dla", "l3_tokens", "unigrams", "probes_ablated",
               "probes_english_neurons", "probes_french_neurons", "correlations", "downstream", "neurons")
 
 _CELL_MARKER = re.compile(r"^%%% (markdown|code)[ \t]*$", re.MULTILINE)

@@ -220,7 +220,7 @@ def test_discovery_ranks_a_planted_neuron_first(tiny):
 
     toks = {lang: [tiny.to_tokens(t) for t in load_corpus(f"fixture_{lang}").examples if t.strip()]
             for lang in ("german", "english")}
-    kw = dict(crop=(10, 400), n_samples=1000, test_size=0.2, seed=0, batch_tokens=4096, show_progress=False)
+    kw = dict(crop=(10, 400), n_samples=600, test_size=0.2, seed=0, batch_tokens=4096, show_progress=False)
     planted, arrays = discover(Forward(_plant(tiny, toks)), toks, **kw)
     assert planted["best"] == "L3N669", planted["ranked"][:3]
     top = planted["ranked"][0]
@@ -296,10 +296,12 @@ def test_default_model_falls_back_to_the_cached_organism(tiny_organism):
 
 def test_default_corpus_is_the_heldout_split_for_the_organism(tiny_organism):
     from analysis.data import CORPORA, SUBSETS
-    from analysis.organism import default_corpus
+    from analysis.organism import default_corpus, is_organism
 
     out, manifest = tiny_organism
     assert default_corpus(str(out / manifest["final"]["path"])) == "europarl-heldout"
+    assert is_organism(str(out / manifest["final"]["path"])) and is_organism("organism")
+    assert not is_organism("tiny") and not is_organism("pythia-70m")
     assert default_corpus("organism") == "europarl-heldout"
     assert default_corpus("tiny") == "seed"
     assert set(CORPORA["europarl-heldout"].values()) <= set(SUBSETS)
