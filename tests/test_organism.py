@@ -185,6 +185,26 @@ def test_vectorised_probe_matches_sklearn():
     assert st["f1"][0] in (0.0, pytest.approx(2 / 3, abs=0.05))  # dead: nothing, or everything German
 
 
+def test_ranking_keeps_only_german_positive_neurons_and_breaks_ties():
+    from analysis.discovery import probe_all, rank
+
+    rng = np.random.default_rng(1)
+    n = 400
+    de = rng.normal(size=(n, 4)).astype(np.float32)
+    en = rng.normal(size=(n, 4)).astype(np.float32)
+    en[:, 0] += 12.0  # English-positive, separable: the best F1 of all
+    de[:, 1] += 1.0  # German-positive, weaker
+    de[:, 2] += 2.0  # German-positive, stronger
+    de[:, 3], en[:, 3] = 9.0, 0.0  # German-positive, perfectly separable and constant: ties with ...
+    stats = probe_all(de, en, n, 0.2, 0)
+    assert stats["f1"][0] == 1.0 and stats["coef"][0] < 0
+    german = list(rank(stats, True))
+    assert 0 not in german and german[-2:] == [2, 1]
+    assert rank(stats, False)[0] == 0
+    stats["f1"][2], stats["test_acc"][2] = stats["f1"][3], stats["test_acc"][3]  # ... a forced tie
+    assert list(rank(stats, True))[:2] == [3, 2]  # broken by |separation|, not position
+
+
 def _plant(model, toks, layer=3, index=669):
     """Weights of `model` with a German token direction planted: a fresh direction v is
     added to the embedding of every token more frequent in the German than in the English
