@@ -42,6 +42,14 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The engine's benchmark (prints its figures, writes build/bench/bench.json):
+    `-- --tokenizer ... --data-dir ...` (or the GERMAN_NEURON_* variables)."""
+    _install(session)
+    session.run("german-neuron", "bench", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("-c", "constraints.txt", "ruff")
     session.run("ruff", "check", ".")

@@ -108,7 +108,9 @@ class StepInputs:
         }))
 
 
-def envelope(inputs: StepInputs, result: dict, wall_time_s: float) -> dict:
+def envelope(inputs: StepInputs, result: dict, wall_time_s: float, cost: dict | None = None) -> dict:
+    """The JSON envelope of one step's result. `cost` (tokens forwarded, peak memory) is,
+    like the wall time, a record of how it was computed: outside the key and the payload."""
     return {
         "schema_version": SCHEMA_VERSION,
         "step": inputs.step,
@@ -116,6 +118,7 @@ def envelope(inputs: StepInputs, result: dict, wall_time_s: float) -> dict:
         "payload_sha256": sha256_text(canonical_json(result)),
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "wall_time_s": round(wall_time_s, 3),
+        "cost": cost or {},
         "provenance": {
             "model": inputs.model,
             "data": inputs.data,
@@ -170,10 +173,10 @@ class ArtifactStore:
         return art
 
     def save(self, inputs: StepInputs, result: dict, wall_time_s: float,
-             arrays: dict[str, np.ndarray] | None = None) -> dict:
+             arrays: dict[str, np.ndarray] | None = None, cost: dict | None = None) -> dict:
         """Write arrays first, then the JSON envelope last: the envelope is what marks a
         step complete, and it records the arrays' hashes."""
-        art = envelope(inputs, result, wall_time_s)
+        art = envelope(inputs, result, wall_time_s, cost)
         if arrays:
             art["arrays"] = {}
             for name, arr in arrays.items():

@@ -192,6 +192,36 @@ def baseline(
 
 
 @app.command()
+def bench(
+    model: str = typer.Option("pythia-70m-random", help="model to measure (pythia-70m-random: Pythia-70M's shape)"),
+    tokenizer: str | None = typer.Option(None, envvar="GERMAN_NEURON_TOKENIZER", help="tokenizer.json (GPT-NeoX-20B)"),
+    data_dir: str | None = typer.Option(None, envvar="GERMAN_NEURON_DATA_DIR", help="folder with the seed's data files"),
+    out: str = typer.Option("build/bench", help="output folder: bench.json and the benchmark's report runs"),
+    examples: int | None = typer.Option(None, help="German examples for the speedup/throughput parts (default 40, the quick profile's)"),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    repeats: int = typer.Option(3, help="timed repeats of each throughput measurement (best is kept)"),
+    reports: bool = typer.Option(True, help="also run the quick report and its doubled-size variant (passes and memory)"),
+    debug: bool = typer.Option(False, help="show tracebacks"),
+) -> None:
+    """Measure the engine: speedup over the seed's per-example loop, efficiency vs Hugging
+    Face, FLOP/s vs matmul, passes vs the seed's code path, peak memory (bench.json)."""
+    from pathlib import Path
+
+    from .bench import print_bench, run_bench
+
+    try:
+        res = run_bench(model, tokenizer, data_dir, Path(out), examples=examples, device=device,
+                        repeats=repeats, report_runs=reports, log=lambda s: typer.echo(s, err=True))
+    except ReportError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    print_bench(res, typer.echo)
+    typer.echo(f"\nwritten: {Path(out) / 'bench.json'}")
+
+
+@app.command()
 def diff(first: str = typer.Argument(..., help="output folder of one run"),
          second: str = typer.Argument(..., help="output folder of another run")) -> None:
     """Compare the artifacts of two runs; exit 1 unless every artifact is identical."""

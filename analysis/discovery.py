@@ -48,7 +48,10 @@ def sample_all_neurons(fwd: Forward, toks: Sequence[Sequence[int]], crop: tuple[
     chosen = list(toks[:need])
     n_layers = fwd.w.n_layers
     names = [f"blocks.{layer}.mlp.hook_post" for layer in range(n_layers)]
-    per_example: dict[int, np.ndarray] = {}
+    # Rows are written straight into their place (example order), so the samples are held
+    # once rather than per example and again concatenated.
+    offsets = np.concatenate([[0], np.cumsum(counts[:need])]).astype(int)
+    out = np.empty((int(offsets[-1]), n_layers * fwd.w.d_mlp), dtype=np.float32)
     with torch.inference_mode():
         for batch in progress(make_batches(chosen, batch_tokens, pad_id=1, device=device), desc,
                               show_progress):
@@ -58,11 +61,10 @@ def sample_all_neurons(fwd: Forward, toks: Sequence[Sequence[int]], crop: tuple[
                 hi = min(end, int(batch.lengths[row]))
                 if hi <= start:
                     continue
-                per_example[ex] = torch.cat([capture[n][row, start:hi] for n in names], -1).float().cpu().numpy()
-    if not per_example:
-        return np.zeros((0, n_layers * fwd.w.d_mlp), dtype=np.float32)
-    out = np.concatenate([per_example[i] for i in sorted(per_example)], axis=0)
-    return out[:n_samples]
+                dst = out[offsets[ex]:offsets[ex + 1]]
+                for layer, n in enumerate(names):
+                    dst[:, layer * fwd.w.d_mlp:(layer + 1) * fwd.w.d_mlp] = capture[n][row, start:hi].float().cpu().numpy()
+    return out[:n_samples].copy() if len(out) > n_samples else out
 
 
 def _objective(X, sy, w, b, C):
@@ -164,10 +166,15 @@ def probe_all(german: np.ndarray, english: np.ndarray, n_samples: int, test_size
         fn = (~pred_te & yt).sum(0).double()
         denom = 2 * tp + fp + fn
         out["f1"][cols] = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(tp)).numpy()
-    pos64, neg64 = pos.astype(np.float64), neg.astype(np.float64)
-    out["mean_german"] = pos64.mean(0)
-    out["mean_english"] = neg64.mean(0)
-    pooled = np.sqrt(0.5 * (pos64.var(0) + neg64.var(0)))
+    # float64 statistics a column block at a time (a full float64 copy would double memory).
+    var_g, var_e = np.zeros(m), np.zeros(m)
+    out["mean_german"], out["mean_english"] = np.zeros(m), np.zeros(m)
+    for s in range(0, m, chunk):
+        cols = slice(s, min(s + chunk, m))
+        p64, n64 = pos[:, cols].astype(np.float64), neg[:, cols].astype(np.float64)
+        out["mean_german"][cols], out["mean_english"][cols] = p64.mean(0), n64.mean(0)
+        var_g[cols], var_e[cols] = p64.var(0), n64.var(0)
+    pooled = np.sqrt(0.5 * (var_g + var_e))
     out["separation"] = (out["mean_german"] - out["mean_english"]) / np.maximum(pooled, 1e-12)
     return out
 

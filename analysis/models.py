@@ -89,6 +89,7 @@ class LoadedModel:
     tokenizer: Any
     model_id: str
     info: dict = field(default_factory=dict)
+    checkpoint: Path | None = None  # the Hugging Face folder it was loaded from
 
     @property
     def bos_id(self) -> int:
@@ -435,7 +436,7 @@ def load_checkpoint(path: str | os.PathLike, tokenizer: str | None = None, devic
         **_common_info(),
         **(extra_info or {}),
     }
-    return LoadedModel(_boot(path, model, tok, device), tok, info["id"], info)
+    return LoadedModel(_boot(path, model, tok, device), tok, info["id"], info, checkpoint=path)
 
 
 def load_model(name: str, tokenizer: str | None = None, device: str = "cpu", seed: int = 0) -> LoadedModel:

@@ -219,5 +219,7 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
 
         log("Rendering report ...")
         report = build_report(out, context, renderer=renderer)
-    log(f"Done in {time.perf_counter() - t0:.1f} s: {out}")
-    return {"out": out, "artifacts": arts, "figures": figs, "report": report, "context": context}
+    peak = run.note_peak_rss()
+    log(f"Done in {time.perf_counter() - t0:.1f} s (peak resident memory {peak / 2**30:.2f} GiB): {out}")
+    return {"out": out, "artifacts": arts, "figures": figs, "report": report, "context": context,
+            "peak_rss_bytes": peak, "wall_s": time.perf_counter() - t0}

@@ -39,6 +39,9 @@ class Run:
     show_progress: bool = True
     data_dir: str | None = None
     _token_cache: dict = field(default_factory=dict)
+    # Highest resident memory seen so far (bytes): each computed step resets the kernel's
+    # high-water mark to read its own peak, so the whole run's peak is kept here.
+    peak_rss: int = 0
 
     @property
     def profile(self):
@@ -73,6 +76,11 @@ class Run:
         self._token_cache[key] = (toks, rec)
         return toks, rec
 
+    def note_peak_rss(self) -> int:
+        """Fold the current high-water mark into `peak_rss`; returns the run's peak (bytes)."""
+        self.peak_rss = max(self.peak_rss, peak_rss_bytes() or 0)
+        return self.peak_rss
+
     def batches(self, toks: Sequence[Sequence[int]]) -> list[Batch]:
         return make_batches(toks, self.cfg.profile.batch_tokens, pad_id=1, device=self.cfg.device)
 
@@ -94,11 +102,49 @@ class Run:
             self.log(f"  {inputs.step}: cached ({key[:12]}), not recomputed")
             return cached
         t0 = time.perf_counter()
+        fwd0 = (self.fwd.tokens_forwarded, self.fwd.unembedded_rows) if self.fwd else (0, 0)
+        self.note_peak_rss()
+        reset_peak_rss()
         result, arrays = compute()
         wall = time.perf_counter() - t0
-        art = self.store.save(inputs, result, wall, arrays or None)
+        cost = {"tokens_forwarded": (self.fwd.tokens_forwarded - fwd0[0]) if self.fwd else 0,
+                "unembedded_rows": (self.fwd.unembedded_rows - fwd0[1]) if self.fwd else 0,
+                "peak_rss_bytes": peak_rss_bytes()}
+        self.note_peak_rss()
+        art = self.store.save(inputs, result, wall, arrays or None, cost)
         self.log(f"  {inputs.step}: computed in {wall:.1f} s ({key[:12]})")
         return art
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's resident-memory high-water mark (Linux `clear_refs` 5), so
+    that each step's peak can be read; False where the platform cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int | None:
+    """Resident-memory high-water mark (bytes) since the last reset (Linux `VmHWM`), else
+    the process's lifetime peak from `getrusage`, else None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
+    except (ImportError, OSError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Shared fixtures: the hermetic `tiny` model (fixture tokenizer, random weights) and one
-end-to-end `tiny` report built once per test session. Nothing here reads ../shared."""
+end-to-end `tiny` report built once per test session. Only `shared_inputs` points at
+../shared (when the caller passes it), for the tests that need the real tokenizer."""
 
 from __future__ import annotations
 
@@ -7,6 +8,22 @@ import os
 from pathlib import Path
 
 import pytest
+
+# The real tokenizer and text (../shared), when the caller passes them (`.ci/run` exports
+# both); read before the hermetic fixture below removes them from the environment.
+SHARED_INPUTS = {"data_dir": os.environ.get("GERMAN_NEURON_DATA_DIR"),
+                 "tokenizer": os.environ.get("GERMAN_NEURON_TOKENIZER")}
+
+
+@pytest.fixture(scope="session")
+def shared_inputs():
+    """`{"data_dir", "tokenizer"}` of the real text; skips without them, fails in CI."""
+    if not all(SHARED_INPUTS.values()):
+        msg = "GERMAN_NEURON_DATA_DIR and GERMAN_NEURON_TOKENIZER are not set"
+        if os.environ.get("CI"):
+            pytest.fail(msg + " (CI must run the tests beside ../shared)")
+        pytest.skip(msg)
+    return dict(SHARED_INPUTS)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,3 +16,27 @@ def test_two_fresh_tiny_runs_give_identical_artifacts(tiny_report, tmp_path):
     d = diff_runs(res["out"], tmp_path / "second")
     assert d["identical"], d
     assert {s["step"] for s in d["steps"]} >= {"activations", "probes", "ablation"}
+
+
+def test_two_fresh_quick_runs_of_pythia_70m_random_give_identical_artifacts(
+        shared_inputs, tmp_path, monkeypatch):
+    """Issue 4: the quick profile on `pythia-70m-random` and the real text, run twice from
+    nothing (each with its own model cache, so the random checkpoint is generated twice,
+    and its own output folder): every artifact has the same cache key, the same result
+    payload and bit-identical arrays."""
+    from analysis.config import Neuron, RunConfig, get_profile
+    from analysis.pipeline import run_report
+
+    outs = []
+    for name in ("first", "second"):
+        monkeypatch.setenv("GERMAN_NEURON_CACHE", str(tmp_path / f"cache-{name}"))
+        cfg = RunConfig(model="pythia-70m-random", neuron=Neuron.parse("L3N669"),
+                        profile=get_profile("quick"), out=str(tmp_path / name),
+                        tokenizer=shared_inputs["tokenizer"], data_dir=shared_inputs["data_dir"])
+        run_report(cfg, show_progress=False, log=lambda s: None, render=False)
+        outs.append(tmp_path / name)
+    assert (tmp_path / "cache-first").is_dir() and (tmp_path / "cache-second").is_dir()
+    d = diff_runs(*outs)
+    assert d["identical"], d
+    assert {s["step"] for s in d["steps"]} >= {"activations", "probes", "ablation", "dla",
+                                                "backup", "downstream", "neurons"}

@@ -58,3 +58,40 @@ def test_missing_tokenizer_path_is_a_usage_error(tmp_path):
 
     with pytest.raises(UsageError, match="does not exist"):
         fast_tokenizer(tmp_path / "nope" / "tokenizer.json")
+
+
+def test_examples_shorter_than_the_crop_start_are_counted(tiny, tiny_fwd):
+    """An example with no position in the crop window (at most `crop_start` tokens, BOS
+    included) contributes no activation; the activations artifact counts it, and the
+    activation count equals the positions that do fall in the window."""
+    from analysis import activations
+    from analysis.config import Neuron, RunConfig, get_profile
+    from analysis.data import Corpus
+    from analysis.runner import Run
+
+    profile = get_profile("quick")
+    long_de = "Die Kommission hat einen Vorschlag zur Reform der Agrarpolitik vorgelegt. " * 3
+    long_en = "The Commission has tabled a proposal on reforming the agricultural policy. " * 3
+    corpora = {
+        "german": Corpus("t", "german", "de.txt", "0" * 64, ("Hallo Welt", long_de, "Ja")),
+        "english": Corpus("t", "english", "en.txt", "1" * 64, (long_en,)),
+    }
+    cfg = RunConfig(model="tiny", neuron=Neuron(3, 669), profile=profile)
+
+    class _NoStore:
+        def load_valid(self, step, key):
+            return None
+
+        def save(self, inputs, result, wall, arrays):
+            return {"result": result, "arrays": arrays}
+
+    run = Run(cfg, tiny, tiny_fwd, corpora, _NoStore(), (), lambda s: None,
+              show_progress=False)
+    art = activations.run_step(run, {})
+    res = art["result"]
+    lens = {lang: [len(t) for t in run.tokens(lang, profile.activation_examples)[0]]
+            for lang in corpora}
+    assert lens["german"][0] <= profile.crop_start and lens["german"][2] <= profile.crop_start
+    assert lens["german"][1] > profile.crop_start
+    assert res["examples_shorter_than_crop"] == {"german": 2, "english": 0}
+    assert res["n_activations"]["german"] == min(lens["german"][1], profile.crop_end) - profile.crop_start

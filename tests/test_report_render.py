@@ -108,6 +108,7 @@ def make_context(out: Path, *, with_seed: bool = True) -> dict:
             "crop": [10, 400],
             "n_examples": {"german": 40, "english": 40},
             "n_activations": {"german": 15600, "english": 12200},
+            "examples_shorter_than_crop": {"german": 3, "english": 0},
             "context_mean_active": 3.82,
             "context_mean_inactive": -0.07,
             "neurons": NEURONS,
@@ -288,6 +289,9 @@ def test_html_has_every_section_and_no_leftovers(built):
     # prose numbers come from the artifacts
     assert "+11.64%" in text  # (3.55 - 3.18) / 3.18
     assert "3.82" in text and "-0.07" in text
+    # examples skipped by the crop window are reported, not hidden
+    assert re.search(r"3 German and 0 English\s+examples</strong>\s+have no more than\s+10 tokens",
+                     html), "examples shorter than the crop start not reported"
     # tables rendered (with seed columns) and figures embedded with seed-cell captions
     assert "<table" in html
     assert len(re.findall(r"<th[^>]*>seed</th>", html)) == 5 + 2 + 2  # probes, single, all-but

@@ -1,0 +1,520 @@
+"""`german-neuron bench` (`nox -s bench`): how fast the engine is, measured side by side.
+
+Five figures (issue 5), all measured in one run on `pythia-70m-random` and real text:
+
+1. `speedup`: the nine mean ablations of the seed's German-neuron table (the context
+   neuron, then each of the 8 German neurons, the context neuron among them again) on the
+   same German examples, run the seed's way (`haystack_utils.get_ablated_performance`:
+   per example, batch 1, the bridge's `return_type="loss"` with and without the hook)
+   and by the engine (`per_example_losses`, as the `ablation` step calls it: the repeated
+   context-neuron edit once); every loss pair must agree to 1e-4 relative.
+2. `efficiency`: the engine's full forward (to the per-token loss) in tokens/s over the
+   same batches as a bare batched Hugging Face forward of the same checkpoint (no hooks,
+   logits returned).
+3. `limit_ratio`: the engine's forward FLOP/s (counted from the model's shape) over the
+   machine's fp32 matmul FLOP/s (a 2048 x 2048 x 2048 `torch.mm`).
+4. `passes_ratio`: tokens forwarded by a whole quick-profile report (read from each
+   artifact's `cost`) over the tokens the seed's code path forwards for the same analyses
+   (`SEED_PASSES`).
+5. `peak_rss_gb`: peak resident memory of that report (a child process), and
+   `paper_peak_rss_gb_estimate`: each step's peak extrapolated to the paper profile's
+   sizes (`step_sizes`) from a second run with every sample size doubled.
+
+Nothing here is a test: it prints figures and writes `bench.json`; the targets are
+printed beside them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import multiprocessing as mp
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import GERMAN_NEURONS, Neuron, Profile, RunConfig, get_profile
+from .engine import Batch, Forward, Weights, per_example_losses, set_neurons
+
+TARGETS = {"speedup": (">=", 5.0), "efficiency": (">=", 0.85), "limit_ratio": (">=", 0.5),
+           "passes_ratio": ("<=", 0.4), "paper_peak_rss_gb_estimate": ("<=", 6.0)}
+CONTEXT = Neuron(3, 669)
+
+
+# ------------------------------------------------------------------ the nine ablations
+
+
+def nine_ablations(english_means: dict[str, float]) -> list[tuple[str, Neuron, float]]:
+    """(row name, neuron, value) of the seed's German-neuron table: the context neuron's
+    own cell, then the 8 German neurons (seed `german_neurons`, L3N669 last), each set to
+    its English mean."""
+    rows = [("context L3N669", CONTEXT, english_means[str(CONTEXT)])]
+    rows += [(str(n), n, english_means[str(n)]) for n in GERMAN_NEURONS]
+    return rows
+
+
+def seed_style_losses(bridge, token_lists: Sequence[Sequence[int]],
+                      ablations: Sequence[tuple[str, Neuron, float]],
+                      show_progress: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The seed's `get_ablated_performance` loop for each ablation: per example, batch 1,
+    `model(tokens, return_type="loss")` without and with the mean-ablation hook.
+
+    Returns:
+        {row: (original [n_examples], ablated [n_examples])} per-example mean losses (nats).
+    """
+    from tqdm.auto import tqdm
+
+    out = {}
+    with torch.inference_mode():
+        for name, nrn, value in ablations:
+            def hook(act, hook=None, idx=nrn.index, v=value):
+                act[:, :, idx] = v
+                return act
+
+            orig, abl = [], []
+            for toks in tqdm(token_lists, desc=f"seed-style {name}", disable=not show_progress, leave=False):
+                x = torch.tensor([list(toks)], dtype=torch.long, device=bridge.cfg.device)
+                orig.append(float(bridge(x, return_type="loss")))
+                abl.append(float(bridge.run_with_hooks(x, return_type="loss",
+                                                       fwd_hooks=[(nrn.hook(), hook)])))
+            out[name] = (np.array(orig), np.array(abl))
+    return out
+
+
+def engine_losses(fwd: Forward, batches: Sequence[Batch], ablations: Sequence[tuple[str, Neuron, float]],
+                  show_progress: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The same nine rows by the engine, as the `ablation` step computes them: one
+    unablated pass per batch, each distinct ablation once (the context neuron's own row and
+    its row among the German neurons are the same edit), restarted at its layer, or, for
+    last-layer neurons, the exact last-layer shortcut with no forward pass."""
+    distinct = {(str(nrn), value): {nrn.hook(): set_neurons([nrn.index], value)}
+                for _, nrn, value in ablations}
+    names = {key: f"v{i}" for i, key in enumerate(distinct)}
+    res = per_example_losses(fwd, batches, {names[k]: v for k, v in distinct.items()},
+                             desc="engine ablations", show_progress=show_progress)
+    return {name: (res["original"], res[names[(str(nrn), value)]]) for name, nrn, value in ablations}
+
+
+# ------------------------------------------------------------------ throughput and FLOPs
+
+
+def forward_flops(w: Weights, batches: Sequence[Batch]) -> float:
+    """FLOPs of a full forward with the loss over `batches`, counted on real tokens only
+    (multiply-add = 2): per token and layer the Q/K/V/O projections `8 d_model²`, the MLP
+    `4 d_model d_mlp`, causal attention scores and mixing `4 d_model (t+1)/2` on average
+    at position t; plus the unembedding `2 d_model d_vocab` per position with a target."""
+    d, d_mlp, n_layers = w.W_E.shape[1], w.d_mlp, w.n_layers
+    d_vocab = w.W_U.shape[1]
+    total = 0.0
+    for b in batches:
+        for n in b.lengths.tolist():
+            per_layer = n * (8 * d * d + 4 * d * d_mlp) + 4 * d * n * (n + 1) / 2
+            total += n_layers * per_layer + 2 * d * d_vocab * max(n - 1, 0)
+    return total
+
+
+def matmul_flops_per_s(n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """The machine's fp32 matmul rate: best of `repeats` `[n, n] @ [n, n]` (2 n³ FLOPs)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    best = math.inf
+    for _ in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_best(fn: Callable[[], object], repeats: int, device: str = "cpu") -> float:
+    """Best wall time (s) of `repeats` calls after one warm-up call."""
+    fn()
+    best = math.inf
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def engine_forward(fwd: Forward, batches: Sequence[Batch]) -> None:
+    """A full forward to the per-token loss over every batch (what every loss pass does)."""
+    with torch.inference_mode():
+        for b in batches:
+            fwd.token_losses(fwd.run(b.tokens), b.tokens, b.lengths)
+
+
+def hf_forward(hf_model, batches: Sequence[Batch]) -> None:
+    """Hugging Face's own batched forward, no hooks, logits returned (attention mask for the
+    right padding)."""
+    with torch.inference_mode():
+        for b in batches:
+            mask = (torch.arange(b.tokens.shape[1], device=b.tokens.device)[None] < b.lengths[:, None]).long()
+            _ = hf_model(input_ids=b.tokens, attention_mask=mask).logits
+
+
+# ------------------------------------------------------------------ passes
+
+
+def seed_passes(step: str, art: dict, n_layers: int) -> list[tuple[str, int | None, float]]:
+    """Full forward passes per example the seed's code makes for what `step` computed, as
+    `[(language, examples, passes per example)]`. From the seed's cells:
+
+    - discovery (not in the seed; its way): `get_mlp_activations` once per layer -> n_layers;
+    - activations: `get_mlp_activations` for each of layers 3-5 -> 3 per language;
+    - ablation, backup: `get_ablated_performance`, original and ablated per variant -> 2 each;
+    - dla: `DLA` original and ablated (2) plus `get_direct_loss_increase_for_component`
+      (original and patched, 2) per component;
+    - l3_tokens: `get_unembed_differences`, with ACTIVATE and ABLATE hooks -> 2;
+    - probes_ablated: `get_mlp_activations` under the ablation hook, layers 3-5 -> 3;
+    - downstream: `compare_activations`, activated and deactivated -> 2;
+    - neurons: `get_mlp_context_shift`'s activations for layers 4 and 5, activated and
+      deactivated (4 per shift example); per studied neuron `get_mlp_loss_difference`
+      (2 per example) and `highlight_mlp_difference` on its top examples (4 each);
+    - probes, English/French probes, correlations, unigrams: 0 (the seed reuses the first
+      cell's full activation tensors or only counts tokens).
+    """
+    p = art["provenance"]["params"]
+    r = art["result"]
+    tk = p.get("tokens") or {}
+
+    def n(lang: str, rec: dict | None = None) -> int:
+        rec = rec if rec is not None else tk[lang]
+        return int(rec["requested"])
+
+    if step == "discovery":
+        return [(lang, n(lang), float(n_layers)) for lang in tk]
+    if step in ("activations", "probes_ablated"):
+        return [(lang, n(lang), float(len(p["layers"]) if "layers" in p else 3)) for lang in tk]
+    if step == "ablation":
+        k = len(r["per_example_losses"]["rows"]) - 1
+        return [(lang, n(lang), 2.0 * k) for lang in tk]
+    if step == "backup":
+        return [("german", n("german"), 2.0 * len(r["rows"]))]
+    if step == "dla":
+        return [("german", int(tk["requested"]), 2.0 + 2.0 * len(p["components"]))]
+    if step == "l3_tokens":
+        return [("german", int(tk["requested"]), 2.0)]
+    if step == "downstream":
+        return [(lang, n(lang), 2.0) for lang in tk]
+    if step == "neurons":
+        k = len(p.get("plan") or r.get("neurons") or [])
+        ex = int(tk["examples"]["requested"])
+        top = int(p["top_examples"])
+        out = [(lang, n(lang, rec), 4.0) for lang, rec in tk["shift"].items()]
+        out.append(("german", ex, k * (2.0 + 4.0 * top / max(ex, 1))))
+        return out
+    return []
+
+
+def token_total(run_tokens: Callable[[str, int | None], tuple[list, dict]], lang: str, n: int | None) -> int:
+    toks, _ = run_tokens(lang, n)
+    return sum(len(t) for t in toks)
+
+
+def passes_table(arts: dict[str, dict], run_tokens, n_layers: int) -> list[dict]:
+    """Per step: tokens forwarded by the engine (`cost.tokens_forwarded`: tokens x blocks
+    run / n_layers, padding included) and by the seed's code path (full passes x tokens),
+    and rows unembedded by each."""
+    rows = []
+    for step, art in arts.items():
+        cost = art.get("cost") or {}
+        seed = sum(passes * token_total(run_tokens, lang, n)
+                   for lang, n, passes in seed_passes(step, art, n_layers))
+        seed_rows = sum(passes * (token_total(run_tokens, lang, n) - len(run_tokens(lang, n)[0]))
+                        for lang, n, passes in seed_passes(step, art, n_layers))
+        rows.append({"step": step, "engine_tokens": float(cost.get("tokens_forwarded", 0.0)),
+                     "seed_tokens": float(seed),
+                     "engine_unembedded_rows": float(cost.get("unembedded_rows", 0)),
+                     "seed_unembedded_rows": float(seed_rows),
+                     "peak_rss_bytes": cost.get("peak_rss_bytes")})
+    return rows
+
+
+# ------------------------------------------------------------------ memory
+
+
+def scaled_profile(profile: Profile, factor: int) -> Profile:
+    """`profile` with every sample size multiplied by `factor` (a new name)."""
+    sizes = {k: (v * factor if isinstance(v, int) and k in _SIZE_FIELDS and v is not None else v)
+             for k, v in dataclasses.asdict(profile).items()}
+    sizes["name"] = f"{profile.name}x{factor}"
+    return Profile(**sizes)
+
+
+_SIZE_FIELDS = ("activation_examples", "probe_samples", "loss_examples", "dla_examples",
+                "downstream_examples", "shift_examples", "neuron_examples")
+
+# What each step's memory can grow with. Discovery holds every neuron's activations for the
+# probe's samples: its size is `probe_samples` (it reads only the examples that fill them).
+STEP_FIELD_SIZE = {"discovery": "probe_samples"}
+
+# The example sets each other step reads, as (profile field, languages); None: all examples.
+STEP_INPUTS: dict[str, list[tuple[str | None, tuple[str, ...]]]] = {
+    "activations": [("activation_examples", ("german", "english"))],
+    "probes": [("activation_examples", ("german", "english"))],
+    "ablation": [("loss_examples", ("german", "english"))],
+    "backup": [("loss_examples", ("german",))],
+    "dla": [("dla_examples", ("german",))],
+    "l3_tokens": [("dla_examples", ("german",))],
+    "unigrams": [(None, ("german", "english"))],
+    "probes_ablated": [("activation_examples", ("german", "english"))],
+    "probes_english_neurons": [("activation_examples", ("german", "english"))],
+    "probes_french_neurons": [("activation_examples", ("english", "french"))],
+    "correlations": [("activation_examples", ("german", "english"))],
+    "downstream": [("downstream_examples", ("german", "english"))],
+    "neurons": [("shift_examples", ("german", "english")), ("neuron_examples", ("german",))],
+}
+
+
+def step_sizes(profile: Profile, run_tokens) -> dict[str, int]:
+    """What each step's memory can grow with under `profile`: the tokens it reads, or for
+    the steps in `STEP_FIELD_SIZE` that profile field's value."""
+    out = {step: int(getattr(profile, fld)) for step, fld in STEP_FIELD_SIZE.items()}
+    for step, inputs in STEP_INPUTS.items():
+        total = 0
+        for fld, langs in inputs:
+            n = None if fld is None else getattr(profile, fld)
+            for lang in langs:
+                try:
+                    total += token_total(run_tokens, lang, n)
+                except KeyError:  # a corpus this run does not have (French)
+                    pass
+        out[step] = total
+    return out
+
+
+def extrapolate_peak(peaks_a: dict[str, float], peaks_b: dict[str, float], tokens_a: dict[str, int],
+                     tokens_b: dict[str, int], tokens_target: dict[str, int]) -> dict[str, float]:
+    """Each step's peak (bytes) at size `tokens_target`, linear in its size (`step_sizes`)
+    through the two measured runs (a slope below 0 counts as 0: memory does not shrink with
+    data)."""
+    out = {}
+    for step, pa in peaks_a.items():
+        pb = peaks_b.get(step, pa)
+        da = tokens_b.get(step, 0) - tokens_a.get(step, 0)
+        slope = max(0.0, (pb - pa) / da) if da > 0 else 0.0
+        out[step] = max(pa, pb) + slope * max(0, tokens_target.get(step, 0) - max(tokens_a.get(step, 0), tokens_b.get(step, 0)))
+    return out
+
+
+def _report_child(cfg: RunConfig, queue) -> None:
+    """Child process: one report run from an empty folder; sends back its peak and wall."""
+    from .pipeline import run_report
+
+    try:
+        res = run_report(cfg, render=True, show_progress=False, log=lambda s: None)
+        queue.put({"peak_rss_bytes": res["peak_rss_bytes"], "wall_s": res["wall_s"]})
+    except BaseException as exc:  # reported by the parent
+        queue.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def run_report_in_child(cfg: RunConfig) -> dict:
+    """Run a report in a fresh (spawned) process, so its peak memory is its own."""
+    from .errors import ReportError
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_report_child, args=(cfg, q))
+    proc.start()
+    res = q.get()
+    proc.join()
+    if "error" in res:
+        raise ReportError(f"the benchmark's report run failed: {res['error']}")
+    return res
+
+
+def _load_artifacts(out: Path) -> dict[str, dict]:
+    arts = {}
+    for p in sorted((out / "artifacts").glob("*.json")):
+        a = json.loads(p.read_text())
+        if "step" in a and "cost" in a:
+            arts[a["step"]] = a
+    return arts
+
+
+# ------------------------------------------------------------------ the benchmark
+
+
+def run_bench(model_name: str, tokenizer: str | None, data_dir: str | None, out: Path,
+              examples: int | None = None, device: str = "cpu", repeats: int = 3,
+              report_runs: bool = True, log: Callable[[str], None] = print,
+              show_progress: bool = True) -> dict:
+    """Measure the five figures and write `out/bench.json` (atomically).
+
+    Args:
+        examples: German examples for the speedup and throughput parts (default: the
+            quick profile's `loss_examples`, 40).
+        report_runs: also run the quick-profile report and its doubled-size variant in
+            child processes (passes and memory); False skips figures 4 and 5.
+
+    Raises:
+        UsageError / DataError / ModelUnavailableError: as `german-neuron report`.
+    """
+    from .activations import collect_mlp_activations
+    from .artifacts import atomic_write_text, library_versions
+    from .data import CORPORA, load_corpus
+    from .models import load_model
+    from .runner import Run
+
+    quick = get_profile("quick")
+    n_ex = examples or quick.loss_examples
+    out.mkdir(parents=True, exist_ok=True)
+    corpora = {lang: load_corpus(name, data_dir) for lang, name in CORPORA["seed"].items()}
+    model = load_model(model_name, tokenizer, device, quick.seed)
+    w = Weights.from_bridge(model.bridge, model.info["rotary_pct"])
+    fwd = Forward(w)
+    cfg = RunConfig(model=model_name, neuron=CONTEXT, profile=quick, device=device,
+                    tokenizer=tokenizer, data_dir=data_dir)
+    run = Run(cfg, model, fwd, corpora, None, (), log, show_progress)
+    result: dict = {"model": model_name, "model_info": model.info, "device": device,
+                    "threads": torch.get_num_threads(), "platform": platform.platform(),
+                    "libraries": library_versions(), "examples": n_ex}
+
+    # English means for the mean ablations (seed: english_activations[layer][:, n].mean()).
+    en, _ = run.tokens("english", quick.activation_examples)
+    neurons = list(dict.fromkeys([CONTEXT, *GERMAN_NEURONS]))
+    samples, _, _ = collect_mlp_activations(fwd, run.batches(en), [n.layer for n in neurons], neurons,
+                                            (quick.crop_start, quick.crop_end), show_progress=False)
+    means = {str(n): float(samples[:, i].mean()) for i, n in enumerate(neurons)}
+    ablations = nine_ablations(means)
+
+    de, _ = run.tokens("german", n_ex)
+    n_tokens = sum(len(t) for t in de)
+    log(f"[1/5] speedup: {len(ablations)} ablations x {len(de)} German examples ({n_tokens:,} tokens)")
+    t0 = time.perf_counter()
+    seed_res = seed_style_losses(model.bridge, de, ablations, show_progress)
+    t_seed = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    eng_res = engine_losses(fwd, run.batches(de), ablations, show_progress)
+    t_engine = time.perf_counter() - t0
+    pairs, worst = [], 0.0
+    for name, _, _ in ablations:
+        for kind, i in (("original", 0), ("ablated", 1)):
+            a, b = seed_res[name][i], eng_res[name][i]
+            rel = float(np.max(np.abs(a - b) / np.abs(a)))
+            worst = max(worst, rel)
+            pairs.append({"row": name, "loss": kind, "seed_style": float(a.mean()),
+                          "engine": float(b.mean()), "max_rel_diff_per_example": rel})
+    result["speedup_detail"] = {"seed_style_s": t_seed, "engine_s": t_engine, "pairs": pairs,
+                                "max_rel_diff": worst, "agree_1e-4": worst <= 1e-4}
+    result["speedup"] = t_seed / t_engine
+
+    log("[2/5] efficiency and [3/5] limit ratio")
+    from transformers import GPTNeoXForCausalLM
+
+    hf = GPTNeoXForCausalLM.from_pretrained(str(model.checkpoint), dtype=torch.float32).to(device).eval()
+    batches = run.batches(de)
+    t_eng = time_best(lambda: engine_forward(fwd, batches), repeats, device)
+    t_hf = time_best(lambda: hf_forward(hf, batches), repeats, device)
+    del hf
+    flops = forward_flops(w, batches)
+    peak = matmul_flops_per_s(device=device)
+    result["efficiency_detail"] = {"tokens": n_tokens, "batches": len(batches),
+                                   "engine_tokens_per_s": n_tokens / t_eng,
+                                   "hf_tokens_per_s": n_tokens / t_hf,
+                                   "hf_attn_implementation": "transformers default"}
+    result["efficiency"] = t_hf / t_eng
+    result["limit_detail"] = {"forward_flops": flops, "engine_flops_per_s": flops / t_eng,
+                              "matmul_flops_per_s": peak, "matmul": "fp32 2048x2048 @ 2048x2048"}
+    result["limit_ratio"] = flops / t_eng / peak
+
+    if report_runs:
+        log("[4/5] passes and [5/5] memory: quick-profile report in a child process ...")
+        runs = {}
+        for factor in (1, 2):
+            prof = quick if factor == 1 else scaled_profile(quick, factor)
+            folder = out / f"report-{prof.name}"
+            if folder.exists():
+                import shutil
+
+                shutil.rmtree(folder)
+            rc = dataclasses.replace(cfg, profile=prof, out=str(folder))
+            child = run_report_in_child(rc)
+            runs[factor] = {"profile": prof, "child": child, "arts": _load_artifacts(folder)}
+            log(f"  {prof.name}: {child['wall_s']:.1f} s, peak {child['peak_rss_bytes'] / 2**30:.2f} GiB")
+        table = passes_table(runs[1]["arts"], run.tokens, w.n_layers)
+        eng_total = sum(r["engine_tokens"] for r in table)
+        seed_total = sum(r["seed_tokens"] for r in table)
+        result["passes_detail"] = {"steps": table, "engine_tokens": eng_total, "seed_tokens": seed_total,
+                                   "engine_unembedded_rows": sum(r["engine_unembedded_rows"] for r in table),
+                                   "seed_unembedded_rows": sum(r["seed_unembedded_rows"] for r in table)}
+        result["passes_ratio"] = eng_total / seed_total
+        peaks = {f: {s: float(a["cost"]["peak_rss_bytes"]) for s, a in runs[f]["arts"].items()
+                     if a["cost"].get("peak_rss_bytes")} for f in runs}
+        toks = {f: step_sizes(runs[f]["profile"], run.tokens) for f in runs}
+        paper_tokens = step_sizes(get_profile("paper"), run.tokens)
+        est = extrapolate_peak(peaks[1], peaks[2], toks[1], toks[2], paper_tokens)
+        whole = max(runs[1]["child"]["peak_rss_bytes"], runs[2]["child"]["peak_rss_bytes"])
+        result["peak_rss_gb"] = runs[1]["child"]["peak_rss_bytes"] / 1e9
+        result["paper_peak_rss_gb_estimate"] = max([whole, *est.values()]) / 1e9
+        result["memory_detail"] = {
+            "quick_wall_s": runs[1]["child"]["wall_s"], "doubled_wall_s": runs[2]["child"]["wall_s"],
+            "doubled_peak_rss_gb": runs[2]["child"]["peak_rss_bytes"] / 1e9,
+            "steps": {s: {"quick_gb": peaks[1].get(s, 0) / 1e9, "doubled_gb": peaks[2].get(s, 0) / 1e9,
+                          "quick_size": toks[1].get(s), "doubled_size": toks[2].get(s),
+                          "paper_size": paper_tokens.get(s), "paper_estimate_gb": est[s] / 1e9}
+                      for s in est},
+            "method": "each step's peak resident memory (VmHWM reset at the step's start) is "
+                      "extrapolated linearly in the tokens the step reads (discovery: in its "
+                      "probe samples), through the quick run and a run with every sample size "
+                      "doubled; the estimate is the largest step (or the whole measured run, "
+                      "if larger)",
+        }
+    result["targets"] = {k: {"op": op, "target": t, "value": result.get(k),
+                             "met": None if result.get(k) is None else
+                             (result[k] >= t if op == ">=" else result[k] <= t)}
+                         for k, (op, t) in TARGETS.items()}
+    atomic_write_text(out / "bench.json", json.dumps(result, indent=1, sort_keys=True, default=str))
+    return result
+
+
+def print_bench(res: dict, echo: Callable[[str], None] = print) -> None:
+    """The five figures, then the loss pairs of the speedup measurement."""
+    sd = res["speedup_detail"]
+    echo(f"model {res['model']} on {res['device']} ({res['threads']} threads), "
+         f"{res['examples']} German examples")
+    echo(f"{'figure':<28}{'value':>12}  target   met")
+    for k, t in res["targets"].items():
+        v = t["value"]
+        echo(f"{k:<28}{'n/a' if v is None else f'{v:.3f}':>12}  {t['op']} {t['target']:<5} "
+             f"{'-' if t['met'] is None else ('yes' if t['met'] else 'NO')}")
+    echo(f"\nspeedup: seed-style loop {sd['seed_style_s']:.1f} s, engine {sd['engine_s']:.1f} s; "
+         f"largest per-example relative difference {sd['max_rel_diff']:.2e} "
+         f"({'within' if sd['agree_1e-4'] else 'OUTSIDE'} 1e-4)")
+    echo(f"{'row':<16}{'loss':<10}{'seed-style':>12}{'engine':>12}{'max rel diff':>14}")
+    for p in sd["pairs"]:
+        echo(f"{p['row']:<16}{p['loss']:<10}{p['seed_style']:>12.6f}{p['engine']:>12.6f}"
+             f"{p['max_rel_diff_per_example']:>14.2e}")
+    ed, ld = res["efficiency_detail"], res["limit_detail"]
+    echo(f"\nefficiency: engine {ed['engine_tokens_per_s']:,.0f} tok/s, Hugging Face "
+         f"{ed['hf_tokens_per_s']:,.0f} tok/s ({ed['tokens']:,} tokens, {ed['batches']} batches)")
+    echo(f"limit: engine {ld['engine_flops_per_s'] / 1e9:.1f} GFLOP/s, matmul "
+         f"{ld['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
+    if "passes_detail" in res:
+        pd = res["passes_detail"]
+        echo(f"\npasses: engine {pd['engine_tokens']:,.0f} token-passes vs seed path "
+             f"{pd['seed_tokens']:,.0f}; unembedded rows {pd['engine_unembedded_rows']:,.0f} vs "
+             f"{pd['seed_unembedded_rows']:,.0f}")
+        echo(f"{'step':<26}{'engine':>12}{'seed path':>12}{'peak GB':>9}")
+        for r in pd["steps"]:
+            pk = r["peak_rss_bytes"]
+            echo(f"{r['step']:<26}{r['engine_tokens']:>12,.0f}{r['seed_tokens']:>12,.0f}"
+                 f"{'' if pk is None else f'{pk / 1e9:.2f}':>9}")
+        md = res["memory_detail"]
+        echo(f"\nmemory: quick report peak {res['peak_rss_gb']:.2f} GB ({md['quick_wall_s']:.0f} s), "
+             f"doubled sizes {md['doubled_peak_rss_gb']:.2f} GB ({md['doubled_wall_s']:.0f} s); "
+             f"paper estimate {res['paper_peak_rss_gb_estimate']:.2f} GB")
