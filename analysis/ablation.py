@@ -45,6 +45,9 @@ def all_except_context_variants(neurons: Sequence[Neuron], context: Neuron,
     return {"intended": intended, "seed_literal": literal}
 
 
+PAIR_PREFIX = "pair:"  # rows of the German losses with the context neuron and one other ablated
+
+
 def loss_summary(original: np.ndarray, ablated: np.ndarray) -> dict:
     """Seed `get_ablated_performance`: means over examples of per-example mean losses (nats)
     and the increase in percent of the original."""
@@ -59,9 +62,14 @@ def loss_summary(original: np.ndarray, ablated: np.ndarray) -> dict:
 def run_step(run, arts: dict) -> dict:
     """Step `ablation`: mean-ablation losses of the context neuron, each studied neuron,
     and the all-except-context set (seed cells "Check loss increase from disabling each
-    German neuron", its English sanity check, and the all-except-L3 cell)."""
+    German neuron", its English sanity check, and the all-except-L3 cell); on German also
+    the context neuron paired with each other neuron, for the `backup` step.
+
+    Arrays `losses_{language}`: float64 `[rows, examples]`, per-example mean losses (nats)
+    in the order of `result.per_example_losses.rows[language]` (`original` first)."""
     import sys
 
+    from .backup import pair_variants
     from .engine import per_example_losses
     from .runner import LANGUAGES
 
@@ -83,7 +91,11 @@ def run_step(run, arts: dict) -> dict:
         if rest:
             for k, v in all_except_context_variants(run.studied, ctx, values, layer_means).items():
                 variants[f"all_except_context:{k}"] = v
-        losses = {lang: per_example_losses(run.fwd, run.batches(toks[lang][0]), variants,
+        # The `backup` step's pairs (context neuron + each other neuron, German only) ride on
+        # this step's unablated German pass instead of repeating it; `backup` reads them here.
+        pairs = {f"{PAIR_PREFIX}{k}": v for k, v in pair_variants(ctx, rest, values).items()}
+        losses = {lang: per_example_losses(run.fwd, run.batches(toks[lang][0]),
+                                           {**variants, **(pairs if lang == "german" else {})},
                                            desc=f"losses {lang}", show_progress=run.show_progress)
                   for lang in LANGUAGES}
 
@@ -112,9 +124,12 @@ def run_step(run, arts: dict) -> dict:
                                  "neurons": [str(n) for n in rest],
                                  **summary("all_except_context:seed_literal")},
             }
-        names = list(losses["german"])
-        result["per_example_losses"] = {"rows": names, "arrays": ["losses_german", "losses_english"]}
-        arrays = {f"losses_{lang}": np.stack([losses[lang][k] for k in names]).astype(np.float64)
+        result["per_example_losses"] = {
+            "rows": {lang: list(losses[lang]) for lang in LANGUAGES},
+            "arrays": {lang: f"losses_{lang}" for lang in LANGUAGES},
+            "pair_prefix": PAIR_PREFIX,
+        }
+        arrays = {f"losses_{lang}": np.stack(list(losses[lang].values())).astype(np.float64)
                   for lang in losses}
         return result, arrays
 

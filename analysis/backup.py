@@ -42,22 +42,26 @@ def backup_row(pct_a: float, pct_b: float, pct_ab: float, min_effect: float = 1e
 
 def run_step(run, arts: dict) -> dict:
     """Step `backup`: pairwise mean ablations (context neuron + each studied neuron) on the
-    German loss examples of the `ablation` step."""
+    German loss examples, computed by the `ablation` step in its unablated German pass
+    (rows `pair:<neuron>` of its `losses_german` array); this step only summarises them."""
     from .ablation import loss_summary
-    from .engine import per_example_losses
 
     p = run.profile
     ctx = run.context
     abl = arts["ablation"]
     others = [n for n in run.studied if n != ctx]
-    toks, rec = run.tokens("german", p.loss_examples)
+    _, rec = run.tokens("german", p.loss_examples)
     params = {"examples": p.loss_examples, "language": "german", "context_neuron": str(ctx),
-              "neurons": [str(n) for n in others], "tokens": {"german": rec}}
+              "neurons": [str(n) for n in others], "tokens": {"german": rec},
+              "source": "ablation step, rows pair:<neuron> of losses_german"}
 
     def compute():
-        values = arts["activations"]["result"]["english_means"]
-        losses = per_example_losses(run.fwd, run.batches(toks), pair_variants(ctx, others, values),
-                                    desc="backup pairs", show_progress=run.show_progress)
+        info = abl["result"]["per_example_losses"]
+        table = run.store.load_array("ablation", info["arrays"]["german"])
+        rows = info["rows"]["german"]
+        losses = {"original": table[rows.index("original")]}
+        for b in others:
+            losses[str(b)] = table[rows.index(info["pair_prefix"] + str(b))]
         single = {r["neuron"]: r["german"]["percent_increase"] for r in abl["result"]["single"]}
         pct_a = abl["result"]["context"]["german"]["percent_increase"]
         rows = []
@@ -66,9 +70,7 @@ def run_step(run, arts: dict) -> dict:
             rows.append({"neuron": str(b), **backup_row(pct_a, single[str(b)], pair["percent_increase"]),
                          "ablated_together": pair["ablated"]})
         original = float(np.mean(losses["original"]))
-        return {"context_neuron": str(ctx), "n_examples": len(toks), "original": original,
-                "original_matches_ablation_step": bool(
-                    abs(original - abl["result"]["context"]["german"]["original"]) < 1e-6 * original),
+        return {"context_neuron": str(ctx), "n_examples": int(table.shape[1]), "original": original,
                 "rows": rows}, {}
 
     inputs = run.inputs("backup", sys.modules[__name__], params, run.data_prov("german"),

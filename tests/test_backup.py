@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from analysis.backup import backup_row, pair_variants
@@ -50,7 +51,36 @@ def test_pair_loss_equals_the_bridge_with_both_hooks(tiny, tiny_fwd):
 def test_backup_step_in_the_tiny_report(tiny_report):
     res, _, _ = tiny_report
     bk = res["artifacts"]["backup"]["result"]
-    assert bk["original_matches_ablation_step"] is True
     assert len(bk["rows"]) == 7
+    assert bk["original"] == res["artifacts"]["ablation"]["result"]["context"]["german"]["original"]
     html = (res["out"] / "report.html").read_text()
     assert "Backup test: pairs of ablated neurons" in html
+
+
+def test_backup_pairs_shared_with_the_ablation_pass_equal_a_separate_run(tiny_report, tiny, tiny_fwd):
+    """The pairs ride on the `ablation` step's unablated German pass; each equals the same
+    pair computed on its own (its own unablated pass), and the backup rows are built from
+    exactly those per-example losses."""
+    from analysis.ablation import loss_summary
+    from analysis.config import Neuron, RunConfig, get_profile
+    from analysis.data import CORPORA, load_corpus
+    from analysis.runner import Run
+
+    res, _, _ = tiny_report
+    abl = res["artifacts"]["ablation"]["result"]
+    values = res["artifacts"]["activations"]["result"]["english_means"]
+    profile = get_profile("quick")
+    corpora = {lang: load_corpus(name, None) for lang, name in CORPORA["fixture"].items()}
+    run = Run(RunConfig(model="tiny", neuron=Neuron(3, 669), profile=profile), tiny, tiny_fwd,
+              corpora, None, (), lambda s: None, show_progress=False)
+    toks, _ = run.tokens("german", profile.loss_examples)
+    alone = per_example_losses(tiny_fwd, run.batches(toks),
+                               pair_variants(Neuron(3, 669), [Neuron(4, 482), Neuron(5, 1336)], values),
+                               show_progress=False)
+    table = np.load(res["out"] / "artifacts" / "ablation.losses_german.npy")
+    rows = abl["per_example_losses"]["rows"]["german"]
+    for name in ("L4N482", "L5N1336"):
+        shared = table[rows.index("pair:" + name)]
+        np.testing.assert_allclose(shared, alone[name], rtol=1e-6)
+        row = next(r for r in res["artifacts"]["backup"]["result"]["rows"] if r["neuron"] == name)
+        assert row["ab"] == loss_summary(table[0], shared)["percent_increase"]
