@@ -82,7 +82,7 @@ def test_examples_shorter_than_the_crop_start_are_counted(tiny, tiny_fwd):
         def load_valid(self, step, key):
             return None
 
-        def save(self, inputs, result, wall, arrays):
+        def save(self, inputs, result, wall, arrays=None, cost=None):
             return {"result": result, "arrays": arrays}
 
     run = Run(cfg, tiny, tiny_fwd, corpora, _NoStore(), (), lambda s: None,
