@@ -219,6 +219,9 @@ def bench(
         raise typer.Exit(exc.exit_code) from None
     print_bench(res, typer.echo)
     typer.echo(f"\nwritten: {Path(out) / 'bench.json'}")
+    if not res["speedup_detail"]["agree_1e-4"]:  # a speedup of wrong numbers is no speedup
+        typer.echo("error: the engine's losses differ from the seed-style loop by more than 1e-4", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
