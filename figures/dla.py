@@ -6,66 +6,17 @@ analyses (`analysis.dla`, `analysis.l3_tokens`, `analysis.unigrams`,
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from .plots import plt  # pyplot after figures.plots selected the Agg backend
+from .plots import md_token, plt, token_label  # noqa: F401  (md_token: used by the templates)
 
 GERMAN = "#DD8452"
 ENGLISH = "#4C72B0"
 GREY = "#8C8C8C"
 BOOST = "#C44E52"
 INHIBIT = "#4C72B0"
-
-
-@lru_cache(maxsize=1)
-def _glyphs() -> frozenset[int]:
-    from matplotlib import font_manager
-
-    font = font_manager.get_font(font_manager.findfont("DejaVu Sans"))
-    return frozenset(font.get_charmap())
-
-
-def token_label(token: str) -> str:
-    """A token as a tick label: spaces as `␣`, newlines as `↵`, `$` escaped (mathtext), and
-    characters the font lacks as `\\u{hex}`."""
-    out = []
-    for ch in token:
-        if ch == " ":
-            out.append("␣")
-        elif ch == "\n":
-            out.append("↵")
-        elif ch == "\t":
-            out.append("⇥")
-        elif ch == "$":
-            out.append(r"\$")
-        elif not ch.isprintable() or ord(ch) not in _glyphs():
-            out.append(f"\\u{{{ord(ch):x}}}")
-        else:
-            out.append(ch)
-    return "".join(out) or "∅"
-
-
-def md_token(token: str) -> str:
-    """A token as a markdown code span for the report tables: spaces `␣`, newlines `↵`,
-    tabs `⇥`, other non-printable characters as `\\u{hex}`; a token with a backtick gets a
-    double-backtick fence."""
-    out = []
-    for ch in token:
-        if ch == " ":
-            out.append("␣")
-        elif ch == "\n":
-            out.append("↵")
-        elif ch == "\t":
-            out.append("⇥")
-        elif not ch.isprintable():
-            out.append(f"\\u{{{ord(ch):x}}}")
-        else:
-            out.append(ch)
-    s = "".join(out) or "∅"
-    return f"`` {s} ``" if "`" in s else f"`{s}`"
 
 
 def token_grid(rows: Sequence[Mapping], groups: int = 4) -> tuple[list, list[int]]:

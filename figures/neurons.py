@@ -17,43 +17,16 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Sequence
-from functools import lru_cache
 
 import numpy as np
 
-from .plots import plt  # pyplot with the Agg backend and the fixed metadata
+from .plots import plt, token_label  # pyplot with the Agg backend and the fixed metadata
 
 GERMAN = "#DD8452"
 ENGLISH = "#4C72B0"
 
 
 # ------------------------------------------------------------------ labels
-
-
-@lru_cache(maxsize=1)
-def _charmap() -> frozenset[int]:
-    from matplotlib import font_manager
-
-    font = font_manager.get_font(font_manager.findfont("DejaVu Sans"))
-    return frozenset(font.get_charmap())
-
-
-def plot_label(token: str) -> str:
-    """A token as a matplotlib tick label: whitespace made visible, `$` (mathtext)
-    escaped, and characters the default font lacks written as `\\u{hex}`."""
-    out = []
-    for ch in token:
-        if ch == " ":
-            out.append("␣")
-        elif ch == "\n":
-            out.append("↵")
-        elif ch == "$":
-            out.append(r"\$")
-        elif not ch.isprintable() or ord(ch) not in _charmap():
-            out.append(f"\\u{{{ord(ch):x}}}")
-        else:
-            out.append(ch)
-    return "".join(out) or "∅"
 
 
 def _short(label: str, n: int = 16) -> str:
@@ -112,7 +85,7 @@ def unembed_tokens(boosted: Sequence[dict], inhibited: Sequence[dict], neuron: s
                                    (axes[1], inhibited, "Inhibited", ENGLISH)):
         x = np.arange(len(rows))
         ax.plot(x, [r["value"] for r in rows], marker="o", ms=2.5, lw=1.0, color=color)
-        ax.set_xticks(x, [_short(plot_label(r["token"])) for r in rows], rotation=90, fontsize=6.5)
+        ax.set_xticks(x, [_short(token_label(r["token"])) for r in rows], rotation=90, fontsize=6.5)
         ax.set_xlim(-0.6, max(len(rows) - 0.4, 0.6))
         ax.set_ylabel("logit difference")
         ax.set_title(f"{title} tokens from active {neuron}", fontsize=10)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from functools import lru_cache
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +17,47 @@ import numpy as np  # noqa: E402
 _PNG_META = {"Software": None}
 _SVG_META = {"Date": None, "Creator": None}
 plt.rcParams["svg.hashsalt"] = "german-neuron"
+
+
+# ------------------------------------------------------------------ token labels
+
+_VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥"}
+
+
+@lru_cache(maxsize=1)
+def _glyphs() -> frozenset[int]:
+    """Code points the default font (DejaVu Sans) can draw."""
+    from matplotlib import font_manager
+
+    font = font_manager.get_font(font_manager.findfont("DejaVu Sans"))
+    return frozenset(font.get_charmap())
+
+
+def _spell(token: str, drawable, escapes: dict[str, str]) -> str:
+    """`token` with `escapes` applied and any character not `drawable` as `\\u{hex}`."""
+    out = []
+    for ch in token:
+        if ch in escapes:
+            out.append(escapes[ch])
+        elif not drawable(ch):
+            out.append(f"\\u{{{ord(ch):x}}}")
+        else:
+            out.append(ch)
+    return "".join(out) or "∅"
+
+
+def token_label(token: str) -> str:
+    """A token as a tick label: spaces as `␣`, newlines as `↵`, tabs as `⇥`, `$` escaped
+    (mathtext), and characters the font lacks as `\\u{hex}`."""
+    return _spell(token, lambda ch: ch.isprintable() and ord(ch) in _glyphs(), {**_VISIBLE, "$": r"\$"})
+
+
+def md_token(token: str) -> str:
+    """A token as a markdown code span for the report tables: spaces `␣`, newlines `↵`,
+    tabs `⇥`, other non-printable characters as `\\u{hex}`; a token with a backtick gets a
+    double-backtick fence."""
+    s = _spell(token, str.isprintable, _VISIBLE)
+    return f"`` {s} ``" if "`" in s else f"`{s}`"
 
 
 def activation_histogram(english: np.ndarray, german: np.ndarray, neuron: str, bins: int = 60):

@@ -209,3 +209,12 @@ def test_regression_metrics_cover_the_seed_baseline_names():
     wanted = {k for k in regression.seed_baseline()["metrics"]
               if k.startswith(("component_patching.", "unigrams.", "probes_context_ablated."))}
     assert len(wanted) == 47 and wanted <= names
+
+
+def test_token_labels_make_whitespace_visible_and_escape_what_cannot_be_drawn():
+    from figures.plots import md_token, token_label
+
+    assert token_label(" a$\tb\x01") == "␣a\\$⇥b\\u{1}"
+    assert token_label("") == "∅"
+    assert md_token(" x\n") == "`␣x↵`"
+    assert md_token("a`b") == "`` a`b ``"
