@@ -1,6 +1,6 @@
 """Plots for the DLA, component-patching, L3-token, unigram, ablated-probe and correlation
-analyses (`analysis.dla`, `analysis.l3_tokens`, `analysis.unigrams`,
-`analysis.probes_ablated`, `analysis.correlations`). Pure: data in, Figure out;
+analyses (`analysis.families.dla`, `analysis.families.l3_tokens`, `analysis.families.unigrams`,
+`analysis.families.probes_ablated`, `analysis.families.correlations`). Pure: data in, Figure out;
 `figures.plots.save` writes them."""
 
 from __future__ import annotations

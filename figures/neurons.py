@@ -1,5 +1,5 @@
-"""Plots and token heat maps for the downstream-neuron analyses (`analysis.downstream`,
-`analysis.neurons`). Pure: data in, Figure (or HTML/Typst text) out; `figures.plots.save`
+"""Plots and token heat maps for the downstream-neuron analyses (`analysis.families.downstream`,
+`analysis.families.neurons`). Pure: data in, Figure (or HTML/Typst text) out; `figures.plots.save`
 writes the figures.
 
 Heat maps follow the seed's `haystack_utils.print_strings_as_html`: one coloured box per

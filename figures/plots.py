@@ -99,7 +99,7 @@ def ablation_bar(rows: list[dict]):
 
 def save(fig, out_dir: Path, name: str, meta: dict) -> dict:
     """Write `<name>.png`, `<name>.svg` and `<name>.json` (meta + file names) atomically."""
-    from analysis.artifacts import atomic_write_bytes, atomic_write_text
+    from analysis.core.artifacts import atomic_write_bytes, atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 RENDERERS = ("auto", "pandoc", "quarto")
 
 
-from analysis.errors import ReportError as _BaseReportError  # noqa: E402
+from analysis.core.errors import ReportError as _BaseReportError  # noqa: E402
 
 
 class ReportError(_BaseReportError):

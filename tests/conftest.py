@@ -38,14 +38,14 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny():
-    from analysis.models import load_model
+    from analysis.core.models import load_model
 
     return load_model("tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_fwd(tiny):
-    from analysis.engine import Forward, Weights
+    from analysis.core.engine import Forward, Weights
 
     return Forward(Weights.from_bridge(tiny.bridge, tiny.info["rotary_pct"]))
 
@@ -53,8 +53,8 @@ def tiny_fwd(tiny):
 @pytest.fixture(scope="session")
 def tiny_report(tmp_path_factory):
     """A full `tiny` run (quick profile, fixture corpora) with the report rendered."""
-    from analysis.config import Neuron, RunConfig, get_profile
-    from analysis.pipeline import run_report
+    from analysis.core.config import Neuron, RunConfig, get_profile
+    from analysis.core.pipeline import run_report
 
     out = Path(tmp_path_factory.mktemp("tiny-report"))
     logs: list[str] = []

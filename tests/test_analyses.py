@@ -5,9 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from analysis.ablation import all_except_context_variants, loss_summary, single_neuron_variants
-from analysis.config import GERMAN_NEURONS, Neuron
-from analysis.probes import single_neuron_probe
+from analysis.core.config import GERMAN_NEURONS, Neuron
+from analysis.families.ablation import (
+    all_except_context_variants,
+    loss_summary,
+    single_neuron_variants,
+)
+from analysis.families.probes import single_neuron_probe
 
 
 def test_probe_reaches_f1_one_on_separable_activations():
@@ -65,7 +69,7 @@ def test_loss_summary_percent():
 def test_neuron_parsing_and_range():
     import pytest
 
-    from analysis.errors import UsageError
+    from analysis.core.errors import UsageError
 
     assert Neuron.parse("L3N669") == Neuron(3, 669) and str(Neuron(5, 1336)) == "L5N1336"
     for bad in ("L3X669", "3N669", "L3N", ""):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from analysis.backup import backup_row, pair_variants
-from analysis.config import Neuron
-from analysis.engine import make_batches, per_example_losses
+from analysis.core.config import Neuron
+from analysis.core.engine import make_batches, per_example_losses
+from analysis.families.backup import backup_row, pair_variants
 
 
 def test_backup_row_is_the_seeds_formula():
@@ -61,10 +61,10 @@ def test_backup_pairs_shared_with_the_ablation_pass_equal_a_separate_run(tiny_re
     """The pairs ride on the `ablation` step's unablated German pass; each equals the same
     pair computed on its own (its own unablated pass), and the backup rows are built from
     exactly those per-example losses."""
-    from analysis.ablation import loss_summary
-    from analysis.config import Neuron, RunConfig, get_profile
-    from analysis.data import CORPORA, load_corpus
-    from analysis.runner import Run
+    from analysis.core.config import Neuron, RunConfig, get_profile
+    from analysis.core.data import CORPORA, load_corpus
+    from analysis.core.runner import Run
+    from analysis.families.ablation import loss_summary
 
     res, _, _ = tiny_report
     abl = res["artifacts"]["ablation"]["result"]

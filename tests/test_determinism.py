@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from analysis.regression import diff_runs
+from analysis.core.regression import diff_runs
 
 
 def test_two_fresh_tiny_runs_give_identical_artifacts(tiny_report, tmp_path):
-    from analysis.config import Neuron, RunConfig, get_profile
-    from analysis.pipeline import run_report
+    from analysis.core.config import Neuron, RunConfig, get_profile
+    from analysis.core.pipeline import run_report
 
     res, _, _ = tiny_report
     cfg = RunConfig(model="tiny", neuron=Neuron.parse("L3N669"), profile=get_profile("quick"),
@@ -24,8 +24,8 @@ def test_two_fresh_quick_runs_of_pythia_70m_random_give_identical_artifacts(
     nothing (each with its own model cache, so the random checkpoint is generated twice,
     and its own output folder): every artifact has the same cache key, the same result
     payload and bit-identical arrays."""
-    from analysis.config import Neuron, RunConfig, get_profile
-    from analysis.pipeline import run_report
+    from analysis.core.config import Neuron, RunConfig, get_profile
+    from analysis.core.pipeline import run_report
 
     outs = []
     for name in ("first", "second"):

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.config import Neuron
-from analysis.dla import (
+from analysis.core.config import Neuron
+from analysis.core.engine import make_batches, per_example_losses, set_neurons
+from analysis.families.dla import (
     accumulated_dla,
     accumulated_labels,
     component_hooks,
@@ -16,7 +17,6 @@ from analysis.dla import (
     patched_losses,
     summarise,
 )
-from analysis.engine import make_batches, per_example_losses, set_neurons
 
 TEXTS = [
     "Die Kommission hat heute einen neuen Vorschlag vorgelegt, den wir prüfen werden.",
@@ -191,10 +191,10 @@ def test_report_has_the_dla_unigram_probe_and_correlation_sections(tiny_report):
 
 
 def test_regression_metrics_cover_the_seed_baseline_names():
-    """`analysis.regression`'s pythia-70m baseline checks these seed numbers by name; the
+    """`analysis.core.regression`'s pythia-70m baseline checks these seed numbers by name; the
     modules' `regression_metrics` must produce every one of them."""
     from analysis import dla, probes_ablated, regression, unigrams
-    from analysis.config import GERMAN_NEURONS
+    from analysis.core.config import GERMAN_NEURONS
 
     comps = list(component_hooks(CTX, 6))
     probe = {"f1": 0.5, "train_acc": 0.5, "test_acc": 0.5, "mean_english": 0.0, "mean_german": 0.0}

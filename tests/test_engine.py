@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from analysis.engine import make_batches, per_example_losses, set_neurons
+from analysis.core.engine import make_batches, per_example_losses, set_neurons
 
 TEXTS = [
     "Die Kommission hat heute einen neuen Vorschlag vorgelegt.",
@@ -20,7 +20,7 @@ def test_bridge_log_softmax_matches_hugging_face(tiny):
     """The processed bridge (fold_ln, centring) must give HF's log-probabilities."""
     from transformers import GPTNeoXForCausalLM
 
-    from analysis.models import tiny_checkpoint
+    from analysis.core.models import tiny_checkpoint
 
     hf = GPTNeoXForCausalLM.from_pretrained(str(tiny_checkpoint(0)), attn_implementation="eager").eval()
     for text in TEXTS:
@@ -120,7 +120,7 @@ def test_batches_respect_token_budget_and_keep_every_example():
 
 def test_final_layer_shortcut_equals_the_full_pass(tiny, tiny_fwd):
     """The rank-k logit update for last-layer MLP edits equals restarting the pass."""
-    from analysis.engine import Edits, is_final_mlp_edit
+    from analysis.core.engine import Edits, is_final_mlp_edit
 
     token_lists = [tiny.to_tokens(t) for t in TEXTS]
     batches = make_batches(token_lists, 4096, 1)

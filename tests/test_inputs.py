@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.data import read_examples
-from analysis.errors import DataError, UsageError
+from analysis.core.data import read_examples
+from analysis.core.errors import DataError, UsageError
 
 
 def test_empty_file_is_an_error(tmp_path):
@@ -39,9 +39,9 @@ def test_empty_and_overlong_examples_are_counted_not_hidden(tiny):
     """Empty examples (no next-token target) are skipped and counted; examples longer than
     the context are truncated to it and counted (the counts go into the artifacts' params
     and the report's Setup table)."""
-    from analysis.config import Neuron, RunConfig, get_profile
-    from analysis.data import Corpus
-    from analysis.runner import Run
+    from analysis.core.config import Neuron, RunConfig, get_profile
+    from analysis.core.data import Corpus
+    from analysis.core.runner import Run
 
     long_text = "Die Kommission hat einen Vorschlag vorgelegt. " * 400
     corpus = Corpus("t", "german", "t.txt", "0" * 64, ("", "Hallo Welt", long_text))
@@ -54,7 +54,7 @@ def test_empty_and_overlong_examples_are_counted_not_hidden(tiny):
 
 
 def test_missing_tokenizer_path_is_a_usage_error(tmp_path):
-    from analysis.models import fast_tokenizer
+    from analysis.core.models import fast_tokenizer
 
     with pytest.raises(UsageError, match="does not exist"):
         fast_tokenizer(tmp_path / "nope" / "tokenizer.json")
@@ -65,9 +65,9 @@ def test_examples_shorter_than_the_crop_start_are_counted(tiny, tiny_fwd):
     included) contributes no activation; the activations artifact counts it, and the
     activation count equals the positions that do fall in the window."""
     from analysis import activations
-    from analysis.config import Neuron, RunConfig, get_profile
-    from analysis.data import Corpus
-    from analysis.runner import Run
+    from analysis.core.config import Neuron, RunConfig, get_profile
+    from analysis.core.data import Corpus
+    from analysis.core.runner import Run
 
     profile = get_profile("quick")
     long_de = "Die Kommission hat einen Vorschlag zur Reform der Agrarpolitik vorgelegt. " * 3

@@ -1,4 +1,4 @@
-"""Downstream-neuron analyses (`analysis.downstream`, `analysis.neurons`) against direct
+"""Downstream-neuron analyses (`analysis.families.downstream`, `analysis.families.neurons`) against direct
 computations with the bridge, and the heat-map renderers (`figures.neurons`)."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.config import Neuron
-from analysis.downstream import difference_sums, mean_std, rank_neurons
-from analysis.engine import make_batches
-from analysis.neurons import (
+from analysis.core.config import Neuron
+from analysis.core.engine import make_batches
+from analysis.families.downstream import difference_sums, mean_std, rank_neurons
+from analysis.families.neurons import (
     context_shift_samples,
     neuron_unembed,
     position_index,

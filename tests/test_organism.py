@@ -1,5 +1,5 @@
-"""The positive control (analysis.organism), neuron discovery (analysis.discovery) and the
-training dynamics (analysis.dynamics), on tiny hermetic models: the fixture tokenizer and
+"""The positive control (analysis.controls.organism), neuron discovery (analysis.families.discovery) and the
+training dynamics (analysis.families.dynamics), on tiny hermetic models: the fixture tokenizer and
 fixture text, training runs of a few seconds."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ TINY_CFG = dict(n_layers=2, d_model=32, n_heads=2, d_mlp=64, seq_len=64, batch_s
 
 
 def _fixture_texts():
-    from analysis.data import indices_record, load_corpus, split_indices
+    from analysis.core.data import indices_record, load_corpus, split_indices
 
     texts, record = {}, {}
     for lang in ("english", "german"):
@@ -31,8 +31,8 @@ def _fixture_texts():
 
 
 def _train(out: Path, **changes):
-    from analysis.organism import OrganismConfig, train
-    from analysis.tiny_tokenizer import train_fixture_tokenizer
+    from analysis.controls.organism import OrganismConfig, train
+    from analysis.controls.tiny_tokenizer import train_fixture_tokenizer
 
     texts, record = _fixture_texts()
     cfg = OrganismConfig(**{**TINY_CFG, **changes})
@@ -43,7 +43,7 @@ def _train(out: Path, **changes):
 @pytest.fixture(scope="module")
 def tiny_organism():
     """A tiny organism trained into the (per-session) model cache, as `german-neuron organism` would."""
-    from analysis.models import models_cache_dir
+    from analysis.core.models import models_cache_dir
 
     out = models_cache_dir() / "organism-tinytest"
     manifest = _train(out)
@@ -54,7 +54,12 @@ def tiny_organism():
 
 
 def test_heldout_split_is_deterministic_disjoint_and_recorded():
-    from analysis.data import HELDOUT_PER_LANGUAGE, heldout_indices, indices_record, split_indices
+    from analysis.core.data import (
+        HELDOUT_PER_LANGUAGE,
+        heldout_indices,
+        indices_record,
+        split_indices,
+    )
 
     train, held = split_indices(2000)
     assert len(held) == HELDOUT_PER_LANGUAGE == 200 and len(train) == 1800
@@ -67,7 +72,7 @@ def test_heldout_split_is_deterministic_disjoint_and_recorded():
 
 
 def test_checkpoint_steps_are_log_spaced():
-    from analysis.organism import checkpoint_steps
+    from analysis.controls.organism import checkpoint_steps
 
     steps = checkpoint_steps(800, 10)
     assert steps[0] == 0 and steps[-1] == 800 and steps == sorted(set(steps))
@@ -81,15 +86,15 @@ def test_checkpoint_steps_are_log_spaced():
 
 
 def test_tiny_training_writes_checkpoints_and_manifest(tiny_organism):
-    from analysis.data import indices_record
-    from analysis.models import load_checkpoint, model_slug
-    from analysis.organism import (
+    from analysis.controls.organism import (
         _texts_sha,
         checkpoint_info,
         checkpoint_steps,
         latest_final_checkpoint,
         series,
     )
+    from analysis.core.data import indices_record
+    from analysis.core.models import load_checkpoint, model_slug
 
     out, m = tiny_organism
     on_disk = json.loads((out / "manifest.json").read_text())
@@ -142,8 +147,8 @@ def test_training_is_deterministic(tmp_path):
 
 
 def test_bad_organism_config_is_a_usage_error():
-    from analysis.errors import UsageError
-    from analysis.organism import OrganismConfig
+    from analysis.controls.organism import OrganismConfig
+    from analysis.core.errors import UsageError
 
     with pytest.raises(UsageError, match="divisible"):
         OrganismConfig(d_model=30, n_heads=4).check()
@@ -158,8 +163,8 @@ def test_vectorised_probe_matches_sklearn():
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
 
-    from analysis.discovery import probe_all
-    from analysis.probes import single_neuron_probe
+    from analysis.families.discovery import probe_all
+    from analysis.families.probes import single_neuron_probe
 
     rng = np.random.default_rng(0)
     n, m = 600, 12
@@ -186,7 +191,7 @@ def test_vectorised_probe_matches_sklearn():
 
 
 def test_ranking_keeps_only_german_positive_neurons_and_breaks_ties():
-    from analysis.discovery import probe_all, rank
+    from analysis.families.discovery import probe_all, rank
 
     rng = np.random.default_rng(1)
     n = 400
@@ -211,7 +216,7 @@ def _plant(model, toks, layer=3, index=669):
     examples (subtracted for English-leaning tokens), neuron `L{layer}N{index}` reads v,
     and v is projected out of every other neuron's input weights and every attention
     value matrix (so that no other component reads it); the planted neuron writes nothing."""
-    from analysis.engine import Weights
+    from analysis.core.engine import Weights
 
     w = Weights.from_bridge(model.bridge, model.info["rotary_pct"])
     de = Counter(i for t in toks["german"] for i in t)
@@ -234,9 +239,9 @@ def _plant(model, toks, layer=3, index=669):
 
 
 def test_discovery_ranks_a_planted_neuron_first(tiny):
-    from analysis.data import load_corpus
-    from analysis.discovery import discover
-    from analysis.engine import Forward, Weights
+    from analysis.core.data import load_corpus
+    from analysis.core.engine import Forward, Weights
+    from analysis.families.discovery import discover
 
     toks = {lang: [tiny.to_tokens(t) for t in load_corpus(f"fixture_{lang}").examples if t.strip()]
             for lang in ("german", "english")}
@@ -261,8 +266,8 @@ def test_discovery_ranks_a_planted_neuron_first(tiny):
 def test_organism_report_with_auto_neuron_and_dynamics(tiny_organism, tmp_path):
     import re
 
-    from analysis.config import RunConfig, get_profile
-    from analysis.pipeline import STEPS, run_report
+    from analysis.core.config import RunConfig, get_profile
+    from analysis.core.pipeline import STEPS, run_report
 
     names = [s.name for s in STEPS]
     assert names.index("discovery") < names.index("activations") < names.index("dynamics")
@@ -298,8 +303,8 @@ def test_organism_report_with_auto_neuron_and_dynamics(tiny_organism, tmp_path):
 
 
 def test_default_model_falls_back_to_the_cached_organism(tiny_organism):
-    from analysis.errors import ModelUnavailableError
-    from analysis.organism import resolve_default_model
+    from analysis.controls.organism import resolve_default_model
+    from analysis.core.errors import ModelUnavailableError
 
     out, manifest = tiny_organism
     said: list[str] = []
@@ -315,8 +320,8 @@ def test_default_model_falls_back_to_the_cached_organism(tiny_organism):
 
 
 def test_default_corpus_is_the_heldout_split_for_the_organism(tiny_organism):
-    from analysis.data import CORPORA, SUBSETS
-    from analysis.organism import default_corpus, is_organism
+    from analysis.controls.organism import default_corpus, is_organism
+    from analysis.core.data import CORPORA, SUBSETS
 
     out, manifest = tiny_organism
     assert default_corpus(str(out / manifest["final"]["path"])) == "europarl-heldout"

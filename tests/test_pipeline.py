@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from analysis.artifacts import SCHEMA_VERSION, ArtifactStore, StepInputs
+from analysis.core.artifacts import SCHEMA_VERSION, ArtifactStore, StepInputs
 
 SECTIONS = ["Summary", "Setup", "Context neuron activations", "Single-neuron probes",
             "Mean ablation", "Provenance"]
@@ -61,7 +61,7 @@ def test_artifacts_have_provenance_and_expected_results(tiny_report):
 
 
 def test_rerun_hits_the_cache_and_a_changed_artifact_is_recomputed(tiny_report):
-    from analysis.pipeline import run_report
+    from analysis.core.pipeline import run_report
 
     res, _, cfg = tiny_report
     logs: list[str] = []
@@ -132,7 +132,7 @@ def test_bad_options_fail_before_compute(tmp_path, args, message):
 
 
 def test_data_dir_errors(tmp_path):
-    from analysis.data import FIXTURES
+    from analysis.core.data import FIXTURES
 
     missing = _cli("report", "--model", "tiny", "--data-dir", str(tmp_path / "nope"),
                    "--out", str(tmp_path / "o"))
@@ -145,8 +145,8 @@ def test_data_dir_errors(tmp_path):
 
 
 def test_checkpoint_folder_checks(tmp_path):
-    from analysis.errors import UsageError
-    from analysis.models import check_checkpoint_dir
+    from analysis.core.errors import UsageError
+    from analysis.core.models import check_checkpoint_dir
 
     d = tmp_path / "ck"
     d.mkdir()
@@ -161,7 +161,7 @@ def test_checkpoint_folder_checks(tmp_path):
 
 
 def test_local_checkpoint_folder_loads_like_tiny(tiny):
-    from analysis.models import load_model, tiny_checkpoint
+    from analysis.core.models import load_model, tiny_checkpoint
 
     folder = tiny_checkpoint(0)
     m = load_model(str(folder))

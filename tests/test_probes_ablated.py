@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.activations import collect_mlp_activations
-from analysis.config import ENGLISH_NEURONS, Neuron
-from analysis.correlations import correlation_rows, pearson
-from analysis.engine import make_batches, set_neurons
-from analysis.language_probes import examples_for, existing, probe_table
-from analysis.probes import probe_rows
-from analysis.probes_ablated import crop_tokens
+from analysis.core.config import ENGLISH_NEURONS, Neuron
+from analysis.core.engine import make_batches, set_neurons
+from analysis.families.activations import collect_mlp_activations
+from analysis.families.correlations import correlation_rows, pearson
+from analysis.families.language_probes import examples_for, existing, probe_table
+from analysis.families.probes import probe_rows
+from analysis.families.probes_ablated import crop_tokens
 
 CTX = Neuron(3, 669)
 OTHER = Neuron(5, 1336)
 
 
 def _corpus(name):
-    from analysis.data import load_corpus
+    from analysis.core.data import load_corpus
 
     return load_corpus(name).examples
 

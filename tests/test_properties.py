@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analysis.artifacts import StepInputs
-from analysis.engine import make_batches, per_example_losses
+from analysis.core.artifacts import StepInputs
+from analysis.core.engine import make_batches, per_example_losses
 
 sequences = st.lists(st.lists(st.integers(2, 511), min_size=1, max_size=40), min_size=1, max_size=6)
 

@@ -51,9 +51,9 @@ def test_compare_flags_moved_missing_and_new_metrics():
 def test_committed_tiny_baseline_passes_and_a_perturbed_weight_fails(tiny_report, tmp_path):
     """The tiny fixture run matches its committed baseline; changing one weight of `tiny`
     (one layer-5 neuron's output row) makes the check fail and name the metrics it moved."""
-    from analysis.config import Neuron, RunConfig, get_profile
-    from analysis.models import load_checkpoint, tiny_checkpoint
-    from analysis.pipeline import run_report
+    from analysis.core.config import Neuron, RunConfig, get_profile
+    from analysis.core.models import load_checkpoint, tiny_checkpoint
+    from analysis.core.pipeline import run_report
 
     res, _, _ = tiny_report
     baseline = reg.load_baseline(reg.baseline_path("tiny", "quick"))

@@ -21,7 +21,7 @@ from report import build as report_build
 from report.build import SECTIONS, ReportError, build_notebook, build_report
 
 REPO = Path(__file__).resolve().parent.parent
-SEED_REFERENCE = REPO / "analysis" / "seed_reference.json"
+SEED_REFERENCE = REPO / "analysis" / "resources" / "seed_reference.json"
 
 HEADINGS = [
     "Summary",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.artifacts import ArtifactStore
+from analysis.core.artifacts import ArtifactStore
 
 
 def _start(out: Path) -> subprocess.Popen:
@@ -95,8 +95,8 @@ def test_second_run_on_the_same_folder_refuses_with_a_clear_message(tmp_path):
 
 def test_disk_full_while_writing_the_report_keeps_the_previous_one(tiny_report, tmp_path, monkeypatch):
     import report.build as rb
-    from analysis.errors import ReportError
-    from analysis.pipeline import run_report
+    from analysis.core.errors import ReportError
+    from analysis.core.pipeline import run_report
 
     res, _, cfg = tiny_report
     out = tmp_path / "o"
@@ -117,7 +117,7 @@ def test_disk_full_while_writing_the_report_keeps_the_previous_one(tiny_report, 
 
 
 def test_disk_full_while_writing_an_artifact_leaves_no_file(tmp_path, monkeypatch):
-    import analysis.artifacts as A
+    import analysis.core.artifacts as A
 
     store = A.ArtifactStore(tmp_path)
     inputs = A.StepInputs("s", {"module": "m", "sha256": "x"}, {}, {}, {}, 0, {}, "cpu")

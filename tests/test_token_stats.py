@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from analysis.config import Neuron
-from analysis.engine import layer_norm_pre, make_batches, set_neurons
-from analysis.l3_tokens import (
+from analysis.core.config import Neuron
+from analysis.core.engine import layer_norm_pre, make_batches, set_neurons
+from analysis.families.l3_tokens import (
     GARBAGE_TOKENS,
     filter_garbage,
     mean_normalised_resid_post,
     neuron_direction_logit_diff,
     top_tokens,
 )
-from analysis.unigrams import document_counts, top_unigrams
+from analysis.families.unigrams import document_counts, top_unigrams
 
 CTX = Neuron(3, 669)
 TEXTS = ["Die Kommission hat heute einen neuen Vorschlag vorgelegt.",

@@ -3,7 +3,7 @@ scratch on English and German Europarl passages with the GPT-NeoX-20B tokenizer.
 
 `train` is the pure training function (config + tokenizer + passages -> checkpoints and a
 manifest); `train_europarl` prepares the data (the training split of the Europarl JSON
-passages; the held-out split `analysis.data.heldout_indices` is kept for the analyses);
+passages; the held-out split `analysis.core.data.heldout_indices` is kept for the analyses);
 `german-neuron organism` / `nox -s organism` call it. Checkpoints are Hugging Face folders
 (model + tokenizer) at log-spaced steps and at the end, under
 `models_cache_dir()/organism-<hash of config, tokenizer, data, libraries>/step<NNNNNN>/`,
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UsageError
+from ..core.errors import UsageError
 
 MANIFEST = "manifest.json"
 CHECKPOINT_INFO = "organism.json"
@@ -86,7 +86,7 @@ class OrganismConfig:
 
     def shape(self, vocab_size: int) -> dict:
         """The GPT-NeoX config of the model (Pythia-70M's settings, this size)."""
-        from .models import PYTHIA_70M_SHAPE
+        from ..core.models import PYTHIA_70M_SHAPE
 
         return dict(PYTHIA_70M_SHAPE, vocab_size=vocab_size, hidden_size=self.d_model,
                     num_hidden_layers=self.n_layers, num_attention_heads=self.n_heads,
@@ -153,7 +153,7 @@ def config_hash(cfg: OrganismConfig, tokenizer_sha: str, data: Mapping) -> str:
 
 
 def default_out_dir(key: str) -> Path:
-    from .models import models_cache_dir
+    from ..core.models import models_cache_dir
 
     return models_cache_dir() / f"organism-{key[:16]}"
 
@@ -211,7 +211,7 @@ def _lr_at(step: int, cfg: OrganismConfig) -> float:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    from .artifacts import atomic_write_text
+    from ..core.artifacts import atomic_write_text
 
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
@@ -272,7 +272,7 @@ def train(cfg: OrganismConfig, tokenizer, texts: Mapping[str, Sequence[str]], ou
     """
     from tqdm.auto import tqdm
 
-    from .models import random_model
+    from ..core.models import random_model
 
     log = log or (lambda s: print(s, file=sys.stderr))
     cfg.check()
@@ -415,7 +415,7 @@ def europarl_training_text(data_dir: str | None, train_per_language: int | None 
                             ) -> tuple[dict[str, list[str]], dict]:
     """The training split of the Europarl passages (everything but the held-out passages
     the analyses use), and its record (files, sha256, split indices)."""
-    from .data import HELDOUT_SALT, indices_record, load_corpus, split_indices
+    from ..core.data import HELDOUT_SALT, indices_record, load_corpus, split_indices
 
     texts, record = {}, {}
     for lang in LANGUAGES:
@@ -447,7 +447,7 @@ def train_europarl(cfg: OrganismConfig, tokenizer_file: str | None, data_dir: st
     Raises:
         UsageError: no tokenizer; DataError: missing/corrupt data files.
     """
-    from .models import fast_tokenizer
+    from ..core.models import fast_tokenizer
 
     log = log or (lambda s: print(s, file=sys.stderr))
     cfg.check()
@@ -486,7 +486,7 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
 
 def completed_runs() -> list[tuple[Path, dict]]:
     """Completed organism runs in the model cache, most recently finished first."""
-    from .models import models_cache_dir
+    from ..core.models import models_cache_dir
 
     runs = []
     for d in models_cache_dir().glob("organism-*"):
@@ -571,8 +571,8 @@ def resolve_default_model(tokenizer: str | None, data_dir: str | None, *,
     loaded (Hub or local cache), else the organism's latest final checkpoint (training it
     first if none is cached). Returns (model name, note for the console and the report, or
     None when Pythia-70M is used)."""
-    from .errors import ModelUnavailableError
-    from .models import _hub_snapshot
+    from ..core.errors import ModelUnavailableError
+    from ..core.models import _hub_snapshot
 
     log = log or (lambda s: print(s, file=sys.stderr))
     try:

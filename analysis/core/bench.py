@@ -410,7 +410,7 @@ def run_bench(model_name: str, tokenizer: str | None, data_dir: str | None, out:
     Raises:
         UsageError / DataError / ModelUnavailableError: as `german-neuron report`.
     """
-    from .activations import collect_mlp_activations
+    from ..families.activations import collect_mlp_activations
     from .artifacts import atomic_write_text, library_versions
     from .data import CORPORA, load_corpus
     from .models import load_model

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .config import ENGLISH_NEURONS, FRENCH_NEURONS, Neuron
+from ..core.config import ENGLISH_NEURONS, FRENCH_NEURONS, Neuron
 
 SEED_SECTION = "Set up model, data, and deactivate German neuron hook (english_neurons, french_neurons)"
 

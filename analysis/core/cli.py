@@ -46,7 +46,7 @@ def report(
             raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
         if renderer not in ("auto", "quarto", "pandoc"):
             raise UsageError(f"unknown renderer {renderer!r}; choose auto, quarto or pandoc")
-        from .organism import is_organism, resolve_default_model
+        from ..controls.organism import is_organism, resolve_default_model
 
         auto = neuron is not None and neuron.strip().lower() == "auto"
         context_neuron = None if auto or neuron is None else Neuron.parse(neuron)
@@ -91,7 +91,7 @@ def organism(
     debug: bool = typer.Option(False, help="show tracebacks"),
 ) -> None:
     """Train the positive control: a small GPT-NeoX on English + German Europarl (CPU, seeded)."""
-    from .organism import OrganismConfig, replace, train_europarl
+    from ..controls.organism import OrganismConfig, replace, train_europarl
 
     try:
         cfg = replace(OrganismConfig(), steps=steps, n_layers=layers, d_model=d_model, d_mlp=d_mlp,
@@ -170,7 +170,7 @@ def baseline(
     slug = model_slug(model)
     if slug == "pythia-70m":
         typer.echo("error: the pythia-70m baseline is the seed's printed output "
-                   "(analysis/seed_reference.json); it is not recorded from a run", err=True)
+                   "(analysis/resources/seed_reference.json); it is not recorded from a run", err=True)
         raise typer.Exit(2)
     arts = reg.load_artifacts(_out_dir(model, out))
     if not arts:

@@ -53,7 +53,7 @@ def run_step(run, arts: dict) -> dict:
     logit differences of `l3_tokens` over them."""
     import sys
 
-    from .runner import LANGUAGES
+    from ..core.runner import LANGUAGES
 
     toks = {lang: run.tokens(lang, None) for lang in LANGUAGES}
     l3 = arts["l3_tokens"]
@@ -124,7 +124,7 @@ def figures(run, arts: dict, fig_dir) -> list[dict]:
 
 
 def regression_metrics(arts):
-    """(name, value, seed section) for `analysis.regression` (`unigrams.<lang>_mean_logit_diff`,
+    """(name, value, seed section) for `analysis.core.regression` (`unigrams.<lang>_mean_logit_diff`,
     the neuron-direction means the seed printed)."""
     if "unigrams" not in arts:
         return

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import Neuron
-from .engine import Batch, Edit, Forward, progress, set_neurons
+from ..core.config import Neuron
+from ..core.engine import Batch, Edit, Forward, progress, set_neurons
 
 # The seed's lists (cell "Looking at individual neurons"), found in Pythia-70M by the
 # downstream activation-difference ranking for L3N669.
@@ -391,8 +391,8 @@ def run_step(run, arts: dict) -> dict:
     individually studied neurons; the weird-token filter; the seed's prompts."""
     import sys
 
-    from .errors import ReportError
-    from .runner import LANGUAGES
+    from ..core.errors import ReportError
+    from ..core.runner import LANGUAGES
 
     p = run.profile
     ctx = run.context

@@ -66,7 +66,7 @@ def run_step(run, arts: dict) -> dict:
     classification accuracy of German neurons")."""
     import sys
 
-    from .runner import LANGUAGES
+    from ..core.runner import LANGUAGES
 
     p = run.profile
     acts = arts["activations"]

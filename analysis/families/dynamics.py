@@ -1,7 +1,7 @@
 """Training dynamics: neuron discovery, the context neuron's probe and mean ablation, and the
 German/English loss at every saved checkpoint of the model's training run.
 
-For the organism (`analysis.organism`) the checkpoints are those in its manifest. For
+For the organism (`analysis.controls.organism`) the checkpoints are those in its manifest. For
 Pythia-70M they are Hugging Face revisions of `EleutherAI/pythia-70m` (`step1` ...
 `step143000`, `models.PYTHIA_DYNAMICS_REVISIONS`), loaded through `models.load_revision`,
 so that online users reproduce the paper's curves (a revision that cannot be fetched is
@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from .config import Neuron
+from ..core.config import Neuron
 
 PYTHIA_TOKENS_PER_STEP = 1024 * 2048  # Pythia's batch: 1,024 sequences of 2,048 tokens
 
@@ -28,8 +28,8 @@ PYTHIA_TOKENS_PER_STEP = 1024 * 2048  # Pythia's batch: 1,024 sequences of 2,048
 def checkpoint_series(run) -> list[dict]:
     """The checkpoints of the run's model, in step order: `[{"step", "tokens_seen",
     "train_loss", "label", "path" | "revision"}]`; empty when the model has none."""
-    from . import organism
-    from .models import PYTHIA_DYNAMICS_REVISIONS
+    from ..controls import organism
+    from ..core.models import PYTHIA_DYNAMICS_REVISIONS
 
     info = run.model.info
     if "organism" in info:
@@ -48,7 +48,7 @@ def has_series(run) -> bool:
 
 
 def _loader(run, ck: dict) -> Callable:
-    from .models import load_checkpoint, load_revision
+    from ..core.models import load_checkpoint, load_revision
 
     if "revision" in ck:
         return lambda: load_revision(ck["revision"], run.cfg.tokenizer, run.cfg.device)
@@ -63,10 +63,10 @@ def checkpoint_metrics(model, toks: dict, context: Neuron, profile, device: str 
     """
     import numpy as np
 
+    from ..core.engine import Forward, Weights, make_batches, per_example_losses, set_neurons
     from .ablation import loss_summary
     from .activations import collect_mlp_activations
     from .discovery import discover
-    from .engine import Forward, Weights, make_batches, per_example_losses, set_neurons
     from .probes import single_neuron_probe
 
     p = profile
@@ -112,8 +112,8 @@ def compute_series(run, series: list[dict], toks: dict, log) -> tuple[list[dict]
     """(rows, skipped) over the checkpoints; a checkpoint that cannot be loaded is skipped."""
     import gc
 
-    from .errors import ModelUnavailableError
-    from .organism import quiet_hf_progress
+    from ..controls.organism import quiet_hf_progress
+    from ..core.errors import ModelUnavailableError
 
     rows, skipped = [], []
     for i, ck in enumerate(series, 1):
@@ -139,8 +139,8 @@ def run_step(run, arts: dict) -> dict:
     """Step `dynamics` (after `ablation`): the curves over the training checkpoints."""
     from pathlib import Path
 
-    from .models import _fingerprint_dir
-    from .runner import LANGUAGES
+    from ..core.models import _fingerprint_dir
+    from ..core.runner import LANGUAGES
 
     p = run.profile
     series = checkpoint_series(run)
@@ -162,7 +162,7 @@ def run_step(run, arts: dict) -> dict:
 
     def compute():
         rows, skipped = compute_series(run, series, toks, run.log)
-        from .organism import training_summary
+        from ..controls.organism import training_summary
 
         is_org = "organism" in run.model.info
         source = "organism manifest" if is_org else "EleutherAI/pythia-70m revisions"

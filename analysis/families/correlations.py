@@ -52,7 +52,7 @@ def run_step(run, arts: dict) -> dict:
     """Step `correlations`: from the `activations` step's arrays only (no forward pass)."""
     import sys
 
-    from .runner import LANGUAGES
+    from ..core.runner import LANGUAGES
 
     acts = arts["activations"]
     res = acts["result"]

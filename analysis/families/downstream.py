@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .config import Neuron
-from .engine import Batch, Forward, progress, set_neurons
+from ..core.config import Neuron
+from ..core.engine import Batch, Forward, progress, set_neurons
 
 TOP_K = 100  # seed: torch.topk(significance_measure, 100)
 HOOK = "mlp.hook_pre"
@@ -115,7 +115,7 @@ def run_step(run, arts: dict) -> dict:
     context neuron is set to its active vs inactive mean."""
     import sys
 
-    from .runner import LANGUAGES
+    from ..core.runner import LANGUAGES
 
     p = run.profile
     ctx = run.context

@@ -31,10 +31,10 @@ def run_step(run, arts: dict) -> dict:
     neuron set to its English mean."""
     import sys
 
+    from ..core.engine import set_neurons
+    from ..core.runner import LANGUAGES
     from .activations import collect_mlp_activations
-    from .engine import set_neurons
     from .probes import probe_rows
-    from .runner import LANGUAGES
 
     p = run.profile
     ctx = run.context
@@ -96,7 +96,7 @@ def figures(run, arts: dict, fig_dir) -> list[dict]:
 
 
 def regression_metrics(arts):
-    """(name, value, seed section) for `analysis.regression`
+    """(name, value, seed section) for `analysis.core.regression`
     (`probes_context_ablated.<neuron>.<f1|train_acc|test_acc|mean_english|mean_german>`)."""
     if "probes_ablated" not in arts:
         return

@@ -5,7 +5,7 @@
     model ┘
     (artifacts) ──> figures ──> report (notebook → HTML, PDF)
 
-The nodes are the `StepSpec`s in `STEPS`; see `analysis.runner` for the caching.
+The nodes are the `StepSpec`s in `STEPS`; see `analysis.core.runner` for the caching.
 """
 
 from __future__ import annotations
@@ -16,20 +16,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import ablation as ablation_mod
-from . import activations as activations_mod
-from . import backup as backup_mod
-from . import correlations as correlations_mod
-from . import discovery as discovery_mod
-from . import dla as dla_mod
-from . import downstream as downstream_mod
-from . import dynamics as dynamics_mod
-from . import l3_tokens as l3_tokens_mod
-from . import language_probes as language_probes_mod
-from . import neurons as neurons_mod
-from . import probes as probes_mod
-from . import probes_ablated as probes_ablated_mod
-from . import unigrams as unigrams_mod
+from ..families import ablation as ablation_mod
+from ..families import activations as activations_mod
+from ..families import backup as backup_mod
+from ..families import correlations as correlations_mod
+from ..families import discovery as discovery_mod
+from ..families import dla as dla_mod
+from ..families import downstream as downstream_mod
+from ..families import dynamics as dynamics_mod
+from ..families import l3_tokens as l3_tokens_mod
+from ..families import language_probes as language_probes_mod
+from ..families import neurons as neurons_mod
+from ..families import probes as probes_mod
+from ..families import probes_ablated as probes_ablated_mod
+from ..families import unigrams as unigrams_mod
 from .artifacts import ArtifactStore
 from .config import GERMAN_NEURONS, Neuron, RunConfig
 from .data import CORPORA, load_corpus
@@ -38,7 +38,7 @@ from .errors import ReportError, UsageError
 from .models import PYTHIA_70M_SHAPE, TINY_SHAPE, check_checkpoint_dir, load_model
 from .runner import Run, StepSpec
 
-SEED_REFERENCE = Path(__file__).resolve().parent / "seed_reference.json"
+SEED_REFERENCE = Path(__file__).resolve().parents[1] / "resources" / "seed_reference.json"
 
 
 def model_shape(name: str) -> tuple[int, int]:
@@ -49,7 +49,7 @@ def model_shape(name: str) -> tuple[int, int]:
     if name == "tiny":
         return TINY_SHAPE["num_hidden_layers"], TINY_SHAPE["intermediate_size"]
     if name == "organism":
-        from .organism import require_final_checkpoint
+        from ..controls.organism import require_final_checkpoint
 
         name = str(require_final_checkpoint())
     cfg = check_checkpoint_dir(Path(name).expanduser().resolve())
@@ -133,7 +133,7 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
     log = log or (lambda s: print(s, file=sys.stderr))
     show_progress = sys.stderr.isatty() if show_progress is None else show_progress
     if corpus is None:
-        from .organism import default_corpus
+        from ..controls.organism import default_corpus
 
         corpus = default_corpus(cfg.model)
     if corpus not in CORPORA:

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .config import Neuron
-from .engine import Edits, set_neurons
+from ..core.config import Neuron
+from ..core.engine import Edits, set_neurons
 
 
 def single_neuron_variants(neurons: Sequence[Neuron], values: Mapping[str, float]) -> dict[str, Edits]:
@@ -69,9 +69,9 @@ def run_step(run, arts: dict) -> dict:
     in the order of `result.per_example_losses.rows[language]` (`original` first)."""
     import sys
 
+    from ..core.engine import per_example_losses
+    from ..core.runner import LANGUAGES
     from .backup import pair_variants
-    from .engine import per_example_losses
-    from .runner import LANGUAGES
 
     p = run.profile
     ctx = run.context

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .config import Neuron
-from .engine import Edits, set_neurons
+from ..core.config import Neuron
+from ..core.engine import Edits, set_neurons
 
 
 def pair_variants(context: Neuron, others: Sequence[Neuron], values: Mapping[str, float]) -> dict[str, Edits]:

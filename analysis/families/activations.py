@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .config import Neuron
-from .engine import Batch, Edits, Forward, progress
+from ..core.config import Neuron
+from ..core.engine import Batch, Edits, Forward, progress
 
 
 def collect_mlp_activations(
@@ -69,8 +69,8 @@ def collect_mlp_activations(
 def run_step(run, arts: dict) -> dict:
     """Step `activations`: `hook_post` of the studied neurons' layers on the first
     `activation_examples` German and English examples (seed cell "Set up model, data...")."""
-    from .errors import ReportError
-    from .runner import LANGUAGES
+    from ..core.errors import ReportError
+    from ..core.runner import LANGUAGES
 
     p = run.profile
     neurons = list(dict.fromkeys([*run.studied, run.context]))
@@ -123,7 +123,7 @@ def figures(run, arts: dict, fig_dir) -> list[dict]:
     """English-vs-German histograms of the context neuron and of each studied neuron."""
     import figures.plots as plots
 
-    from .config import Neuron
+    from ..core.config import Neuron
 
     acts = arts["activations"]
     de = run.store.load_array("activations", "german")

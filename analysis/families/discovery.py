@@ -6,7 +6,7 @@ The seed found L3N669 by probing neurons one at a time (`run_single_neuron_lr`, 
 `fit_logistic` solves the same problem (L2 penalty 1/2·w² on the coefficient, C = 1, free
 intercept) for all neurons at once by damped Newton steps in float64, on the same
 train/test split (`train_test_split(..., random_state=seed)`); the top `verify` neurons are
-then refitted with `analysis.probes.single_neuron_probe` itself and ranked by its numbers.
+then refitted with `analysis.families.probes.single_neuron_probe` itself and ranked by its numbers.
 
 "German-positive" means the probe's coefficient is positive (the neuron fires more on
 German); the ranking lists those first and the top one becomes the context neuron when the
@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .config import Neuron
-from .engine import Forward, make_batches, progress
+from ..core.config import Neuron
+from ..core.engine import Forward, make_batches, progress
 
 TOP_ROWS = 50  # German-positive rows kept in the artifact (all neurons are in the arrays)
 TOP_ENGLISH_ROWS = 10
@@ -230,7 +230,7 @@ def discover(fwd: Forward, toks: dict[str, Sequence[Sequence[int]]], crop: tuple
     for r in ranked[:verify]:
         positive_rank[r["layer"] * d_mlp + r["index"]] = r["rank"]
     seed_neurons = []
-    from .config import GERMAN_NEURONS
+    from ..core.config import GERMAN_NEURONS
 
     for n in GERMAN_NEURONS:
         if n.layer < n_layers and n.index < d_mlp:
@@ -274,7 +274,7 @@ def run_step(run, arts: dict) -> dict:
     German vs English), rank by F1."""
     import sys
 
-    from .runner import LANGUAGES
+    from ..core.runner import LANGUAGES
 
     p = run.profile
     toks = {lang: run.tokens(lang, p.activation_examples) for lang in LANGUAGES}
@@ -299,7 +299,7 @@ def apply(run, art: dict):
     auto = run.cfg.neuron is None
     if auto:
         if res["best"] is None:
-            from .errors import ReportError
+            from ..core.errors import ReportError
 
             raise ReportError("neuron discovery found no German-positive neuron; pass --neuron LxNy")
         run.cfg = dataclasses.replace(run.cfg, neuron=Neuron.parse(res["best"]), neuron_discovered=True)

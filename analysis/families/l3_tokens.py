@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import Neuron
-from .engine import Batch, Forward, layer_norm_pre, progress, set_neurons
+from ..core.config import Neuron
+from ..core.engine import Batch, Forward, layer_norm_pre, progress, set_neurons
 
 SEED_SECTION = "Tokens boosted by L3 directly"
 TOP_K = 100

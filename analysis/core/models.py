@@ -274,7 +274,7 @@ def _random_key(shape: dict, seed: int, tokenizer_hash: str, extra: str = "") ->
 def tiny_checkpoint(seed: int = 0) -> Path:
     """`tiny`: random ~1.8M-parameter GPT-NeoX + byte-level BPE trained on fixture text.
     Hermetic: needs nothing outside the package."""
-    from .tiny_tokenizer import train_fixture_tokenizer
+    from ..controls.tiny_tokenizer import train_fixture_tokenizer
 
     tok = train_fixture_tokenizer(vocab_size=TINY_SHAPE["vocab_size"])
 
@@ -462,7 +462,7 @@ def load_model(name: str, tokenizer: str | None = None, device: str = "cpu", see
         snap = _hub_snapshot()
         return load_checkpoint(snap, tokenizer, device, model_id="pythia-70m",
                                revision=PYTHIA_REVISION, source=PYTHIA_REPO)
-    from . import organism
+    from ..controls import organism
 
     path = organism.require_final_checkpoint() if name == "organism" else Path(name).expanduser()
     info = organism.checkpoint_info(path)
@@ -476,7 +476,7 @@ def model_slug(name: str) -> str:
     """A folder-safe id for `build/<model-id>/`."""
     if name in BUILTIN_MODELS:
         return name
-    from .organism import slug
+    from ..controls.organism import slug
 
     path = Path(name).expanduser().resolve()
     return slug(path) or path.name or "checkpoint"

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import Neuron
-from .engine import Batch, Forward, progress, set_neurons
+from ..core.config import Neuron
+from ..core.engine import Batch, Forward, progress, set_neurons
 
 SEED_SECTION = "Check DLA difference and loss breakdown by component for L3N669"
 
@@ -227,7 +227,7 @@ def figures(run, arts: dict, fig_dir) -> list[dict]:
 
 
 def regression_metrics(arts: Mapping[str, dict]):
-    """(name, value, seed section) for `analysis.regression`, named as its pythia-70m
+    """(name, value, seed section) for `analysis.core.regression`, named as its pythia-70m
     baseline names them (`component_patching.<component>.percent_increase`)."""
     if "dla" not in arts:
         return

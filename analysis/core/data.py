@@ -60,7 +60,7 @@ REGISTRY: dict[str, DatasetSpec] = {
                     "7a7636b62ad49ecaf95f1a538bee34172240c31c7ecec1e22600fba2d24b746d",
                     "german", "context_neuron/data/german_europarl.json"),
         # Hermetic corpora for `tiny` and the unit tests: short English/German passages
-        # written for this project (analysis/fixtures), not from the seed.
+        # written for this project (analysis/resources/fixtures), not from the seed.
         DatasetSpec("fixture_english", "english.txt",
                     "fae020cbc0abcaaa24951d8b4d3f3ea3065c8bfe02d35a9a3c60150f9c6cbac3",
                     "english", None),
@@ -81,14 +81,14 @@ CORPORA = {
 }
 
 # Held-out subsets of the Europarl passages: {subset name: (dataset, part)}. The organism
-# (analysis.organism) trains on the complement and records these indices in its manifest.
+# (analysis.controls.organism) trains on the complement and records these indices in its manifest.
 SUBSETS = {
     "europarl_english_heldout": ("europarl_english", "heldout"),
     "europarl_german_heldout": ("europarl_german", "heldout"),
 }
 HELDOUT_PER_LANGUAGE = 200
 HELDOUT_SALT = "german-neuron-heldout-v1"
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "resources" / "fixtures"
 
 
 def sha256_file(path: Path) -> str:

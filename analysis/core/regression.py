@@ -8,7 +8,7 @@ beside its baseline value and tolerance.
 Baselines (`baselines/<model>-<profile>.json`):
 
 * `pythia-70m-paper.json` holds the numbers the seed notebook printed (from
-  `analysis/seed_reference.json`), each with the seed section it comes from and a tolerance
+  `analysis/resources/seed_reference.json`), each with the seed section it comes from and a tolerance
   = half a unit of its printed precision + two standard errors of its method's sampling
   noise (see `seed_tolerance`). It is never rewritten by `--update`.
 * fixture baselines (`tiny-quick.json`, `pythia-70m-random-quick.json`) are recorded from
@@ -26,9 +26,9 @@ from pathlib import Path
 
 from .artifacts import atomic_write_text
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BASELINES = REPO / "baselines"
-SEED_REFERENCE = Path(__file__).resolve().parent / "seed_reference.json"
+SEED_REFERENCE = Path(__file__).resolve().parents[1] / "resources" / "seed_reference.json"
 SCHEMA_VERSION = 1
 FIXTURE_REL_TOL = 1e-4
 FIXTURE_ABS_TOL = 1e-6
@@ -97,7 +97,7 @@ def _weird_tokens(arts):
 
 def _family_extractors() -> None:
     """Metric extractors that live beside their analyses (names as the seed baseline's)."""
-    from . import dla, probes_ablated, unigrams
+    from ..families import dla, probes_ablated, unigrams
 
     for mod in (dla, unigrams, probes_ablated):
         if mod.regression_metrics not in EXTRACTORS:
@@ -182,7 +182,7 @@ def seed_baseline() -> dict:
     for k in ("W_U", "W_E", "unique"):
         add(f"weird_tokens.{k}", wt[k], "count", wt["section"])
     return {"schema_version": SCHEMA_VERSION, "model": "pythia-70m", "profile": "paper",
-            "source": "seed notebook printed output (analysis/seed_reference.json)",
+            "source": "seed notebook printed output (analysis/resources/seed_reference.json)",
             "tolerance_rule": seed_tolerance.__doc__.strip(), "metrics": m}
 
 
