@@ -64,10 +64,10 @@ def test_examples_shorter_than_the_crop_start_are_counted(tiny, tiny_fwd):
     """An example with no position in the crop window (at most `crop_start` tokens, BOS
     included) contributes no activation; the activations artifact counts it, and the
     activation count equals the positions that do fall in the window."""
-    from analysis import activations
     from analysis.core.config import Neuron, RunConfig, get_profile
     from analysis.core.data import Corpus
     from analysis.core.runner import Run
+    from analysis.families import activations
 
     profile = get_profile("quick")
     long_de = "Die Kommission hat einen Vorschlag zur Reform der Agrarpolitik vorgelegt. " * 3

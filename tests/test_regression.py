@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from analysis import regression as reg
+from analysis.core import regression as reg
 
 
 def test_committed_seed_baseline_is_derived_from_the_seed_reference():
