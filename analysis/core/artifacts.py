@@ -2,7 +2,8 @@
 
 An artifact is a JSON envelope (see docs/ARTIFACTS.md) around one step's result. Its `key`
 is the sha256 of everything the result depends on: schema version, step name, the source
-of the step's module, model fingerprint, data checksums, parameters, seed, upstream keys,
+of every project module the step can execute and the package's data files
+(`codehash.code_record`), model fingerprint, data checksums, parameters, seed, upstream keys,
 library versions and device. A step whose artifact on disk carries the same key, and whose
 payload still hashes to the recorded `payload_sha256`, is not recomputed.
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import inspect
 import json
 import os
 import platform
@@ -61,11 +61,6 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def module_hash(module) -> str:
-    """Hash of a module's source: a change of the code that computes a step invalidates it."""
-    return sha256_text(inspect.getsource(module))
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -92,13 +87,17 @@ class StepInputs:
     """Everything a step's result depends on; `key()` is its content hash."""
 
     step: str
-    code: dict           # {"module": name, "sha256": source hash}
+    code: dict           # codehash.code_record: {"module", "sha256", "modules", "resources"}
     model: dict          # model provenance (includes the weights' fingerprint)
     data: dict           # {label: corpus provenance (file, sha256, n_examples)}
     params: dict
     seed: int
     upstream: dict       # {step: key}
     device: str
+    # The profile of the run (name, `--set` overrides, every size): a record, outside the
+    # key. The key covers the sizes the step uses, through `params`, so that raising one
+    # size recomputes only the steps that read it.
+    profile: dict | None = None
 
     def key(self) -> str:
         return sha256_text(canonical_json({
@@ -128,6 +127,7 @@ def envelope(inputs: StepInputs, result: dict, wall_time_s: float, cost: dict | 
             "upstream": inputs.upstream,
             "libraries": library_versions(),
             "device": inputs.device,
+            "run_profile": inputs.profile,
             "platform": platform.platform(),
             "python": platform.python_version(),
         },

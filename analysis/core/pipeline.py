@@ -30,13 +30,11 @@ from ..families import neurons as neurons_mod
 from ..families import probes as probes_mod
 from ..families import probes_ablated as probes_ablated_mod
 from ..families import unigrams as unigrams_mod
-from .artifacts import ArtifactStore
-from .config import GERMAN_NEURONS, Neuron, RunConfig
-from .data import CORPORA, load_corpus
-from .engine import Forward, Weights
+from .config import RunConfig
+from .data import CORPORA
 from .errors import ReportError, UsageError
-from .models import PYTHIA_70M_SHAPE, TINY_SHAPE, check_checkpoint_dir, load_model
-from .runner import Run, StepSpec
+from .models import PYTHIA_70M_SHAPE, TINY_SHAPE, check_checkpoint_dir
+from .runner import StepSpec, open_run
 
 SEED_REFERENCE = Path(__file__).resolve().parents[1] / "resources" / "seed_reference.json"
 
@@ -82,15 +80,6 @@ STEPS: tuple[StepSpec, ...] = (
 # ---------------------------------------------------------------- entry point
 
 
-def resolve_studied(n_layers: int, d_mlp: int, log) -> tuple[Neuron, ...]:
-    """The seed's German neurons that exist in this model (all of them for Pythia's shape)."""
-    keep = tuple(n for n in GERMAN_NEURONS if n.layer < n_layers and n.index < d_mlp)
-    dropped = [str(n) for n in GERMAN_NEURONS if n not in keep]
-    if dropped:
-        log(f"  note: the seed's neurons {', '.join(dropped)} do not exist in this model; skipped")
-    return keep
-
-
 def _regression(model_id: str, profile: str, arts: dict, out: Path, log) -> dict | None:
     """Check the run against `baselines/<model>-<profile>.json` when one exists; the table
     goes to artifacts/regression.json and the report's appendix (a failure does not stop
@@ -105,6 +94,57 @@ def _regression(model_id: str, profile: str, arts: dict, out: Path, log) -> dict
     reg.write_result(out, result)
     log(f"  regression: {result['n_checked']} metrics vs {path.name}, {result['n_failed']} outside tolerance")
     return result
+
+
+def figure_key(spec: StepSpec, arts: dict) -> str:
+    """Cache key of the figures of `spec`: the figure code they run (`codehash.
+    figure_code_record`), the keys of every artifact (a figure function may read any), and
+    the plotting library's version. The analysis code is covered through the artifact keys."""
+    from importlib import metadata
+
+    from .artifacts import canonical_json, sha256_text
+    from .codehash import figure_code_record
+
+    return sha256_text(canonical_json({
+        "step": spec.name, "code": figure_code_record(spec.figures.__module__),
+        "artifacts": {k: a["key"] for k, a in sorted(arts.items())},
+        "matplotlib": metadata.version("matplotlib"),
+    }))
+
+
+def draw_figures(spec: StepSpec, run, arts: dict, fig_dir: Path) -> list[dict]:
+    """The figure records of `spec`, drawn by `spec.figures` unless a manifest
+    (`figures/.cache/<step>.json`) holds the same `figure_key` and every file it lists
+    still has its recorded sha256. Editing a figure module thus redraws only the figures
+    that import it; editing a template redraws none."""
+    import hashlib
+
+    from .artifacts import atomic_write_text
+
+    key = figure_key(spec, arts)
+    manifest = fig_dir / ".cache" / f"{spec.name}.json"
+    try:
+        m = json.loads(manifest.read_text())
+        files = m["files"]
+        if m["key"] == key and all(
+                hashlib.sha256((fig_dir.parent / f).read_bytes()).hexdigest() == h
+                for f, h in files.items()):
+            run.log(f"  figures {spec.name}: cached ({key[:12]}), not redrawn")
+            return m["records"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    records = spec.figures(run, arts, fig_dir)
+    for r in records:
+        r["figure_key"] = key
+    files = {}
+    for r in records:
+        for f in (r.get("png"), r.get("svg"), f"figures/{r['name']}.json"):
+            if f and (fig_dir.parent / f).is_file():
+                files[f] = hashlib.sha256((fig_dir.parent / f).read_bytes()).hexdigest()
+    atomic_write_text(manifest, json.dumps({"key": key, "records": records, "files": files},
+                                           indent=1, sort_keys=True))
+    run.log(f"  figures {spec.name}: drawn {len(records)} ({key[:12]})")
+    return records
 
 
 def default_out(model: str) -> Path:
@@ -151,8 +191,7 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
                           hint="wait for it to finish, or pass a different --out") from None
     try:
         _remove_stale_temporaries(out)
-        return _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
-                           n_layers, d_mlp)
+        return _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command)
     except OSError as exc:
         # e.g. ENOSPC while writing: every write is atomic, so what is on disk is either
         # the previous complete file or nothing.
@@ -173,17 +212,12 @@ def _remove_stale_temporaries(out: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command, n_layers, d_mlp):
+def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command):
     """The body of `run_report`, with the output folder's lock held."""
     t0 = time.perf_counter()
-    corpora = {lang: load_corpus(name, cfg.data_dir) for lang, name in CORPORA[corpus].items()}
-    log(f"Loading {cfg.model} on {cfg.device} ...")
-    model = load_model(cfg.model, cfg.tokenizer, cfg.device, cfg.profile.seed)
-    weights = Weights.from_bridge(model.bridge, model.info["rotary_pct"])
-    studied = resolve_studied(n_layers, d_mlp, log)
-    run = Run(cfg, model, Forward(weights), corpora, ArtifactStore(out / "artifacts"),
-              studied, log, show_progress, data_dir=cfg.data_dir)
-    log(f"Steps (profile {cfg.profile.name}) -> {out}/artifacts")
+    run = open_run(cfg, corpus, out / "artifacts", log, show_progress)
+    model = run.model
+    log(f"Steps (profile {cfg.profile.label}) -> {out}/artifacts")
     arts: dict[str, dict] = {}
     for spec in STEPS:
         if spec.when is None or spec.when(run):
@@ -193,14 +227,15 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
     figs: list[dict] = []
     for spec in STEPS:
         if spec.figures is not None and spec.name in arts:
-            figs += spec.figures(run, arts, out / "figures")
+            figs += draw_figures(spec, run, arts, out / "figures")
     context = {
         "title": f"The German context neuron {cfg.neuron} in {model.model_id}",
         "run": {
             "model_id": model.model_id, "model_source": model.info.get("source"),
             "revision": model.info.get("revision"), "fingerprint": model.info.get("fingerprint"),
             "is_pythia": model.model_id == "pythia-70m", "neuron": str(cfg.neuron),
-            "profile": cfg.profile.name, "sizes": cfg.profile.sizes(), "device": cfg.device,
+            "profile": cfg.profile.name, "profile_label": cfg.profile.label,
+            "overrides": dict(cfg.profile.overrides), "sizes": cfg.profile.sizes(), "device": cfg.device,
             "corpus": corpus, "command": command,
             "is_organism": "organism" in model.info, "banner": cfg.note,
             "neuron_discovered": cfg.neuron_discovered,

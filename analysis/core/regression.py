@@ -295,6 +295,36 @@ def load_artifacts(out_dir: Path) -> dict[str, dict]:
     return arts
 
 
+def key_changes(a: Mapping, b: Mapping) -> list[str]:
+    """Why two artifacts of one step have different cache keys, one phrase per input that
+    differs: `code: analysis/core/engine.py` (one per changed source or data file, from the
+    code records in the provenance), `model fingerprint`, `data: german`, `params: loss_examples`,
+    `seed`, `upstream: activations`, `libraries: torch`, `device`, `schema`."""
+    pa, pb = a.get("provenance") or {}, b.get("provenance") or {}
+    out: list[str] = []
+    if a.get("schema_version") != b.get("schema_version"):
+        out.append("schema")
+    from .codehash import changed_modules
+
+    ca, cb = pa.get("code") or {}, pb.get("code") or {}
+    if ca.get("sha256") != cb.get("sha256"):
+        names = changed_modules(ca, cb)
+        files = [n if "/" in n else n.replace(".", "/") + ".py" for n in names]
+        out += [f"code: {f}" for f in files] or ["code"]
+    ma, mb = pa.get("model") or {}, pb.get("model") or {}
+    if ma.get("fingerprint") != mb.get("fingerprint"):
+        out.append("model fingerprint")
+    out += [f"model: {k}" for k in sorted(set(ma) | set(mb))
+            if k != "fingerprint" and ma.get(k) != mb.get(k)]
+    for field in ("data", "params", "upstream", "libraries"):
+        x, y = pa.get(field) or {}, pb.get(field) or {}
+        out += [f"{field}: {k}" for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)]
+    for field in ("seed", "device"):
+        if pa.get(field) != pb.get(field):
+            out.append(field)
+    return out
+
+
 def diff_runs(a_dir: Path, b_dir: Path) -> dict:
     """Artifact-by-artifact comparison of two output folders: same cache key, same payload
     hash, same array bytes; and every metric that differs. Used to prove determinism."""
@@ -309,6 +339,7 @@ def diff_runs(a_dir: Path, b_dir: Path) -> dict:
         same_arrays = (a[step].get("arrays") or {}) == (b[step].get("arrays") or {})
         steps.append({"step": step, "same_key": same_key, "same_payload": same_payload,
                       "same_arrays": same_arrays,
+                      "key_changed_by": [] if same_key else key_changes(a[step], b[step]),
                       "status": "identical" if (same_key and same_payload and same_arrays) else "DIFFERENT"})
     ma, mb = flatten_metrics(a), flatten_metrics(b)
     moved = [{"metric": k, "first": ma[k]["value"], "second": mb[k]["value"]}

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from .artifacts import ArtifactStore, StepInputs, module_hash
-from .config import Neuron, RunConfig
-from .data import Corpus
-from .engine import Batch, Forward, make_batches
+from .artifacts import ArtifactStore, StepInputs
+from .codehash import code_record
+from .config import GERMAN_NEURONS, Neuron, RunConfig
+from .data import CORPORA, Corpus, load_corpus
+from .engine import Batch, Forward, Weights, make_batches
 from .errors import ReportError
-from .models import LoadedModel
+from .models import LoadedModel, load_model
 
 LANGUAGES = ("german", "english")
 
@@ -89,9 +90,12 @@ class Run:
 
     def inputs(self, step: str, module: ModuleType, params: dict, data: dict,
                upstream: dict) -> StepInputs:
-        return StepInputs(step=step, code={"module": module.__name__, "sha256": module_hash(module)},
+        return StepInputs(step=step, code=code_record(module.__name__),
                           model=self.model.info, data=data, params=params,
-                          seed=self.cfg.profile.seed, upstream=upstream, device=self.cfg.device)
+                          seed=self.cfg.profile.seed, upstream=upstream, device=self.cfg.device,
+                          profile={"name": self.profile.name, "label": self.profile.label,
+                                   "overrides": dict(self.profile.overrides),
+                                   "sizes": self.profile.sizes()})
 
     def step(self, inputs: StepInputs, compute: Callable[[], tuple[dict, dict]]) -> dict:
         """Reuse the artifact of `inputs.step` if its key matches and it is intact, else
@@ -114,6 +118,36 @@ class Run:
         art = self.store.save(inputs, result, wall, arrays or None, cost)
         self.log(f"  {inputs.step}: computed in {wall:.1f} s ({key[:12]})")
         return art
+
+
+def resolve_studied(n_layers: int, d_mlp: int, log) -> tuple[Neuron, ...]:
+    """The seed's German neurons that exist in this model (all of them for Pythia's shape)."""
+    keep = tuple(n for n in GERMAN_NEURONS if n.layer < n_layers and n.index < d_mlp)
+    dropped = [str(n) for n in GERMAN_NEURONS if n not in keep]
+    if dropped:
+        log(f"  note: the seed's neurons {', '.join(dropped)} do not exist in this model; skipped")
+    return keep
+
+
+def open_run(cfg: RunConfig, corpus: str, artifacts_dir: Path, log: Callable[[str], None],
+             show_progress: bool = False) -> Run:
+    """Load the corpora and the model and assemble the `Run` the steps share.
+
+    It lives here, not in the pipeline, because everything it does (tokeniser, corpora,
+    weights, studied neurons) shapes every step's result: the cache key of every step
+    covers this module's import closure (`codehash.RUN_CONTEXT`).
+
+    Raises:
+        DataError: a corpus file is missing or does not match its checksum.
+        UsageError / ModelUnavailableError: see `models.load_model`.
+    """
+    corpora = {lang: load_corpus(name, cfg.data_dir) for lang, name in CORPORA[corpus].items()}
+    log(f"Loading {cfg.model} on {cfg.device} ...")
+    model = load_model(cfg.model, cfg.tokenizer, cfg.device, cfg.profile.seed)
+    weights = Weights.from_bridge(model.bridge, model.info["rotary_pct"])
+    studied = resolve_studied(model.info["n_layers"], model.info["d_mlp"], log)
+    return Run(cfg, model, Forward(weights), corpora, ArtifactStore(artifacts_dir),
+               studied, log, show_progress, data_dir=cfg.data_dir)
 
 
 def reset_peak_rss() -> bool:

@@ -1,0 +1,221 @@
+"""Cache keys cover every line of code a result depends on (issue 11, section 1).
+
+The package is copied into a temporary folder and edited there, as a maintainer would edit
+their checkout; the keys are computed from the copy (`root=`), or the copy is run with
+`PYTHONPATH` pointing at it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from analysis.core import codehash
+from analysis.core.pipeline import STEPS
+
+REPO = Path(__file__).resolve().parent.parent
+COPIED = ("analysis", "figures", "report", "templates", "baselines", "pyproject.toml")
+ENGINE_EDIT = ("torch.logsumexp(lg, -1) - lg.gather(-1, targets",
+               "1.01 * torch.logsumexp(lg, -1) - lg.gather(-1, targets")
+
+
+def copy_package(dest: Path) -> Path:
+    """The project's code, templates and baselines, copied under `dest` (no caches)."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in COPIED:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+@pytest.fixture
+def pkg(tmp_path) -> Path:
+    return copy_package(tmp_path / "pkg")
+
+
+def step_modules() -> dict[str, str]:
+    return {s.name: s.run.__module__ for s in STEPS}
+
+
+def artifact_keys(root: Path) -> dict[str, str]:
+    return {step: codehash.code_record(mod, root)["sha256"] for step, mod in step_modules().items()}
+
+
+def figure_keys(root: Path) -> dict[str, str]:
+    return {s.name: codehash.figure_code_record(s.figures.__module__, root)["sha256"]
+            for s in STEPS if s.figures is not None}
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def test_the_copy_hashes_like_the_checkout(pkg):
+    assert artifact_keys(pkg) == artifact_keys(REPO)
+
+
+def test_editing_the_engine_changes_every_step_key(pkg):
+    before = artifact_keys(pkg)
+    edit(pkg / "analysis/core/engine.py", *ENGINE_EDIT)
+    after = artifact_keys(pkg)
+    assert all(before[s] != after[s] for s in before), [s for s in before if before[s] == after[s]]
+
+
+@pytest.mark.parametrize("rel", ["analysis/core/runner.py", "analysis/core/models.py",
+                                 "analysis/core/data.py", "analysis/core/config.py",
+                                 "analysis/resources/seed_reference.json",
+                                 "analysis/resources/fixtures/german.txt"])
+def test_editing_shared_code_or_data_changes_every_step_key(pkg, rel):
+    before = artifact_keys(pkg)
+    with open(pkg / rel, "a", encoding="utf-8") as f:
+        f.write("\n" if rel.endswith(".txt") else "\n# edited\n" if rel.endswith(".py") else " ")
+    after = artifact_keys(pkg)
+    assert all(before[s] != after[s] for s in before)
+
+
+def test_editing_one_family_changes_only_the_steps_that_import_it(pkg):
+    before = artifact_keys(pkg)
+    with open(pkg / "analysis/families/dla.py", "a", encoding="utf-8") as f:
+        f.write("\n# edited\n")
+    after = artifact_keys(pkg)
+    changed = {s for s in before if before[s] != after[s]}
+    assert changed == {"dla"}
+
+
+def test_editing_a_template_or_the_report_builder_changes_no_key(pkg):
+    a0, f0 = artifact_keys(pkg), figure_keys(pkg)
+    edit(pkg / "templates/sections/40_ablation.md.j2", "Mean ablation", "Mean ablation (edited)")
+    with open(pkg / "report/build.py", "a", encoding="utf-8") as f:
+        f.write("\n# edited\n")
+    assert artifact_keys(pkg) == a0
+    assert figure_keys(pkg) == f0
+
+
+def test_editing_a_figure_module_redraws_only_its_figures(pkg):
+    a0, f0 = artifact_keys(pkg), figure_keys(pkg)
+    with open(pkg / "figures/dla.py", "a", encoding="utf-8") as f:
+        f.write("\n# edited\n")
+    f1 = figure_keys(pkg)
+    assert artifact_keys(pkg) == a0
+    changed = {s for s in f0 if f0[s] != f1[s]}
+    users = {s.name for s in STEPS if s.figures is not None
+             and "figures.dla" in codehash.figure_code_record(s.figures.__module__)["modules"]}
+    assert changed == users and "dla" in changed and "ablation" not in changed
+    with open(pkg / "figures/plots.py", "a", encoding="utf-8") as f:
+        f.write("\n# edited\n")
+    assert artifact_keys(pkg) == a0
+    assert all(figure_keys(pkg)[s] != f1[s] for s in f1)  # every figure module uses plots
+
+
+def test_the_record_names_every_hashed_module_with_its_hash():
+    rec = codehash.code_record("analysis.families.ablation")
+    assert {"analysis.families.ablation", "analysis.core.engine", "analysis.core.runner",
+            "analysis.core.models", "analysis.core.data"} <= set(rec["modules"])
+    assert not any(m.startswith(("figures", "report")) for m in rec["modules"])
+    for m, h in rec["modules"].items():
+        import hashlib
+
+        assert hashlib.sha256(codehash.module_file(m).read_bytes()).hexdigest() == h
+    assert "analysis/resources/seed_reference.json" in rec["resources"]
+
+
+_COPY: dict[str, Path] = {}
+
+
+def _shared_copy() -> Path:
+    """One copy for every hypothesis example (each restores what it changed)."""
+    if "root" not in _COPY:
+        _COPY["root"] = copy_package(Path(tempfile.mkdtemp(prefix="codehash-")) / "pkg")
+    return _COPY["root"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_byte_changed_in_any_hashed_file_changes_the_key(data):
+    root = _shared_copy()
+    step = data.draw(st.sampled_from(sorted(step_modules())), label="step")
+    rec = codehash.code_record(step_modules()[step], root)
+    files = [codehash.module_file(m, root) for m in rec["modules"]] + [root / r for r in rec["resources"]]
+    path = data.draw(st.sampled_from(files), label="file")
+    original = path.read_bytes()
+    pos = data.draw(st.integers(0, len(original) - 1), label="position")
+    new = data.draw(st.integers(0, 255).filter(lambda b: b != original[pos]), label="byte")
+    try:
+        path.write_bytes(original[:pos] + bytes([new]) + original[pos + 1:])
+        assert codehash.code_record(step_modules()[step], root)["sha256"] != rec["sha256"]
+    finally:
+        path.write_bytes(original)
+
+
+def _report(root: Path, out: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(root), PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "analysis", "report", "--model", "tiny", "--corpus",
+                           "fixture", "--no-render", "--out", str(out)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_the_engine_edit_recomputes_every_loss_and_the_regression_check_reports_it(pkg, tmp_path):
+    """The maintainer's scenario of issue 11: run, multiply the chunked loss by 1.01, rerun
+    into the same folder. Every step must be recomputed (none 'cached'), the regression
+    check against the committed baseline must see the change, and `diff` must name the file."""
+    out = tmp_path / "A"
+    first = _report(pkg, out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "0 outside tolerance" in first.stderr, first.stderr[-2000:]
+    shutil.copytree(out, tmp_path / "A0")
+    edit(pkg / "analysis/core/engine.py", *ENGINE_EDIT)
+    second = _report(pkg, out)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert ": cached (" not in second.stderr, second.stderr
+    before = json.loads((tmp_path / "A0/artifacts/ablation.json").read_text())
+    after = json.loads((out / "artifacts/ablation.json").read_text())
+    assert before["key"] != after["key"]
+    assert after["provenance"]["code"]["modules"]["analysis.core.engine"] != \
+        before["provenance"]["code"]["modules"]["analysis.core.engine"]
+    failed = [line for line in second.stderr.splitlines() if "outside tolerance" in line]
+    assert failed and " 0 outside tolerance" not in failed[0], second.stderr[-2000:]
+    env = dict(os.environ, PYTHONPATH=str(pkg))
+    diff = subprocess.run([sys.executable, "-m", "analysis", "diff", str(tmp_path / "A0"), str(out)],
+                          cwd=pkg, env=env, capture_output=True, text=True, timeout=300)
+    assert diff.returncode == 1
+    assert "key changed by code: analysis/core/engine.py" in diff.stdout, diff.stdout
+    assert "ablation.context.german.original" in diff.stdout
+
+
+def test_a_rerun_reuses_every_artifact_and_figure_and_redraws_only_what_is_missing(tiny_report):
+    from analysis.core.pipeline import run_report
+
+    res, _, cfg = tiny_report
+    out = res["out"]
+    logs: list[str] = []
+    run_report(cfg, corpus="fixture", render=False, show_progress=False, log=logs.append)
+    text = "\n".join(logs)
+    for step in res["artifacts"]:
+        assert f"  {step}: cached (" in text, step
+    drawn = [s.name for s in STEPS if s.figures is not None and s.name in res["artifacts"]]
+    for step in drawn:
+        assert f"  figures {step}: cached (" in text, step
+    victim = next(f for f in res["figures"] if f["step"] == "dla")
+    png = out / victim["png"]
+    png.unlink()
+    logs.clear()
+    again = run_report(cfg, corpus="fixture", render=False, show_progress=False, log=logs.append)
+    text = "\n".join(logs)
+    assert "  figures dla: drawn" in text and png.is_file()
+    assert all(f"  figures {s}: cached (" in text for s in drawn if s != "dla")
+    assert [f["name"] for f in again["figures"]] == [f["name"] for f in res["figures"]]
