@@ -11,6 +11,7 @@ import sys
 
 import typer
 
+from .config import settable_sizes
 from .errors import ReportError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -22,6 +23,10 @@ def _root() -> None:
     """Reproducible report on the German context neuron (L3N669) in Pythia-70M."""
 
 
+_SET_HELP = ("override one size of the profile, NAME=VALUE (repeatable), e.g. --set "
+             "loss_examples=200; names: " + ", ".join(settable_sizes()))
+
+
 @app.command()
 def report(
     model: str | None = typer.Option(None, help="pythia-70m | pythia-70m-random | tiny | organism | PATH to a HF GPT-NeoX checkpoint folder; default: pythia-70m if it can be loaded, else the organism (trained first if none is cached)"),
@@ -29,6 +34,7 @@ def report(
     data_dir: str | None = typer.Option(None, envvar="GERMAN_NEURON_DATA_DIR", help="folder with the seed's data files (offline); default $GERMAN_NEURON_DATA_DIR, else download"),
     neuron: str | None = typer.Option(None, help="the context neuron under study, LxNy, or auto (the top German-positive neuron found by probing every neuron); default L3N669, auto for the organism"),
     profile: str = typer.Option("quick", help="quick | paper (sample sizes)"),
+    set_: list[str] | None = typer.Option(None, "--set", help=_SET_HELP),  # noqa: B008 (typer idiom)
     device: str = typer.Option("cpu", help="cpu | cuda"),
     out: str | None = typer.Option(None, help="output folder (default build/<model-id>/)"),
     corpus: str | None = typer.Option(None, help="seed (KDE4 English / WMT German) | fixture (the package's own short texts) | europarl-heldout (the organism's held-out passages); default: europarl-heldout for the organism, else seed"),
@@ -50,7 +56,7 @@ def report(
 
         auto = neuron is not None and neuron.strip().lower() == "auto"
         context_neuron = None if auto or neuron is None else Neuron.parse(neuron)
-        prof, note = get_profile(profile), None
+        prof, note = get_profile(profile).with_overrides(set_ or []), None
         if model is None:  # pythia-70m if loadable, else the organism (said on the console)
             model, note = resolve_default_model(tokenizer, data_dir, log=lambda s: typer.echo(s, err=True))
         if neuron is None and not is_organism(model):
@@ -235,6 +241,8 @@ def diff(first: str = typer.Argument(..., help="output folder of one run"),
     res = diff_runs(Path(first), Path(second))
     for s in res["steps"]:
         typer.echo(f"{s['step']:<28} {s['status']}")
+        for why in s.get("key_changed_by") or []:
+            typer.echo(f"  key changed by {why}")
     for m in res["moved"]:
         typer.echo(f"  moved: {m['metric']}: {m['first']!r} -> {m['second']!r}")
     typer.echo("identical" if res["identical"] else "DIFFERENT")

@@ -7,7 +7,7 @@ the cache key of every step can be derived from these values alone.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from .errors import UsageError
 
@@ -109,12 +109,95 @@ class Profile:
     probe_test_size: float = 0.2
     seed: int = 0
     batch_tokens: int = 4096
+    # `--set NAME=VALUE` overrides, as given (name, value): shown beside the profile's name.
+    overrides: tuple[tuple[str, int | float | None], ...] = ()
 
     def sizes(self) -> dict:
+        """The sizes that define the run's numbers (not `name`, `batch_tokens`, `overrides`)."""
         d = asdict(self)
-        d.pop("name")
-        d.pop("batch_tokens")
+        for k in ("name", "batch_tokens", "overrides"):
+            d.pop(k)
         return d
+
+    @property
+    def label(self) -> str:
+        """`quick`, or `quick with loss_examples=200, dla_examples=100` after `--set`."""
+        if not self.overrides:
+            return self.name
+        return f"{self.name} with " + ", ".join(
+            f"{k}={'all' if v is None else v}" for k, v in self.overrides)
+
+    def with_overrides(self, items: list[str] | tuple[str, ...]) -> Profile:
+        """This profile with `NAME=VALUE` items applied (`--set`, repeatable; a later item
+        wins). VALUE is an integer (`downstream_examples` also takes `all`),
+        `probe_test_size` a fraction.
+
+        Raises:
+            UsageError: an item without `=`, an unknown name (the message lists the valid
+                ones), a value of the wrong type, or a value below what a step needs
+                (`SIZE_MINIMUMS`), checked before any compute.
+        """
+        changes: dict = {}
+        for item in items:
+            name, sep, raw = item.partition("=")
+            name, raw = name.strip(), raw.strip()
+            if not sep or not name:
+                raise UsageError(f"--set {item!r} is not of the form NAME=VALUE",
+                                 hint="e.g. --set loss_examples=200")
+            changes[name] = _parse_size(name, raw)
+        merged = {**dict(self.overrides), **changes}
+        out = replace(self, **changes, overrides=tuple(sorted(merged.items())))
+        out.check()
+        return out
+
+    def check(self) -> None:
+        """Raise UsageError when a size is below what its step needs."""
+        for name, low in SIZE_MINIMUMS.items():
+            v = getattr(self, name)
+            if v is not None and v < low:
+                raise UsageError(f"{name}={v} is too small: the {SIZE_NEEDS[name]} needs at least {low}")
+        if self.crop_end <= self.crop_start:
+            raise UsageError(f"crop_end={self.crop_end} must be greater than crop_start={self.crop_start}")
+        if not 0.0 < self.probe_test_size < 1.0:
+            raise UsageError(f"probe_test_size={self.probe_test_size} must be a fraction between 0 and 1")
+        if self.top_examples > self.neuron_examples:
+            raise UsageError(f"top_examples={self.top_examples} exceeds neuron_examples="
+                             f"{self.neuron_examples}: the examples shown are chosen among those searched")
+
+
+# What each size must at least be (`--set` is refused below it), and why.
+SIZE_MINIMUMS = {"activation_examples": 2, "probe_samples": 10, "loss_examples": 2,
+                 "dla_examples": 1, "downstream_examples": 1, "shift_examples": 1,
+                 "neuron_examples": 1, "top_examples": 1, "crop_start": 1, "crop_end": 2,
+                 "seed": 0}
+SIZE_NEEDS = {"activation_examples": "activation mean and probe split", "probe_samples":
+              "single-neuron probe's train/test split", "loss_examples": "paired bootstrap of the "
+              "loss increase", "dla_examples": "DLA step", "downstream_examples": "downstream step",
+              "shift_examples": "context-shift step", "neuron_examples": "example search",
+              "top_examples": "heat-map section", "crop_start": "crop (position 0 is BOS)",
+              "crop_end": "crop", "seed": "random generator"}
+
+
+def settable_sizes() -> list[str]:
+    """The names `--set` accepts: the fields of `Profile.sizes()`."""
+    return [f.name for f in fields(Profile) if f.name not in ("name", "batch_tokens", "overrides")]
+
+
+def _parse_size(name: str, raw: str):
+    valid = settable_sizes()
+    if name not in valid:
+        raise UsageError(f"--set: unknown size {name!r}; valid names: {', '.join(valid)}")
+    if name == "probe_test_size":
+        try:
+            return float(raw)
+        except ValueError:
+            raise UsageError(f"--set {name}={raw!r}: not a number (a fraction such as 0.2)") from None
+    if name == "downstream_examples" and raw.lower() == "all":
+        return None
+    try:
+        return int(raw, 10)
+    except ValueError:
+        raise UsageError(f"--set {name}={raw!r}: not an integer") from None
 
 
 PROFILES: dict[str, Profile] = {
