@@ -36,6 +36,21 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture
+def hub_cache(tmp_path):
+    """Factory for a Hugging Face Hub cache of `EleutherAI/pythia-70m` with tiny models
+    (tests/hub_fixture.py): `hub_cache(revisions, trap_bin=()) -> (hf_home, {revision:
+    commit})`, `revisions` as `{revision: seed}` or names. Read it in a child process with
+    `hub_fixture.offline_env(hf_home)`, in this one with `hub_fixture.patch_offline`."""
+    from hub_fixture import build_hub_cache
+
+    def make(revisions, **kwargs):
+        home = tmp_path / "hf"
+        return home, build_hub_cache(home, revisions, **kwargs)
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def tiny():
     from analysis.core.models import load_model

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,12 +110,22 @@ class LoadedModel:
         return [self.tokenizer.decode([int(i)]) for i in ids]
 
 
+def weight_files(path: Path) -> list[Path]:
+    """The weight files a checkpoint folder is loaded from: its `*.safetensors` files when it
+    has any (a `pytorch_model.bin` beside them is never read), else its `*.bin` files."""
+    path = Path(path)
+    safe = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+    return safe or sorted(p for p in path.glob("*.bin") if p.is_file())
+
+
 def _fingerprint_dir(path: Path) -> str:
-    """sha256 over the weight and config files of a checkpoint folder."""
+    """sha256 over the config, tokenizer and weight files of a checkpoint folder (the weight
+    files that are loaded, `weight_files`: a pickle beside safetensors files is not read)."""
     h = hashlib.sha256()
     files = sorted(
-        p for p in path.iterdir()
-        if p.is_file() and (p.suffix in {".safetensors", ".bin", ".json"} or p.name.startswith("tokenizer"))
+        [p for p in path.iterdir()
+         if p.is_file() and (p.suffix == ".json" or p.name.startswith("tokenizer"))]
+        + weight_files(path)
     )
     for p in files:
         h.update(p.name.encode())
@@ -306,10 +317,11 @@ def _tokenizer_hash(tok) -> str:
     return hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()
 
 
-def _offline_message(what: str, revision: str = PYTHIA_REVISION) -> str:
+def _offline_message(what: str, revision: str = PYTHIA_REVISION,
+                     reason: str = "the Hugging Face Hub cannot be reached and the files are "
+                                   "not in the local cache") -> str:
     return (
-        f"Cannot load {what} ({PYTHIA_REPO} at revision {revision}): the Hugging Face "
-        "Hub cannot be reached and the files are not in the local cache. Provide it by running "
+        f"Cannot load {what} ({PYTHIA_REPO} at revision {revision}): {reason}. Provide it by running "
         "once with network access (the files are then cached under $HF_HOME), by pointing "
         "--model at a local checkpoint folder (config.json, model.safetensors or "
         "pytorch_model.bin, tokenizer.json), or use --model pythia-70m-random or tiny for a "
@@ -317,30 +329,81 @@ def _offline_message(what: str, revision: str = PYTHIA_REVISION) -> str:
     )
 
 
+# What `_hub_snapshot` asks the Hub for: the safetensors weights, and the pickled
+# `pytorch_model.bin` only for a revision that has no safetensors file (never both).
+HUB_PATTERNS_SAFETENSORS = ["*.json", "*.safetensors"]
+HUB_PATTERNS_PICKLE = ["*.json", "pytorch_model.bin"]
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def _unavailable_reason(exc: Exception, revision: str) -> str:
+    """Why a Hub revision could not be obtained, in one line (no trailing period)."""
+    from huggingface_hub import errors
+
+    if isinstance(exc, errors.RevisionNotFoundError):
+        return f"the Hub has no revision {revision}"
+    if isinstance(exc, errors.RepositoryNotFoundError):  # also gated / private
+        return f"the Hub has no accessible repository {PYTHIA_REPO}"
+    if isinstance(exc, getattr(errors, "IncompleteSnapshotError", ())):
+        return "the cached snapshot is incomplete and the Hub cannot be reached"
+    if isinstance(exc, OSError):  # offline, unreachable, or the Hub is down; not cached
+        return "not in the local Hugging Face cache and the Hub cannot be reached"
+    first = (str(exc).splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {first}"
+
+
 def _hub_snapshot(revision: str = PYTHIA_REVISION) -> Path:
+    """The local snapshot folder of `EleutherAI/pythia-70m` at `revision` (a Hub branch such
+    as `step143000`, or a commit id), downloaded if needed.
+
+    The Hub is asked for `*.json` and `*.safetensors` first (`HUB_PATTERNS_SAFETENSORS`);
+    only when the revision has no safetensors file is `pytorch_model.bin` fetched
+    (`HUB_PATTERNS_PICKLE`), so a download never fetches both. Offline (`HF_HUB_OFFLINE=1`
+    or no network) the same calls return what the cache (`$HF_HOME/hub`) holds.
+
+    Raises:
+        ModelUnavailableError: not cached and the Hub cannot be reached, or the revision does
+            not exist; its message says which, and its `reason` attribute says it in a few
+            words.
+    """
     from huggingface_hub import snapshot_download
 
     try:
-        path = snapshot_download(
-            PYTHIA_REPO,
-            revision=revision,
-            allow_patterns=["*.json", "*.safetensors", "pytorch_model.bin"],
-        )
-    except Exception:
-        raise ModelUnavailableError(_offline_message("Pythia-70M", revision)) from None
-    return Path(path)
+        path = Path(snapshot_download(PYTHIA_REPO, revision=revision,
+                                      allow_patterns=HUB_PATTERNS_SAFETENSORS))
+        if not any(path.glob("*.safetensors")):  # e.g. an early checkpoint published as a pickle
+            path = Path(snapshot_download(PYTHIA_REPO, revision=revision,
+                                          allow_patterns=HUB_PATTERNS_PICKLE))
+    except Exception as exc:
+        reason = _unavailable_reason(exc, revision)
+        err = ModelUnavailableError(_offline_message("Pythia-70M", revision, reason))
+        err.reason = reason  # the short cause, for lists of skipped revisions
+        raise err from None
+    return path
 
 
-def load_revision(revision: str, tokenizer: str | None = None, device: str = "cpu") -> LoadedModel:
+def snapshot_commit(path: str | os.PathLike) -> str | None:
+    """The commit id of a Hugging Face cache snapshot folder (`.../snapshots/<commit>`), or
+    None for a folder that is not one."""
+    name = Path(path).name
+    return name if _COMMIT.fullmatch(name) and Path(path).parent.name == "snapshots" else None
+
+
+def load_revision(revision: str, tokenizer: str | None = None, device: str = "cpu",
+                  snapshot: str | os.PathLike | None = None) -> LoadedModel:
     """Pythia-70M at a Hub branch (`step0` ... `step143000`), for training dynamics; loaded
-    and processed exactly as `load_model("pythia-70m")`.
+    and processed exactly as `load_model("pythia-70m")`. `snapshot`: the folder already
+    found by `_hub_snapshot(revision)` (looked up here when None). The snapshot's commit id
+    is recorded in `info["commit"]`.
 
     Raises:
         ModelUnavailableError: not cached and the Hub cannot be reached.
+        UsageError: the snapshot's files cannot be loaded (see `load_checkpoint`).
     """
-    snap = _hub_snapshot(revision)
+    snap = Path(snapshot) if snapshot is not None else _hub_snapshot(revision)
     return load_checkpoint(snap, tokenizer, device, model_id=f"pythia-70m@{revision}",
-                           revision=revision, source=PYTHIA_REPO)
+                           revision=revision, source=PYTHIA_REPO,
+                           extra_info={"commit": snapshot_commit(snap)})
 
 
 def _hub_tokenizer():
@@ -410,21 +473,34 @@ def load_checkpoint(path: str | os.PathLike, tokenizer: str | None = None, devic
                     source: str | None = None, extra_info: dict | None = None) -> LoadedModel:
     """Load a local Hugging Face GPT-NeoX checkpoint folder through the bridge.
 
+    Only the folder's safetensors files are read when it has any (`weight_files`); a folder
+    with only `pytorch_model.bin` is read with `torch.load(weights_only=True)`, which loads
+    tensors and refuses any other pickled object. `extra_info` is merged into `info`.
+
     Raises:
-        UsageError: see `check_checkpoint_dir`; no tokenizer in the folder and none given.
+        UsageError: see `check_checkpoint_dir`; no tokenizer in the folder and none given;
+            the weights cannot be loaded (e.g. a pickle that is not a plain state dict).
     """
     from transformers import GPTNeoXForCausalLM
 
     path = Path(path).expanduser().resolve()
     check_checkpoint_dir(path)
     tok = _saved_tokenizer(tokenizer, path)
+    safetensors = any(p.suffix == ".safetensors" for p in weight_files(path))
     try:
+        # Safetensors only when the folder has them (a pickle beside them is never opened);
+        # a pickled pytorch_model.bin is read with weights_only=True (tensors, no code).
         model = GPTNeoXForCausalLM.from_pretrained(
-            str(path), attn_implementation="eager", dtype=torch.float32
+            str(path), attn_implementation="eager", dtype=torch.float32,
+            use_safetensors=safetensors, weights_only=True,
         )
     except Exception as exc:
         first = (str(exc).splitlines() or [""])[0][:200]
-        raise UsageError(f"could not load the weights in {path}: {type(exc).__name__}: {first}") from None
+        hint = None if safetensors else (
+            "pytorch_model.bin is read with torch.load(weights_only=True), which refuses "
+            "anything but tensors; convert the checkpoint to model.safetensors")
+        raise UsageError(f"could not load the weights in {path}: {type(exc).__name__}: {first}",
+                         hint=hint) from None
     info = {
         "id": model_id or path.name,
         "source": source or str(path),
@@ -461,7 +537,8 @@ def load_model(name: str, tokenizer: str | None = None, device: str = "cpu", see
     if name == "pythia-70m":
         snap = _hub_snapshot()
         return load_checkpoint(snap, tokenizer, device, model_id="pythia-70m",
-                               revision=PYTHIA_REVISION, source=PYTHIA_REPO)
+                               revision=PYTHIA_REVISION, source=PYTHIA_REPO,
+                               extra_info={"commit": snapshot_commit(snap)})
     from ..controls import organism
 
     path = organism.require_final_checkpoint() if name == "organism" else Path(name).expanduser()

@@ -232,7 +232,8 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command)
         "title": f"The German context neuron {cfg.neuron} in {model.model_id}",
         "run": {
             "model_id": model.model_id, "model_source": model.info.get("source"),
-            "revision": model.info.get("revision"), "fingerprint": model.info.get("fingerprint"),
+            "revision": model.info.get("revision"), "commit": model.info.get("commit"),
+            "fingerprint": model.info.get("fingerprint"),
             "is_pythia": model.model_id == "pythia-70m", "neuron": str(cfg.neuron),
             "profile": cfg.profile.name, "profile_label": cfg.profile.label,
             "overrides": dict(cfg.profile.overrides), "sizes": cfg.profile.sizes(), "device": cfg.device,

@@ -3,9 +3,10 @@ German/English loss at every saved checkpoint of the model's training run.
 
 For the organism (`analysis.controls.organism`) the checkpoints are those in its manifest. For
 Pythia-70M they are Hugging Face revisions of `EleutherAI/pythia-70m` (`step1` ...
-`step143000`, `models.PYTHIA_DYNAMICS_REVISIONS`), loaded through `models.load_revision`,
-so that online users reproduce the paper's curves (a revision that cannot be fetched is
-listed as skipped).
+`step143000`, `models.PYTHIA_DYNAMICS_REVISIONS`), each found in the Hugging Face cache
+(downloaded when online) and loaded from its own snapshot through `models.load_revision`,
+so that online users reproduce the paper's curves; a revision that cannot be obtained is
+listed as skipped, with the reason, and the rest of the report completes.
 
 Each checkpoint is loaded and processed exactly as the report's model and measured with the
 report's own functions on the same examples: `discovery.discover` (best German-positive
@@ -47,11 +48,40 @@ def has_series(run) -> bool:
     return len(checkpoint_series(run)) >= 2
 
 
+def locate(series: list[dict]) -> list[dict]:
+    """Find each Hub revision of `series` in the local Hugging Face cache (downloading it
+    when online), before the step's cache key is derived: returns copies of the entries with
+    `snapshot` (the folder) and `commit` (its commit id), or `unavailable` (why it cannot be
+    obtained, one line). Entries with a `path` are returned unchanged."""
+    from ..controls.organism import quiet_hf_progress
+    from ..core.errors import ModelUnavailableError
+    from ..core.models import _hub_snapshot, snapshot_commit
+
+    out = []
+    for ck in series:
+        ck = dict(ck)
+        if "revision" in ck:
+            try:
+                with quiet_hf_progress():
+                    ck["snapshot"] = _hub_snapshot(ck["revision"])
+                ck["commit"] = snapshot_commit(ck["snapshot"])
+            except ModelUnavailableError as exc:
+                ck["unavailable"] = getattr(exc, "reason", None) or str(exc).splitlines()[0]
+        out.append(ck)
+    return out
+
+
 def _loader(run, ck: dict) -> Callable:
+    from ..core.errors import ModelUnavailableError
     from ..core.models import load_checkpoint, load_revision
 
+    if "unavailable" in ck:
+        def unavailable():
+            raise ModelUnavailableError(ck["unavailable"])
+        return unavailable
     if "revision" in ck:
-        return lambda: load_revision(ck["revision"], run.cfg.tokenizer, run.cfg.device)
+        return lambda: load_revision(ck["revision"], run.cfg.tokenizer, run.cfg.device,
+                                     snapshot=ck.get("snapshot"))
     return lambda: load_checkpoint(ck["path"], None, run.cfg.device, model_id=f"checkpoint {ck['label']}")
 
 
@@ -109,7 +139,10 @@ def checkpoint_metrics(model, toks: dict, context: Neuron, profile, device: str 
 
 
 def compute_series(run, series: list[dict], toks: dict, log) -> tuple[list[dict], list[dict]]:
-    """(rows, skipped) over the checkpoints; a checkpoint that cannot be loaded is skipped."""
+    """(rows, skipped) over the checkpoints (entries of `checkpoint_series`, after `locate`
+    for Hub revisions); a checkpoint that cannot be loaded is skipped:
+    `skipped = [{"label", "reason"}]`, the reason in one line. Each row records the loaded
+    weights' `fingerprint` and, for a Hub revision, its `revision` and snapshot `commit`."""
     import gc
 
     from ..controls.organism import quiet_hf_progress
@@ -125,8 +158,11 @@ def compute_series(run, series: list[dict], toks: dict, log) -> tuple[list[dict]
             continue
         log(f"  dynamics: {ck['label']} ({i}/{len(series)})")
         m = checkpoint_metrics(model, toks, run.context, run.profile, run.cfg.device)
+        source = ({"revision": ck["revision"], "commit": model.info.get("commit")}
+                  if "revision" in ck else {})
         rows.append({"step": ck["step"], "tokens_seen": ck["tokens_seen"], "label": ck["label"],
-                     "train_loss": ck["train_loss"], "fingerprint": model.info["fingerprint"], **m})
+                     "train_loss": ck["train_loss"], "fingerprint": model.info["fingerprint"],
+                     **source, **m})
         del model
         gc.collect()
     return rows, skipped
@@ -143,14 +179,17 @@ def run_step(run, arts: dict) -> dict:
     from ..core.runner import LANGUAGES
 
     p = run.profile
-    series = checkpoint_series(run)
+    series = locate(checkpoint_series(run))
     act = {lang: run.tokens(lang, p.activation_examples) for lang in LANGUAGES}
     loss = {lang: run.tokens(lang, p.loss_examples) for lang in LANGUAGES}
     toks = {"activation": {lang: act[lang][0] for lang in LANGUAGES},
             "loss": {lang: loss[lang][0] for lang in LANGUAGES}}
+    # What each checkpoint is: a Hub revision by its snapshot's commit (or why it is missing,
+    # so that a revision which becomes available is computed on the next run), a folder by
+    # its fingerprint.
     ident = [{k: ck[k] for k in ("step", "label", "tokens_seen", "train_loss")} |
-             ({"revision": ck["revision"]} if "revision" in ck else
-              {"fingerprint": _fingerprint_dir(Path(ck["path"]))})
+             ({k: ck[k] for k in ("revision", "commit", "unavailable") if k in ck}
+              if "revision" in ck else {"fingerprint": _fingerprint_dir(Path(ck["path"]))})
              for ck in series]
     params = {"context_neuron": str(run.context), "checkpoints": ident,
               "activation_examples": p.activation_examples, "loss_examples": p.loss_examples,

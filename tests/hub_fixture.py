@@ -1,0 +1,163 @@
+"""A Hugging Face Hub cache for `EleutherAI/pythia-70m`, built locally, so that the real path
+(`--model pythia-70m`, `HF_HUB_OFFLINE=1`) runs end to end without the Hub.
+
+The layout is huggingface_hub's own (`$HF_HOME/hub`):
+
+    models--EleutherAI--pythia-70m/
+        refs/<revision>                 a file holding the 40-hex commit id (no newline)
+        blobs/<sha256>                  the file contents
+        snapshots/<commit>/<file>       relative symlinks to ../../blobs/<sha256>
+                                        (plain copies where symlinks are not supported)
+
+Each revision holds a tiny random GPT-NeoX (`analysis.core.models.TINY_SHAPE`, LayerNorms
+and biases perturbed as the `tiny` model's) with its own seed, and the fixture BPE tokenizer
+(`analysis.controls.tiny_tokenizer`): `config.json`, `generation_config.json`,
+`model.safetensors` (or `pytorch_model.bin`), `tokenizer.json`, `tokenizer_config.json`,
+`special_tokens_map.json`. Reused by the dynamics tests and by sweeps over revisions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+REPO = "EleutherAI/pythia-70m"
+TRAP_MARKER = "UNPICKLED"  # `$HF_HOME/UNPICKLED-<commit>`: created if a trap file is ever unpickled
+
+
+class _Trap:
+    """Unpickling this runs `open(marker, "w")`: evidence that a pickle was executed.
+    `torch.load(..., weights_only=True)` refuses it without running it."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def repo_folder(hf_home: str | os.PathLike, repo: str = REPO) -> Path:
+    """`$HF_HOME/hub/models--<owner>--<name>`."""
+    return Path(hf_home) / "hub" / ("models--" + repo.replace("/", "--"))
+
+
+def commit_id(revision: str, seed: int) -> str:
+    """A deterministic 40-hex commit id for a fixture revision."""
+    return hashlib.sha1(f"{REPO}@{revision}#{seed}".encode()).hexdigest()
+
+
+def _add_file(repo_dir: Path, snapshot: Path, name: str, data: bytes) -> None:
+    sha = hashlib.sha256(data).hexdigest()
+    blob = repo_dir / "blobs" / sha
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    if not blob.exists():
+        blob.write_bytes(data)
+    link = snapshot / name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    except OSError:  # no symlinks (e.g. Windows without developer mode): huggingface_hub copies
+        shutil.copyfile(blob, link)
+
+
+def _checkpoint_files(seed: int, weights: str) -> dict[str, bytes]:
+    """The files of a tiny checkpoint (`weights`: "safetensors" or "bin")."""
+    import torch
+
+    from analysis.controls.tiny_tokenizer import train_fixture_tokenizer
+    from analysis.core.models import TINY_SHAPE, _perturb_norms_and_biases, random_model
+
+    model = random_model(TINY_SHAPE, seed)
+    _perturb_norms_and_biases(model, seed)
+    tok = train_fixture_tokenizer(vocab_size=TINY_SHAPE["vocab_size"])
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+    files.setdefault("special_tokens_map.json", json.dumps(
+        {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+         "pad_token": "<|padding|>"}).encode())
+    if weights == "bin":
+        del files["model.safetensors"]
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, Path(tmp) / "w.bin")
+            files["pytorch_model.bin"] = (Path(tmp) / "w.bin").read_bytes()
+    elif weights != "safetensors":
+        raise ValueError(f"weights must be 'safetensors' or 'bin', not {weights!r}")
+    return files
+
+
+def add_revision(hf_home: str | os.PathLike, revision: str, seed: int, *, weights: str = "safetensors",
+                 trap_bin: bool = False, trap_only: bool = False) -> str:
+    """Put one revision into the cache; returns its commit id.
+
+    `weights`: "safetensors" (model.safetensors) or "bin" (pytorch_model.bin from
+    `torch.save` of the state dict). `trap_bin`: also place a `pytorch_model.bin` that, if
+    ever unpickled without `weights_only=True`, creates `trap_marker(hf_home, commit)`.
+    `trap_only`: that trap is the only weights file.
+    """
+    repo_dir = repo_folder(hf_home)
+    commit = commit_id(revision, seed)
+    snapshot = repo_dir / "snapshots" / commit
+    files = _checkpoint_files(seed, weights)
+    if trap_only:
+        files.pop("model.safetensors", None)
+        files.pop("pytorch_model.bin", None)
+    if trap_bin or trap_only:
+        marker = str(trap_marker(hf_home, commit))
+        files["pytorch_model.bin"] = pickle.dumps(_Trap(marker), protocol=2)
+    for name, data in sorted(files.items()):
+        _add_file(repo_dir, snapshot, name, data)
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / revision).write_text(commit)  # huggingface_hub writes no newline
+    return commit
+
+
+def trap_marker(hf_home: str | os.PathLike, commit: str) -> Path:
+    """The file a trap `pytorch_model.bin` of `commit` creates if it is unpickled."""
+    return Path(hf_home) / f"{TRAP_MARKER}-{commit}"
+
+
+def build_hub_cache(hf_home: str | os.PathLike, revisions: Mapping[str, int] | Iterable[str], *,
+                    trap_bin: Iterable[str] = ()) -> dict[str, str]:
+    """A Hub cache under `hf_home` holding `revisions` of `EleutherAI/pythia-70m`.
+
+    `revisions`: `{revision: seed}`, or revision names (seeded 0, 1, 2, ... in order, so
+    every revision's weights differ). `trap_bin`: revisions that also get a trap
+    `pytorch_model.bin` beside their safetensors. Returns `{revision: commit id}`; set
+    `HF_HOME=hf_home` (and `HF_HUB_OFFLINE=1`) for a process to read it.
+    """
+    if not isinstance(revisions, Mapping):
+        revisions = {r: i for i, r in enumerate(revisions)}
+    traps = set(trap_bin)
+    return {rev: add_revision(hf_home, rev, seed, trap_bin=rev in traps) for rev, seed in revisions.items()}
+
+
+def offline_env(hf_home: str | os.PathLike, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child process that reads the Hub only from `hf_home`'s cache:
+    `HF_HOME=hf_home`, `HF_HUB_OFFLINE=1`, and no variable that would point
+    huggingface_hub elsewhere."""
+    env = {k: v for k, v in (os.environ if base is None else base).items()
+           if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_ENDPOINT")}
+    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1")
+    return env
+
+
+def patch_offline(monkeypatch, hf_home: str | os.PathLike) -> None:
+    """The same for this process: huggingface_hub read its environment at import, so its
+    constants are patched as well (undone by `monkeypatch` at the end of the test)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_ENDPOINT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(constants, "HF_HOME", str(hf_home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(Path(hf_home) / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
