@@ -12,7 +12,7 @@ import torch
 
 from analysis.core.config import Neuron
 from analysis.core.engine import make_batches
-from analysis.families.downstream import difference_sums, mean_std, rank_neurons
+from analysis.families.downstream import clustered_se, difference_sums, mean_std, rank_neurons
 from analysis.families.neurons import (
     context_shift_samples,
     neuron_unembed,
@@ -65,8 +65,8 @@ def _bridge_run(tiny, ids, ctx_value, shift=None, capture=()):
 
 def test_difference_sums_equal_the_direct_difference(tiny, tiny_fwd):
     toks = [tiny.to_tokens(t) for t in TEXTS]
-    sums, sumsq, count = difference_sums(tiny_fwd, make_batches(toks, 4096, 1), CTX, ACTIVE,
-                                         INACTIVE, [4, 5], show_progress=False)
+    sums, sumsq, count, clusters = difference_sums(tiny_fwd, make_batches(toks, 4096, 1), CTX, ACTIVE,
+                                                   INACTIVE, [4, 5], show_progress=False)
     assert count == sum(len(t) for t in toks)  # every position, BOS included, no padding
     names = ["blocks.4.mlp.hook_pre", "blocks.5.mlp.hook_pre"]
     diffs = {n: [] for n in names}
@@ -81,12 +81,22 @@ def test_difference_sums_equal_the_direct_difference(tiny, tiny_fwd):
         np.testing.assert_allclose(mean, d.mean(0).numpy(), atol=2e-5)
         np.testing.assert_allclose(std, d.std(0).numpy(), atol=2e-5)  # ddof=1, as torch.std
         assert np.abs(mean).max() > 1e-3  # the edit does move layer-4/5 pre-activations
+        # standard error over examples (cluster-robust), against its definition
+        per = [x.sum(0).numpy() for x in diffs[n]]
+        n_e = np.array([len(x) for x in diffs[n]], dtype=float)
+        mu = d.mean(0).numpy()
+        E = len(per)
+        want = np.sqrt(E / (E - 1) * sum((s - k * mu) ** 2 for s, k in zip(per, n_e, strict=True))) / n_e.sum()
+        se = clustered_se(sums[layer], clusters["s2"][layer], clusters["sn"][layer], clusters["n2"],
+                          count, clusters["examples"])
+        np.testing.assert_allclose(se, want, rtol=1e-4, atol=1e-7)
+        assert clusters["examples"] == len(toks) and se.max() > 0
         top = rank_neurons(mean, std, k=5)
         score = np.abs(d.mean(0).numpy()) - d.std(0).numpy()
         assert top[0]["neuron"] == int(np.argmax(score))
         assert [r["score"] for r in top] == sorted((r["score"] for r in top), reverse=True)
     # active minus inactive: swapping the two negates the mean
-    sums2, _, _ = difference_sums(tiny_fwd, make_batches(toks, 4096, 1), CTX, INACTIVE, ACTIVE,
+    sums2, _, _, _ = difference_sums(tiny_fwd, make_batches(toks, 4096, 1), CTX, INACTIVE, ACTIVE,
                                   [4], show_progress=False)
     np.testing.assert_allclose(sums2[4], -sums[4], atol=1e-6)
     with pytest.raises(ValueError):

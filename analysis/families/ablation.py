@@ -50,10 +50,25 @@ PAIR_PREFIX = "pair:"  # rows of the German losses with the context neuron and o
 
 def loss_summary(original: np.ndarray, ablated: np.ndarray) -> dict:
     """Seed `get_ablated_performance`: means over examples of per-example mean losses (nats)
-    and the increase in percent of the original."""
+    and the increase in percent of the original, with 95% intervals on the increase.
+
+    Args:
+        original, ablated: float `[n_examples]` per-example mean next-token losses (nats),
+            example i of both the same text.
+    Returns:
+        `{"original", "ablated"` (nats), `"percent_increase"` (%), `"n_examples"`,
+        `"increase_nats_ci"`, `"percent_increase_ci"`}`: the intervals are the paired
+        bootstrap's (`core.stats.paired_bootstrap`, method in `core.stats.METHODS["loss"]`),
+        None for a single example.
+    """
+    from ..core.stats import paired_bootstrap
+
     o, a = float(np.mean(original)), float(np.mean(ablated))
+    ci = paired_bootstrap(original, ablated) if len(original) >= 2 else None
     return {"original": o, "ablated": a, "percent_increase": (a - o) / o * 100.0,
-            "n_examples": int(len(original))}
+            "n_examples": int(len(original)),
+            "increase_nats_ci": ci and ci["increase_nats"],
+            "percent_increase_ci": ci and ci["percent_increase"]}
 
 
 # ------------------------------------------------------------------ pipeline step
@@ -103,8 +118,11 @@ def run_step(run, arts: dict) -> dict:
             return {lang: loss_summary(losses[lang]["original"], losses[lang][name])
                     for lang in LANGUAGES}
 
+        from ..core.stats import METHODS
+
         result = {
             "n_examples": {lang: toks[lang][1]["used"] for lang in toks},
+            "interval": METHODS["loss"],
             "loss_definition": "mean over examples of the per-example mean next-token "
                                "cross-entropy (nats), BOS prepended",
             "context": {"neuron": str(ctx), "value": values[str(ctx)], **summary(str(ctx))},

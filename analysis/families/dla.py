@@ -138,17 +138,28 @@ def dla_and_patching(fwd: Forward, batches: Sequence[Batch], context: Neuron, va
 
 def summarise(per_example: Mapping[str, np.ndarray], labels: Sequence[str],
               components: Sequence[str]) -> tuple[dict, dict]:
-    """The `dla` and `component_patching` parts of the result from per-example values."""
+    """The `dla` and `component_patching` parts of the result from per-example values
+    (`dla_and_patching`): mean DLA per component (original, ablated, difference) with the
+    standard error of the difference over examples (`difference_se`), and each patched
+    component's loss increase with its paired-bootstrap 95% interval."""
+    from ..core.stats import paired_bootstrap, standard_error
+
     o = per_example["dla_original"].mean(1)
     a = per_example["dla_ablated"].mean(1)
+    per_diff = per_example["dla_original"] - per_example["dla_ablated"]
     dla = {"labels": list(labels), "original": o.tolist(), "ablated": a.tolist(),
-           "difference": (o - a).tolist()}
+           "difference": (o - a).tolist(),
+           "difference_se": [standard_error(row) for row in per_diff]}
     base = float(np.mean(per_example["loss_original"]))
     rows = []
     for c in components:
         p = float(np.mean(per_example[f"loss_{c}"]))
+        ci = (paired_bootstrap(per_example["loss_original"], per_example[f"loss_{c}"])
+              if len(per_example["loss_original"]) >= 2 else None)
         rows.append({"component": c, "patched": p, "increase": p - base,
-                     "percent_increase": (p - base) / base * 100.0})
+                     "percent_increase": (p - base) / base * 100.0,
+                     "increase_nats_ci": ci and ci["increase_nats"],
+                     "percent_increase_ci": ci and ci["percent_increase"]})
     return dla, {"original": base, "rows": rows}
 
 
@@ -176,7 +187,10 @@ def run_step(run, arts: dict) -> dict:
                                desc="dla german", show_progress=run.show_progress)
         labels = accumulated_labels(L)
         dla, patching = summarise(per, labels, list(comps))
+        from ..core.stats import METHODS
+
         result = {
+            "interval": {"dla": METHODS["mean"], "component_patching": METHODS["loss"]},
             "context_neuron": str(ctx), "context_layer": ctx.layer, "ablation_value": value,
             "n_examples": rec["used"], "language": "german",
             "dla": {**dla, "definition": "mean over examples of sum over positions of "

@@ -25,7 +25,8 @@ HOOK = "mlp.hook_pre"
 
 def difference_sums(fwd: Forward, batches: Sequence[Batch], context: Neuron, active: float,
                     inactive: float, layers: Sequence[int], desc: str = "downstream",
-                    show_progress: bool = True) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], int]:
+                    show_progress: bool = True
+                    ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], int, dict]:
     """Running sums of `hook_pre[active] - hook_pre[inactive]` over every real position
     (BOS included, padding excluded) of every example.
 
@@ -37,6 +38,9 @@ def difference_sums(fwd: Forward, batches: Sequence[Batch], context: Neuron, act
         sums: {layer: float64 [d_mlp]} sum of the differences.
         sumsq: {layer: float64 [d_mlp]} sum of their squares.
         count: number of positions summed.
+        clusters: the per-example sums `S_e` (over an example's positions) folded into
+            `{"s2": {layer: [d_mlp]} sum of S_e², "sn": {layer: [d_mlp]} sum of S_e·n_e,
+            "n2": sum of n_e², "examples": number of examples}`, for `clustered_se`.
     """
     layers = sorted(set(layers))
     if not layers or min(layers) <= context.layer:
@@ -45,6 +49,9 @@ def difference_sums(fwd: Forward, batches: Sequence[Batch], context: Neuron, act
     d_mlp = fwd.w.d_mlp
     sums = {layer: torch.zeros(d_mlp, dtype=torch.float64) for layer in layers}
     sumsq = {layer: torch.zeros(d_mlp, dtype=torch.float64) for layer in layers}
+    s2 = {layer: torch.zeros(d_mlp, dtype=torch.float64) for layer in layers}
+    sn = {layer: torch.zeros(d_mlp, dtype=torch.float64) for layer in layers}
+    n2, examples = 0.0, 0
     count = 0
     stop = max(layers) + 1
     with torch.inference_mode():
@@ -58,12 +65,39 @@ def difference_sums(fwd: Forward, batches: Sequence[Batch], context: Neuron, act
                 caps.append(cap)
             n = batch.tokens.shape[1]
             valid = torch.arange(n, device=batch.tokens.device)[None, :] < batch.lengths[:, None]
+            n_e = valid.sum(1).double().cpu()  # [batch] positions per example
             for layer, name in names.items():
-                diff = (caps[0][name] - caps[1][name])[valid].double()  # [positions, d_mlp]
+                full = (caps[0][name] - caps[1][name]).double() * valid[..., None]
+                diff = full[valid]  # [positions, d_mlp]
                 sums[layer] += diff.sum(0).cpu()
                 sumsq[layer] += diff.pow(2).sum(0).cpu()
+                per_example = full.sum(1).cpu()  # [batch, d_mlp] S_e
+                s2[layer] += per_example.pow(2).sum(0)
+                sn[layer] += (per_example * n_e[:, None]).sum(0)
+            n2 += float(n_e.pow(2).sum())
+            examples += int(batch.tokens.shape[0])
             count += int(valid.sum())
-    return ({k: v.numpy() for k, v in sums.items()}, {k: v.numpy() for k, v in sumsq.items()}, count)
+    clusters = {"s2": {k: v.numpy() for k, v in s2.items()}, "sn": {k: v.numpy() for k, v in sn.items()},
+                "n2": n2, "examples": examples}
+    return ({k: v.numpy() for k, v in sums.items()}, {k: v.numpy() for k, v in sumsq.items()}, count,
+            clusters)
+
+
+def clustered_se(sums: np.ndarray, s2: np.ndarray, sn: np.ndarray, n2: float, count: int,
+                 examples: int) -> np.ndarray:
+    """Standard error over examples of the position-pooled mean difference, per neuron.
+
+    Positions of one example share its context, so they are not independent; the
+    examples are. With `S_e` the sum of example e's `n_e` differences and `mean = sum S_e /
+    N`, the cluster-robust variance of the mean is `E/(E-1) * sum_e (S_e - n_e mean)^2 / N^2`
+    (E examples, N positions), expanded here into the running sums `s2 = sum S_e^2`,
+    `sn = sum S_e n_e`, `n2 = sum n_e^2`. Returns float64 `[d_mlp]`; zeros for one example.
+    """
+    if examples < 2:
+        return np.zeros_like(sums)
+    mean = sums / count
+    ss = s2 - 2 * mean * sn + mean * mean * n2
+    return np.sqrt(np.clip(ss, 0.0, None) * examples / (examples - 1)) / count
 
 
 def mean_std(sums: np.ndarray, sumsq: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,8 +165,8 @@ def run_step(run, arts: dict) -> dict:
     def compute():
         # Seed order: german_data + english_data (the sums do not depend on it).
         all_toks = toks["german"][0] + toks["english"][0]
-        sums, sumsq, count = difference_sums(run.fwd, run.batches(all_toks), ctx, active, inactive,
-                                             layers, show_progress=run.show_progress)
+        sums, sumsq, count, clusters = difference_sums(run.fwd, run.batches(all_toks), ctx, active,
+                                                       inactive, layers, show_progress=run.show_progress)
         result = {
             "context_neuron": str(ctx), "active_value": active, "inactive_value": inactive,
             "hook": HOOK, "difference": "hook_pre with the context neuron at its active (German) "
@@ -141,11 +175,17 @@ def run_step(run, arts: dict) -> dict:
             "positions": "every token position, BOS included", "top_k": TOP_K,
             "n_examples": {lang: toks[lang][1]["used"] for lang in toks},
             "n_positions": count, "layers": [],
+            "interval": "se: standard error over examples of the mean difference (cluster-robust: "
+                        "an example's positions are not independent)",
         }
         arrays = {}
         for layer in layers:
             mean, std = mean_std(sums[layer], sumsq[layer], count)
+            se = clustered_se(sums[layer], clusters["s2"][layer], clusters["sn"][layer],
+                              clusters["n2"], count, clusters["examples"])
             top = rank_neurons(mean, std)
+            for r in top:
+                r["se"] = float(se[r["neuron"]])
             result["layers"].append({
                 "layer": layer, "top": top,
                 "top_positive": [r["neuron"] for r in top if r["mean"] > 0][:10],
@@ -155,6 +195,7 @@ def run_step(run, arts: dict) -> dict:
             })
             arrays[f"layer{layer}_mean"] = mean
             arrays[f"layer{layer}_std"] = std
+            arrays[f"layer{layer}_se"] = se
         return result, arrays
 
     inputs = run.inputs("downstream", sys.modules[__name__], params, run.data_prov(*LANGUAGES),

@@ -18,7 +18,9 @@ def single_neuron_probe(positive: np.ndarray, negative: np.ndarray, n_samples: i
             left it unseeded, so its numbers carry split noise).
 
     Returns:
-        {"train_acc", "test_acc", "f1", "n_per_class"}; F1 of the positive class on the test split.
+        {"train_acc", "test_acc", "f1", "n_per_class", "test_acc_ci", "f1_ci"}; F1 of the
+        positive class on the test split; the intervals (95%) resample the test points with
+        the fitted probe fixed (`core.stats.probe_bootstrap`).
 
     Raises:
         ValueError: fewer than 10 activations in a class.
@@ -34,13 +36,18 @@ def single_neuron_probe(positive: np.ndarray, negative: np.ndarray, n_samples: i
     X = np.concatenate([pos, neg]).reshape(-1, 1)
     y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=test_size, random_state=seed)
+    from ..core.stats import probe_bootstrap
+
     clf = LogisticRegression()
     clf.fit(X_train, y_train)
+    pred = clf.predict(X_test)
+    ci = probe_bootstrap(y_test, pred)
     return {
         "train_acc": float(clf.score(X_train, y_train)),
         "test_acc": float(clf.score(X_test, y_test)),
-        "f1": float(f1_score(y_test, clf.predict(X_test), zero_division=0.0)),
+        "f1": float(f1_score(y_test, pred, zero_division=0.0)),
         "n_per_class": [int(len(pos)), int(len(neg))],
+        "test_acc_ci": ci["test_acc"], "f1_ci": ci["f1"],
     }
 
 
@@ -78,7 +85,10 @@ def run_step(run, arts: dict) -> dict:
         rows = probe_rows(run.studied, run.store.load_array("activations", "german"),
                           run.store.load_array("activations", "english"),
                           acts["result"]["neurons"], p.probe_samples, p.probe_test_size, p.seed)
+        from ..core.stats import METHODS
+
         return {"neurons": [str(n) for n in run.studied], "n_per_language": p.probe_samples,
+                "interval": METHODS["probe"],
                 "test_size": p.probe_test_size, "split_seed": p.seed, "rows": rows}, {}
 
     inputs = run.inputs("probes", sys.modules[__name__], params, run.data_prov(*LANGUAGES),
