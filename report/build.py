@@ -173,11 +173,71 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# Every ``{{ ... }}`` output is bracketed by these two private-use characters while a
+# template renders, so that ``_split_cells`` can tell text a template inserted from the
+# template's own text; they never reach a notebook cell.
+_OPEN, _CLOSE = "\ue000", "\ue001"
+_UNMARK = str.maketrans("", "", _OPEN + _CLOSE)
+# A line that starts (after indentation and block-quote markers) with inserted digits
+# followed by "." or ")": an ordered-list marker in Markdown ("top\n10.\nIts" is a list).
+_INSERTED_LIST_MARKER = re.compile(
+    rf"[ \t>]*(?P<open>{_OPEN}+)\d{{1,9}}(?P<close>{_CLOSE}*)(?P<punct>[.)])"
+)
+_FENCE = re.compile(r"[ \t]*(```|~~~)")
+
+
 def _finalize(value: Any) -> Any:
     # Every ``{{ ... }}`` passes through here: None/NaN must never reach the report.
     if _is_missing(value):
         raise ReportError(f"template printed {value!r}; use fmt/num or handle the missing value")
-    return value
+    return f"{_OPEN}{value}{_CLOSE}"
+
+
+def _unmark(text: str) -> str:
+    return text.translate(_UNMARK)
+
+
+def _inline_span_at(rest: str) -> bool:
+    """True if the innermost inserted span open at the start of ``rest`` closes within it
+    (``rest`` is the remainder of one line): the text came from a value, not from a
+    multi-line macro whose own template text begins there."""
+    depth = 1
+    for ch in rest:
+        if ch == _OPEN:
+            depth += 1
+        elif ch == _CLOSE:
+            depth -= 1
+            if depth == 0:
+                return True
+    return False
+
+
+def _protect_markdown(text: str) -> str:
+    """Markdown cell text with its insertion marks removed, after escaping every ordered-list
+    marker that a template expression put at the start of a line.
+
+    Generated prose is wrapped in the template source, so a number printed by ``{{ ... }}``
+    can land at the start of a line ("... not among its top\\n10.\\nIts mean ..."), where
+    Markdown reads ``10.`` or ``10)`` followed by a space or the line end as a numbered list
+    item: the number vanishes from the text. Such a marker is escaped (``10\\.``), which
+    renders as the number and its punctuation. List markers written in the template itself
+    (not inserted) are left alone, and so are lines in fenced code blocks."""
+    lines = text.split("\n")
+    fenced = False
+    for i, line in enumerate(lines):
+        if _FENCE.match(_unmark(line)):
+            fenced = not fenced
+            continue
+        m = None if fenced else _INSERTED_LIST_MARKER.match(line)
+        if m is None:
+            continue
+        after = _unmark(line[m.end():])
+        if after and after[0] not in " \t":
+            continue  # "10.5", "3)," ...: not a list marker
+        if not m.group("close") and not _inline_span_at(line[m.end("open") :]):
+            continue  # the digits are a macro's own template text
+        lines[i] = line[: m.start("punct")] + "\\" + line[m.start("punct") :]
+    return _unmark("\n".join(lines))
 
 
 def make_environment(templates_dir: Path | None = None) -> jinja2.Environment:
@@ -218,7 +278,8 @@ def _render(env: jinja2.Environment, name: str, variables: Mapping[str, Any]) ->
 
 
 def _split_cells(text: str) -> list[tuple[str, str]]:
-    """Split a rendered section template into (kind, source) cells; empty cells are dropped."""
+    """Split a rendered section template into (kind, source) cells; empty cells are dropped.
+    Markdown cells go through ``_protect_markdown``; every cell loses the insertion marks."""
     cells: list[tuple[str, str]] = []
     kind, pos = "markdown", 0
     for m in _CELL_MARKER.finditer(text):
@@ -227,6 +288,7 @@ def _split_cells(text: str) -> list[tuple[str, str]]:
     cells.append((kind, text[pos:]))
     out = []
     for kind, src in cells:
+        src = _protect_markdown(src) if kind == "markdown" else _unmark(src)
         src = re.sub(r"\n{3,}", "\n\n", src).strip("\n")
         if src.strip():
             out.append((kind, src))
@@ -311,7 +373,7 @@ def build_notebook(
             "---\n" + "\n".join(f"{k}: {json.dumps(v)}" for k, v in front.items()) + "\n---"
         )
     )
-    setup = _render(env, "cells/setup.py.j2", variables)
+    setup = _unmark(_render(env, "cells/setup.py.j2", variables))
     nb.cells.append(v4.new_code_cell("#| include: false\n" + setup.strip("\n")))
     for section in SECTIONS:
         if not section.included(context):

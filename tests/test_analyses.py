@@ -61,6 +61,34 @@ def test_seed_literal_all_except_hook_reproduces_the_layer_eq_layer_bug():
     assert "blocks.3.mlp.hook_post" not in v["intended"]
 
 
+def test_filter_fixed_all_except_hook_sets_each_layers_neurons_to_one_pooled_mean():
+    """The seed's `all_except_l3` with only its filter fixed (`if l == layer`): in each hooked
+    layer, that layer's listed neurons all set to
+    `english_activations[layer][:, layer_neurons].mean()`, computed here directly from a
+    `[positions, d_mlp]` activation matrix per layer."""
+    ctx = Neuron(3, 669)
+    rng = np.random.default_rng(0)
+    acts = {4: rng.normal(0.0, 1.0, (50, 2048)), 5: rng.normal(1.0, 2.0, (50, 2048))}
+    means = {layer: a.mean(0) for layer, a in acts.items()}
+    values = {str(n): 10.0 + i for i, n in enumerate(GERMAN_NEURONS)}
+    v = all_except_context_variants(GERMAN_NEURONS, ctx, values, means)
+    assert set(v) == {"intended", "seed_literal", "filter_fixed"}
+    pairs = [(n.layer, n.index) for n in GERMAN_NEURONS if n != ctx]
+    assert set(v["filter_fixed"]) == {"blocks.4.mlp.hook_post", "blocks.5.mlp.hook_post"}
+    x = torch.full((2, 3, 2048), 7.0, dtype=torch.float64)
+    for layer in (4, 5):
+        layer_neurons = [i for lyr, i in pairs if lyr == layer]
+        expected = x.clone()
+        expected[:, :, layer_neurons] = float(acts[layer][:, layer_neurons].mean())
+        y = v["filter_fixed"][f"blocks.{layer}.mlp.hook_post"](x)
+        torch.testing.assert_close(y, expected)
+    assert sorted(i for lyr, i in pairs if lyr == 4) == [326, 482]
+    # one scalar per layer, and not the seed-literal one (which pools all seven columns)
+    y4 = v["filter_fixed"]["blocks.4.mlp.hook_post"](x)[0, 0]
+    lit4 = v["seed_literal"]["blocks.4.mlp.hook_post"](x)[0, 0]
+    assert float(y4[482]) == float(y4[326]) != float(lit4[482])
+
+
 def test_loss_summary_percent():
     s = loss_summary(np.array([2.0, 4.0]), np.array([3.0, 4.5]))
     assert s["original"] == 3.0 and s["ablated"] == 3.75 and abs(s["percent_increase"] - 25.0) < 1e-12

@@ -70,3 +70,12 @@ def test_seed_pass_counts_follow_the_seed_cells():
     assert seed_passes("probes", art({}, {}), 6) == []
     dla = art({"tokens": {"requested": 20}, "components": {str(i): i for i in range(5)}}, {})
     assert seed_passes("dla", dla, 6) == [("german", 20, 12.0)]
+    # neurons: one get_examples_by_neuron per seed cell, each over its own pool (capped)
+    from analysis.families.neurons import neuron_plan
+
+    plan = [e.as_dict() for e in neuron_plan("paper")]
+    nrn = art({"tokens": {"shift": tk}, "top_examples": 5, "neuron_examples": 1000, "plan": plan}, {})
+    assert seed_passes("neurons", nrn, 6) == [
+        ("german", 40, 4.0), ("english", 40, 4.0),
+        ("german", 500, 2.04), ("german", 1000, 2.02), ("german", 500, 2.04), ("german", 500, 2.04),
+        ("german", 1000, 2.02), ("english", 500, 2.04)]

@@ -179,7 +179,7 @@ def test_report_html_in_chromium(tiny_report, tmp_path):
     for heading in expected:
         assert heading in checks["h1"], (heading, checks["h1"])
     nr = res["artifacts"]["neurons"]["result"]
-    n_maps = (sum(len(e["examples"]["top"]) for e in nr["neurons"])
+    n_maps = (sum(len(x["top"]) for e in nr["neurons"] for x in e["example_searches"])
               + sum(len(s["prompts"]) for s in nr["prompt_sets"]))
     assert n_maps > 0 and checks["heatmaps"] >= n_maps
     assert checks["heatmap_tokens"] > 10 * n_maps

@@ -261,3 +261,65 @@ def test_typst_heatmap_escapes_and_compiles(tmp_path):
     md = bundle["text/markdown"]
     assert md.startswith("```{=typst}\n") and md.endswith("\n```")
     assert md.count("```") == 2  # no token can close the raw block early
+
+
+# ------------------------------------------------------------------ the seed's example searches
+
+
+def test_paper_plan_searches_the_seeds_pool_cell_by_cell():
+    """Seed `get_examples_by_neuron` cells: "Positive L5" In [50]-[52] search
+    `german_data[:500]` for top_positive_l5[0..2]; "Negative L5" In [119] searches
+    `german_data[:1000]` (log-prob weight 0.3) and In [95] `english_data[:500]` for
+    top_negative_l5[1]; "L5N1336" In [111] searches `german_data[:1000]`."""
+    from analysis.families.neurons import neuron_plan, search_pool
+
+    plan = {str(e.neuron): [(x.language, x.pool, x.log_prob_weight, x.seed_cell) for x in e.searches]
+            for e in neuron_plan("paper")}
+    assert plan == {
+        "L5N1336": [("german", 500, 0.5, "Positive L5"), ("german", 1000, 0.5, "L5N1336")],
+        "L5N1460": [("german", 500, 0.5, "Positive L5")],
+        "L5N1709": [("german", 500, 0.5, "Positive L5")],
+        "L5N213": [("german", 1000, 0.3, "Negative L5"), ("english", 500, 0.5, "Negative L5")],
+    }
+    for e in neuron_plan("paper"):
+        for x in e.searches:
+            assert f"{x.language}_data[:{x.pool}]" in x.seed_call
+            assert search_pool(x, 1000) == x.pool and search_pool(x, 20) == 20
+    from analysis.core.config import PROFILES
+
+    assert PROFILES["paper"].neuron_examples >= max(
+        x.pool for e in neuron_plan("paper") for x in e.searches)
+
+
+def test_tiny_report_searches_english_examples_for_the_negative_l5_neuron(tiny, tiny_report):
+    """The seed's cell In [95] (`get_examples_by_neuron(english_data[:500], ...)` for the
+    negative L5 neuron) is computed, stored and shown; every pool is the seed's, capped by
+    the quick profile, and each search's top examples are the first of its own pool."""
+    from analysis.core.data import load_corpus
+
+    res, _, cfg = tiny_report
+    nr = res["artifacts"]["neurons"]["result"]
+    cap, k = cfg.profile.neuron_examples, cfg.profile.top_examples
+    scores = np.load(res["out"] / "artifacts" / "neurons.example_scores.npy")
+    rows = 0
+    for e in nr["neurons"]:
+        for x in e["example_searches"]:
+            assert x["pool"] == min(x["seed_pool"], cap)
+            assert len(x["top"]) == min(k, x["n_examples"])
+            row = scores[x["scores_row"]]
+            assert np.isfinite(row[: x["n_examples"]]).all() and np.isnan(row[x["n_examples"]:]).all()
+            assert [t["score"] for t in x["top"]] == sorted(row[: x["n_examples"]], reverse=True)[:k]
+            rows += 1
+    assert scores.shape[0] == rows
+    neg = next(e for e in nr["neurons"] if "negative_l5" in e["role"])
+    english = [x for x in neg["example_searches"] if x["language"] == "english"]
+    assert len(english) == 1 and english[0]["seed_cell"] == "Negative L5"
+    en = english[0]
+    assert "english_data[:500]" in en["seed_call"] and en["log_prob_weight"] == 0.5
+    usable = [t for t in load_corpus("fixture_english").examples if len(tiny.to_tokens(t)) >= 2]
+    for top in en["top"]:
+        assert top["token_ids"] == [int(i) for i in tiny.to_tokens(usable[top["example"]])[1:]]
+    html = (res["out"] / "report.html").read_text(encoding="utf-8")
+    assert re.search(rf"Top {len(en['top'])} English examples by loss difference, searched among the\s+"
+                     rf"first {en['pool']} English examples", html)
+    assert "English example" in html

@@ -57,7 +57,7 @@ def test_artifacts_have_provenance_and_expected_results(tiny_report):
     assert abl["context"]["german"]["original"] > 0
     # mean ablation on a random model: a tiny change, computed not assumed
     assert abl["context"]["german"]["ablated"] != abl["context"]["german"]["original"]
-    assert set(abl["all_except_context"]) == {"intended", "seed_literal"}
+    assert set(abl["all_except_context"]) == {"intended", "seed_literal", "filter_fixed"}
 
 
 def test_rerun_hits_the_cache_and_a_changed_artifact_is_recomputed(tiny_report):

@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,11 @@ def make_context(out: Path, *, with_seed: bool = True) -> dict:
                     "description": "as the seed's hook did: every listed index in layers 4 and 5 set to one scalar mean",
                     "german": _loss(3.18, 3.24),
                     "english": _loss(3.96, 3.98),
+                },
+                "filter_fixed": {
+                    "description": "the seed's hook with its filter fixed: each layer's listed neurons set to one pooled mean",
+                    "german": _loss(3.18, 3.22),
+                    "english": _loss(3.96, 3.97),
                 },
             },
         },
@@ -426,3 +432,116 @@ def test_context_must_be_consistent(tmp_path):
     del context["seed"]
     with pytest.raises(ReportError, match="seed"):
         build_notebook(context)
+
+
+# ------------------------------------------------------------------ numbers in the prose
+
+# A number as the templates print it: fmt ("+0.60", "-0.07", "3.82") or num ("1,000").
+_NUMBER = re.compile(r"(?<![\w.,])[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w]|[.,]\d)")
+
+
+class _Text(HTMLParser):
+    """The text of an HTML page without style and script; with ``skip_class``, also without
+    the text inside elements whose class list contains it (``"output"``: code-cell output)."""
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+            "source", "track", "wbr"}
+
+    def __init__(self, skip_class: str | None = None):
+        super().__init__(convert_charrefs=True)
+        self.skip, self.stack, self.parts = skip_class, [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.VOID:
+            return
+        classes = (dict(attrs).get("class") or "").split()
+        self.stack.append((tag, tag in ("style", "script") or (self.skip in classes)))
+
+    def handle_endtag(self, tag):
+        while self.stack:
+            if self.stack.pop()[0] == tag:
+                break
+
+    def handle_data(self, data):
+        if not any(skip for _, skip in self.stack):
+            self.parts.append(data)
+
+    @classmethod
+    def of(cls, html: str, skip_class: str | None = None) -> str:
+        p = cls(skip_class)
+        p.feed(html)
+        return " ".join(" ".join(p.parts).split())
+
+
+def _pandoc_html(nb, context: dict, templates: Path, tmp: Path) -> str:
+    import nbformat
+
+    nb_path = tmp / "report.ipynb"
+    nbformat.write(nb, str(nb_path))
+    meta = report_build._pandoc_metadata(context, tmp)
+    report_build._render_html_pandoc(nb_path, meta, templates, tmp / "report.html")
+    return (tmp / "report.html").read_text(encoding="utf-8")
+
+
+def test_a_number_printed_at_the_start_of_a_line_stays_in_the_text(tmp_path):
+    """Markdown reads a line starting with `10.` or `10)` as a numbered-list item: a number a
+    template prints there (the summary's "... not among its top\\n{{ n }}.\\nIts mean ...")
+    vanished into an `<ol>`. Every such number reaches the HTML text as written; a list
+    the template itself writes is still a list."""
+    templates = tmp_path / "templates"
+    shutil.copytree(report_build.TEMPLATES_DIR, templates)
+    (templates / "sections" / "00_summary.md.j2").write_text(
+        "The context neuron is not among its top\n{{ 50 | num }}.\nIts mean activation is\n"
+        "{{ 3.14159 | fmt(2) }} and\n{{ 7 }}) of\n{{ 1000 | num }}) with\n{{ 12 }}.\n\n"
+        "> quoted\n> {{ 4 }}. item\n\n{% macro m() %}\n1. first\n2. second\n{% endmacro %}"
+        "A list the template writes:\n\n{{ m() }}\n", encoding="utf-8")
+    out = tmp_path / "out"
+    context = make_context(out)
+    nb = build_notebook(context, templates)
+    md = nb.cells[2].source
+    assert "\ue000" not in md and "\ue001" not in md
+    assert all("\ue000" not in c.source for c in nb.cells)
+    html = _pandoc_html(nb, context, templates, tmp_path)
+    text = _Text.of(html)
+    assert ("not among its top 50. Its mean activation is 3.14 and 7) of 1,000) with 12. "
+            "quoted 4. item") in text, text[:600]
+    assert re.search(r"<ol[^>]*>\s*<li>\s*(<p>)?first", html)  # the template's own list
+    assert html.count("<ol") == 1
+
+
+def test_every_number_the_templates_print_reaches_the_html_text(tiny_report, monkeypatch):
+    """Every number the templates print into prose (through `fmt`, `num` or a bare
+    `{{ number }}`) appears, as written, in the text of the tiny report's report.html outside
+    the code-cell outputs (parsed with html.parser, counted token by token: a number that
+    Markdown swallowed, e.g. as a list marker, is missing)."""
+    from collections import Counter
+
+    res, _, _ = tiny_report
+    printed: list[str] = []
+    for name in ("fmt", "num"):
+        real = getattr(report_build, name)
+
+        def record(*args, _real=real, **kwargs):
+            text = _real(*args, **kwargs)
+            printed.append(text)
+            return text
+
+        monkeypatch.setattr(report_build, name, record)
+    real_finalize = report_build._finalize
+
+    def finalize(value):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            printed.append(str(value))
+        return real_finalize(value)
+
+    monkeypatch.setattr(report_build, "_finalize", finalize)
+    nb = build_notebook(res["context"])
+    assert printed
+    prose = Counter(_NUMBER.findall("\n".join(c.source for c in nb.cells if c.cell_type == "markdown")))
+    printed_n = Counter(t for p in printed for t in _NUMBER.findall(p))
+    expected = Counter({t: min(n, prose[t]) for t, n in printed_n.items() if prose[t]})
+    assert sum(expected.values()) > 50
+    html = (res["out"] / "report.html").read_text(encoding="utf-8")
+    found = Counter(_NUMBER.findall(_Text.of(html, skip_class="output")))
+    missing = {t: (n, found[t]) for t, n in expected.items() if found[t] < n}
+    assert not missing, f"printed into prose (times) but not in the HTML text (times): {missing}"

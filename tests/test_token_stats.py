@@ -11,6 +11,7 @@ from analysis.families.l3_tokens import (
     GARBAGE_TOKENS,
     filter_garbage,
     mean_normalised_resid_post,
+    neuron_direction_lists,
     neuron_direction_logit_diff,
     top_tokens,
 )
@@ -70,6 +71,18 @@ def test_garbage_filter_and_top_tokens():
     # unfiltered, ties by lower id first
     low = top_tokens(values, 2, False, to_str)
     assert [r["token_id"] for r in low] == [6, 7]
+
+
+def test_neuron_direction_lists_filter_the_boosted_list_only():
+    """Seed "Tokens boosted by L3 directly": `filter_garbage_tokens` ran on the boosted
+    labels only; the inhibited chart plotted `inhibited_values[:100]` unfiltered, so a
+    garbage or whitespace token can be among the inhibited tokens."""
+    labels = [" der", "  ", "ÃÂÃÂ", " die", "�", "x"]
+    values = np.array([9.0, 8.0, -9.0, 1.0, -8.0, 0.0])
+    lists = neuron_direction_lists(values, 3, lambda ids: [labels[i] for i in ids])
+    assert [r["token_id"] for r in lists["boosted"]] == [0, 3, 5]    # "  " (8.0) dropped
+    assert [r["token_id"] for r in lists["inhibited"]] == [2, 4, 5]  # "ÃÂÃÂ" and "�" kept
+    assert lists["inhibited"][0]["token"] == "ÃÂÃÂ"
 
 
 def test_unigram_counts_examples_containing_a_token_as_the_seed():

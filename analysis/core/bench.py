@@ -193,8 +193,9 @@ def seed_passes(step: str, art: dict, n_layers: int) -> list[tuple[str, int | No
     - probes_ablated: `get_mlp_activations` under the ablation hook, layers 3-5 -> 3;
     - downstream: `compare_activations`, activated and deactivated -> 2;
     - neurons: `get_mlp_context_shift`'s activations for layers 4 and 5, activated and
-      deactivated (4 per shift example); per studied neuron `get_mlp_loss_difference`
-      (2 per example) and `highlight_mlp_difference` on its top examples (4 each);
+      deactivated (4 per shift example); per example search (one per seed
+      `get_examples_by_neuron` cell, over its own pool) `get_mlp_loss_difference` (2 per
+      example) and `highlight_mlp_difference` on its top examples (4 each);
     - probes, English/French probes, correlations, unigrams: 0 (the seed reuses the first
       cell's full activation tensors or only counts tokens).
     """
@@ -219,12 +220,13 @@ def seed_passes(step: str, art: dict, n_layers: int) -> list[tuple[str, int | No
         return [("german", int(tk["requested"]), 2.0)]
     if step == "downstream":
         return [(lang, n(lang), 2.0) for lang in tk]
-    if step == "neurons":
-        k = len(p.get("plan") or r.get("neurons") or [])
-        ex = int(tk["examples"]["requested"])
+    if step == "neurons":  # one get_examples_by_neuron per search, over its own pool
         top = int(p["top_examples"])
         out = [(lang, n(lang, rec), 4.0) for lang, rec in tk["shift"].items()]
-        out.append(("german", ex, k * (2.0 + 4.0 * top / max(ex, 1))))
+        for entry in p.get("plan") or []:
+            for x in entry["searches"]:
+                ex = min(int(x["seed_pool"]), int(p["neuron_examples"]))
+                out.append((x["language"], ex, 2.0 + 4.0 * top / max(ex, 1)))
         return out
     return []
 
@@ -285,7 +287,7 @@ STEP_INPUTS: dict[str, list[tuple[str | None, tuple[str, ...]]]] = {
     "probes_french_neurons": [("activation_examples", ("english", "french"))],
     "correlations": [("activation_examples", ("german", "english"))],
     "downstream": [("downstream_examples", ("german", "english"))],
-    "neurons": [("shift_examples", ("german", "english")), ("neuron_examples", ("german",))],
+    "neurons": [("shift_examples", ("german", "english")), ("neuron_examples", ("german", "english"))],
 }
 
 

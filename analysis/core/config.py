@@ -88,8 +88,11 @@ class Profile:
             differences (seed: all German + all English, 3,466).
         shift_examples: examples per language for the L4/L5 `hook_pre` context shift
             (seed `num_activation_examples = 1000`).
-        neuron_examples: German examples searched for each neuron's top loss-difference
-            examples (seed `german_data[:500]` / `[:1000]`).
+        neuron_examples: the most examples any search for a neuron's top loss-difference
+            examples reads: each search uses the seed's pool for its cell
+            (`german_data[:500]`, `german_data[:1000]` or `english_data[:500]`, see
+            `analysis.families.neurons.SEED_SEARCHES`) capped at this (paper 1,000: the
+            seed's pools exactly).
         top_examples: examples shown per neuron as heat maps (seed 5).
         seed: the seed of every random choice (the probe's train/test split; random weights).
         batch_tokens: padded tokens per forward batch (memory, not results).

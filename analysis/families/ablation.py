@@ -20,29 +20,64 @@ def single_neuron_variants(neurons: Sequence[Neuron], values: Mapping[str, float
 def all_except_context_variants(neurons: Sequence[Neuron], context: Neuron,
                                 values: Mapping[str, float],
                                 layer_means_english: Mapping[int, np.ndarray]) -> dict[str, Edits]:
-    """The seed's "ablate all German neurons except the L3 one", two ways.
+    """The seed's cell "Ablating all German neurons except the L3 one" (hook `all_except_l3`,
+    in section "Check loss increase from disabling each German neuron on German data"),
+    three ways. The seed's hook:
+
+        def all_except_l3(value, hook):
+            layer = hook.layer()
+            layer_neurons = [neuron for layer, neuron in german_neurons_not_l3 if layer == layer]
+            value[:, :, layer_neurons] = english_activations[layer][:, layer_neurons].mean()
+
+    In Python 3 the comprehension has its own scope: its `layer` is the tuple's layer and
+    shadows the outer `layer` only inside the comprehension, so `layer == layer` compares
+    that value with itself and is always true, and the outer `layer` (the hooked layer) is
+    unchanged afterwards.
 
     `intended`: each listed neuron other than the context neuron set to its own English
     mean, in its own layer.
 
-    `seed_literal`: what the seed's hook `all_except_l3` computed. Its filter
-    `[neuron for layer, neuron in german_neurons_not_l3 if layer == layer]` compares the
-    loop variable with itself, so every listed index is ablated in every hooked layer
-    (4 and 5), and each is set to one scalar, `english_activations[layer][:, indices].mean()`
-    (the mean over all those indices of that layer's English activations).
+    `seed_literal`: what the hook as written computed: every listed index in every hooked
+    layer (4 and 5), all set to one scalar, `english_activations[layer][:, indices].mean()`
+    (the mean English activation of the hooked layer over all those columns).
+
+    `filter_fixed`: the hook with only its filter fixed (`if l == layer`): in each hooked
+    layer the listed neurons of that layer, all set to one pooled scalar, the mean English
+    activation of that layer over those neurons' columns.
+
+    `layer_means_english[layer]` is the per-neuron mean English activation of that layer;
+    every column has the same number of positions, so the mean of column means equals the
+    seed's mean over the `[positions, columns]` block.
     """
     rest = [n for n in neurons if n != context]
+    layers = sorted({n.layer for n in rest})
     intended: dict[str, object] = {}
-    for layer in sorted({n.layer for n in rest}):
-        in_layer = [n for n in rest if n.layer == layer]
+    fixed: dict[str, object] = {}
+    for layer in layers:
+        in_layer = [n.index for n in rest if n.layer == layer]
         intended[f"blocks.{layer}.mlp.hook_post"] = set_neurons(
-            [n.index for n in in_layer], [values[str(n)] for n in in_layer])
+            in_layer, [values[str(n)] for n in rest if n.layer == layer])
+        fixed[f"blocks.{layer}.mlp.hook_post"] = set_neurons(
+            in_layer, float(np.mean(layer_means_english[layer][in_layer])))
     indices = [n.index for n in rest]
     literal: dict[str, object] = {}
-    for layer in sorted({n.layer for n in rest}):
+    for layer in layers:
         scalar = float(np.mean(layer_means_english[layer][indices]))
         literal[f"blocks.{layer}.mlp.hook_post"] = set_neurons(indices, scalar)
-    return {"intended": intended, "seed_literal": literal}
+    return {"intended": intended, "seed_literal": literal, "filter_fixed": fixed}
+
+
+# One sentence per variant of the all-except-context ablation (artifact and report).
+ALL_EXCEPT_DESCRIPTIONS = {
+    "intended": "each listed neuron except the context neuron set to its own English mean, "
+                "in its own layer",
+    "seed_literal": "the seed's hook as written: its filter `layer == layer` is always true, so "
+                    "every listed index is set in each hooked layer to one scalar, that layer's "
+                    "mean English activation over all those indices",
+    "filter_fixed": "the seed's hook with only its filter fixed: each layer's listed neurons set "
+                    "to one pooled scalar, that layer's mean English activation over those "
+                    "neurons' columns",
+}
 
 
 PAIR_PREFIX = "pair:"  # rows of the German losses with the context neuron and one other ablated
@@ -131,17 +166,9 @@ def run_step(run, arts: dict) -> dict:
         }
         if rest:
             result["all_except_context"] = {
-                "intended": {"description": "each listed neuron except the context neuron set to "
-                                            "its own English mean, in its own layer",
-                             "neurons": [str(n) for n in rest],
-                             **summary("all_except_context:intended")},
-                "seed_literal": {"description": "the seed's hook as written: `layer == layer` is "
-                                                "always true, so all listed indices are set in both "
-                                                "layers to one scalar (the mean English activation "
-                                                "over those indices in that layer)",
-                                 "neurons": [str(n) for n in rest],
-                                 **summary("all_except_context:seed_literal")},
-            }
+                k: {"description": ALL_EXCEPT_DESCRIPTIONS[k], "neurons": [str(n) for n in rest],
+                    **summary(f"all_except_context:{k}")}
+                for k in ALL_EXCEPT_DESCRIPTIONS}
         result["per_example_losses"] = {
             "rows": {lang: list(losses[lang]) for lang in LANGUAGES},
             "arrays": {lang: f"losses_{lang}" for lang in LANGUAGES},

@@ -14,9 +14,10 @@ the context neuron at its German mean raises the token's logit):
   instead of `[tokens, d_vocab]` logits.
 * **Neuron direction.** Seed: `unembed(W_out[layer, neuron] * active) - unembed(W_out[...] *
   inactive)` (no LayerNorm; `b_U` cancels) = `W_out[layer, neuron] @ W_U * (active - inactive)`.
-  The top boosted/inhibited lists drop whitespace and the seed's garbage tokens
-  (`filter_garbage_tokens`). This is the `token_differences` the seed's unigram section
-  averages.
+  As in the seed, only the boosted list drops whitespace and the seed's garbage tokens
+  (`filter_garbage_tokens`, applied to `boosted_labels` alone); the inhibited list is the
+  plain `torch.topk(token_differences, 1000, largest=False)` head, garbage included. This is
+  the `token_differences` the seed's unigram section averages.
 """
 
 from __future__ import annotations
@@ -92,6 +93,16 @@ def top_tokens(values: np.ndarray, k: int, largest: bool, to_str, filtered: bool
     return rows[:k]
 
 
+def neuron_direction_lists(values: np.ndarray, k: int, to_str) -> dict[str, list[dict]]:
+    """The two top-`k` token lists of the neuron-direction difference, as the seed's cell
+    "Unembed neuron direction directly" (section "Tokens boosted by L3 directly") made them:
+    `filter_garbage_tokens(boosted_labels, boosted_values)` on the top 1,000 boosted tokens
+    (then the first `k`), while the inhibited chart plots `inhibited_values[:k]` unfiltered
+    (only its labels stripped for display)."""
+    return {"boosted": top_tokens(values, k, True, to_str, filtered=True),
+            "inhibited": top_tokens(values, k, False, to_str)}
+
+
 def summary(values: np.ndarray) -> dict:
     return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
             "max": float(values.max()), "n_positive": int((values > 0).sum()), "n": int(len(values))}
@@ -141,11 +152,11 @@ def run_step(run, arts: dict) -> dict:
                               "LayerNorm",
                 "norm_w_out": float(run.fwd.w.W_out[ctx.layer, ctx.index].norm()),
                 "summary": summary(nd_diff),
-                "boosted": top_tokens(nd_diff, TOP_K, True, to_str, filtered=True),
-                "inhibited": top_tokens(nd_diff, TOP_K, False, to_str, filtered=True),
+                **neuron_direction_lists(nd_diff, TOP_K, to_str),
                 "filter": "seed filter_garbage_tokens within the top "
                           f"{SEED_TOPK}: drops whitespace-only tokens and {len(GARBAGE_TOKENS) - 1} "
                           "garbage strings",
+                "filtered_lists": ["boosted"],
             },
         }
         arrays = {"resid_post_logit_diff": resid_diff, "neuron_direction_logit_diff": nd_diff}
@@ -182,5 +193,6 @@ def figures(run, arts: dict, fig_dir) -> list[dict]:
             **meta, "function": "figures.dla.top_token_bars",
             "caption": f"Tokens whose logit {title} raises (left) and lowers (right) most when "
                        f"{ctx} goes from its English to its German mean (top 30 of the tables)."
-                       + (" Whitespace and the seed's garbage tokens removed." if key == "neuron_direction" else "")}))
+                       + (" Whitespace and the seed's garbage tokens removed from the raised "
+                          "tokens only (as in the seed)." if key == "neuron_direction" else "")}))
     return out

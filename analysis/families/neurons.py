@@ -12,7 +12,10 @@ For a neuron N in a layer after the context neuron's:
 * its *top examples* (seed `get_examples_by_neuron` / `get_mlp_loss_difference` with
   `weight_by_logprob=True`): with the context neuron held active, N's `hook_pre` is moved by
   its shift; per token, loss(shifted) - loss(unshifted) + w * max(log-prob) of the target;
-  examples ranked by the maximum over positions;
+  examples ranked by the maximum over positions. One search per seed cell, each over the
+  seed's pool for that cell (`SEED_SEARCHES`: `german_data[:500]` in "Positive L5",
+  `german_data[:1000]` and `english_data[:500]` in "Negative L5", `german_data[:1000]` in
+  "L5N1336"), capped by the profile's `neuron_examples`;
 * heat maps of the per-token loss difference (seed `highlight_mlp_difference`) and the top
   predictions at one position (seed `get_top_differences_at_position`).
 
@@ -50,36 +53,107 @@ L5N1336 = Neuron(5, 1336)
 
 
 @dataclass(frozen=True)
+class ExampleSearch:
+    """One seed `get_examples_by_neuron` call: the examples it searched, its log-prob weight.
+
+    The searched examples are the first `pool` of the language's corpus (seed
+    `german_data[:pool]` / `english_data[:pool]`), capped by the profile's
+    `neuron_examples`; `seed_call` is the seed's cell (None for the quick profile's
+    stand-ins, which have no seed cell)."""
+
+    language: str           # "german" or "english"
+    pool: int               # seed `{language}_data[:pool]`
+    log_prob_weight: float  # get_examples_by_neuron(log_prob_weight=...), default 0.5
+    seed_cell: str          # the seed section of the call
+    seed_call: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"language": self.language, "seed_pool": self.pool,
+                "log_prob_weight": self.log_prob_weight, "seed_cell": self.seed_cell,
+                "seed_call": self.seed_call}
+
+
+@dataclass(frozen=True)
 class PlanEntry:
     """One neuron studied individually, and how the seed studied it."""
 
     neuron: Neuron
     role: str              # where it comes from, e.g. "top_negative_l5[1]"
-    log_prob_weight: float  # get_examples_by_neuron(log_prob_weight=...)
     seed_cell: str
+    searches: tuple[ExampleSearch, ...]
 
     def as_dict(self) -> dict:
-        return {"neuron": str(self.neuron), "role": self.role,
-                "log_prob_weight": self.log_prob_weight, "seed_cell": self.seed_cell}
+        return {"neuron": str(self.neuron), "role": self.role, "seed_cell": self.seed_cell,
+                "searches": [x.as_dict() for x in self.searches]}
+
+
+# The seed's `get_examples_by_neuron` cells (execution count, call), each with its pool.
+SEED_SEARCHES = {
+    "top_positive_l5[0]": (ExampleSearch(
+        "german", 500, 0.5, "Positive L5",
+        "In [50]: get_examples_by_neuron(german_data[:500], neuron=top_positive_l5[0], layer=5, "
+        "plot_hist=True, num_examples=5)"),),
+    "top_positive_l5[1]": (ExampleSearch(
+        "german", 500, 0.5, "Positive L5",
+        "In [51]: get_examples_by_neuron(german_data[:500], neuron=top_positive_l5[1], layer=5, "
+        "plot_hist=True, num_examples=5)"),),
+    "top_positive_l5[2]": (ExampleSearch(
+        "german", 500, 0.5, "Positive L5",
+        "In [52]: get_examples_by_neuron(german_data[:500], neuron=top_positive_l5[2], layer=5, "
+        "plot_hist=True, num_examples=5)"),),
+    "top_negative_l5[1]": (
+        ExampleSearch(
+            "german", 1000, 0.3, "Negative L5",
+            "In [119]: get_examples_by_neuron(german_data[:1000], neuron=neuron, layer=layer, "
+            "plot_hist=False, num_examples=5, log_prob_weight=0.3)"),
+        ExampleSearch(
+            "english", 500, 0.5, "Negative L5",
+            "In [95]: get_examples_by_neuron(english_data[:500], neuron=neuron, layer=layer, "
+            "plot_hist=False, num_examples=5)")),
+    "L5N1336": (ExampleSearch(
+        "german", 1000, 0.5, "L5N1336",
+        "In [111]: get_examples_by_neuron(german_data[:1000], neuron=neuron, layer=layer, "
+        "num_examples=5)"),),
+}
 
 
 def neuron_plan(profile_name: str) -> list[PlanEntry]:
-    """The neurons studied one by one.
+    """The neurons studied one by one, each with its example searches.
 
-    `paper`: the seed's choices: L5N1336 (= top_positive_l5[0]), top_positive_l5[1] and [2]
-    ("Positive L5"), top_negative_l5[1] ("Negative L5", log-prob weight 0.3).
-    Otherwise (quick): L5N1336 and the first neuron of each of the other seed lists.
+    `paper`: the seed's choices and its pools cell by cell: L5N1336 (= top_positive_l5[0];
+    seed "Positive L5" searched `german_data[:500]`, section "L5N1336" `german_data[:1000]`),
+    top_positive_l5[1] and [2] ("Positive L5", `german_data[:500]` each), top_negative_l5[1]
+    ("Negative L5": `german_data[:1000]` with log-prob weight 0.3 and `english_data[:500]`
+    with the default 0.5).
+    Otherwise (quick): L5N1336 (its "L5N1336" search only: capped, the "Positive L5" pool
+    would be the same examples), the first neuron of each L4 list (not searched in the seed:
+    a German stand-in) and top_negative_l5[0] with the searches of the seed's negative L5
+    neuron. `run_step` caps every pool by the profile's `neuron_examples`.
     """
-    main = PlanEntry(L5N1336, "L5N1336 = top_positive_l5[0]", 0.5, "L5N1336")
+    main_searches = SEED_SEARCHES["top_positive_l5[0]"] + SEED_SEARCHES["L5N1336"]
+    main = PlanEntry(L5N1336, "L5N1336 = top_positive_l5[0]", "L5N1336", main_searches)
     if profile_name == "paper":
         return [main,
-                PlanEntry(Neuron(5, TOP_POSITIVE_L5[1]), "top_positive_l5[1]", 0.5, "Positive L5"),
-                PlanEntry(Neuron(5, TOP_POSITIVE_L5[2]), "top_positive_l5[2]", 0.5, "Positive L5"),
-                PlanEntry(Neuron(5, TOP_NEGATIVE_L5[1]), "top_negative_l5[1]", 0.3, "Negative L5")]
-    return [main,
-            PlanEntry(Neuron(4, TOP_POSITIVE_L4[0]), "top_positive_l4[0]", 0.5, "Looking at individual neurons"),
-            PlanEntry(Neuron(4, TOP_NEGATIVE_L4[0]), "top_negative_l4[0]", 0.5, "Looking at individual neurons"),
-            PlanEntry(Neuron(5, TOP_NEGATIVE_L5[0]), "top_negative_l5[0]", 0.3, "Negative L5")]
+                PlanEntry(Neuron(5, TOP_POSITIVE_L5[1]), "top_positive_l5[1]", "Positive L5",
+                          SEED_SEARCHES["top_positive_l5[1]"]),
+                PlanEntry(Neuron(5, TOP_POSITIVE_L5[2]), "top_positive_l5[2]", "Positive L5",
+                          SEED_SEARCHES["top_positive_l5[2]"]),
+                PlanEntry(Neuron(5, TOP_NEGATIVE_L5[1]), "top_negative_l5[1]", "Negative L5",
+                          SEED_SEARCHES["top_negative_l5[1]"])]
+    stand_in = (ExampleSearch("german", 1000, 0.5, "Looking at individual neurons"),)
+    return [PlanEntry(L5N1336, main.role, main.seed_cell, SEED_SEARCHES["L5N1336"]),
+            PlanEntry(Neuron(4, TOP_POSITIVE_L4[0]), "top_positive_l4[0]", "Looking at individual neurons",
+                      stand_in),
+            PlanEntry(Neuron(4, TOP_NEGATIVE_L4[0]), "top_negative_l4[0]", "Looking at individual neurons",
+                      stand_in),
+            PlanEntry(Neuron(5, TOP_NEGATIVE_L5[0]), "top_negative_l5[0]", "Negative L5",
+                      SEED_SEARCHES["top_negative_l5[1]"])]
+
+
+def search_pool(search: ExampleSearch, cap: int) -> int:
+    """Examples a search reads: the seed's pool for its cell, at most `cap` (the profile's
+    `neuron_examples`)."""
+    return min(search.pool, cap)
 
 
 def resolve_plan(plan: Sequence[PlanEntry], context: Neuron, n_layers: int,
@@ -388,7 +462,10 @@ def even_subsample(n: int, m: int) -> np.ndarray:
 
 def run_step(run, arts: dict) -> dict:
     """Step `neurons`: context shift, unembedding, top examples and heat maps of the seed's
-    individually studied neurons; the weird-token filter; the seed's prompts."""
+    individually studied neurons; the weird-token filter; the seed's prompts (seed sections
+    "Looking at individual neurons", "Direct unembed", "Positive L5", "Negative L5",
+    "L5N1336"; the example searches are the seed's `get_examples_by_neuron` cells In [50],
+    In [51], In [52], In [119], In [95] and In [111], see `SEED_SEARCHES`)."""
     import sys
 
     from ..core.errors import ReportError
@@ -403,7 +480,18 @@ def run_step(run, arts: dict) -> dict:
     neurons = [e.neuron for e in plan]
     # Positions >= crop_end never influence the kept ones (causal attention): cut them.
     shift_toks = {lang: run.tokens(lang, p.shift_examples) for lang in ("english", "german")}
-    ex_toks = run.tokens("german", p.neuron_examples)
+    # Example searches: per language, the largest pool any search of that language reads
+    # (a smaller pool's examples are its first ones: the same token lists, a prefix).
+    pools: dict[str, int] = {}
+    for e in plan:
+        for x in e.searches:
+            pools[x.language] = max(pools.get(x.language, 0), search_pool(x, p.neuron_examples))
+    ex_toks = {lang: run.tokens(lang, n) for lang, n in sorted(pools.items())}
+    pool_used: dict[tuple[str, int], int] = {}  # examples with a target in each search's pool
+    for e in plan:
+        for x in e.searches:
+            n = search_pool(x, p.neuron_examples)
+            pool_used[(x.language, n)] = run.tokens(x.language, n)[1]["used"]
     params = {"context_neuron": str(ctx), "active_value": active, "inactive_value": inactive,
               "plan": [e.as_dict() for e in plan], "skipped": skipped,
               "shift_examples_per_language": p.shift_examples, "crop": [p.crop_start, p.crop_end],
@@ -413,7 +501,8 @@ def run_step(run, arts: dict) -> dict:
               "max_shift_samples": MAX_SHIFT_SAMPLES,
               "prompt_sets": [[name, cell, list(texts)] for name, cell, texts in PROMPT_SETS],
               "position_prompts": [list(x) for x in POSITION_PROMPTS],
-              "tokens": {"shift": {k: v[1] for k, v in shift_toks.items()}, "examples": ex_toks[1]}}
+              "tokens": {"shift": {k: v[1] for k, v in shift_toks.items()},
+                         "examples": {k: v[1] for k, v in ex_toks.items()}}}
 
     def compute():
         def s(ids) -> list[str]:
@@ -461,7 +550,8 @@ def run_step(run, arts: dict) -> dict:
             b_v, b_i = top_k_excluding(vals, UNEMBED_TOP_K, weird["all"])
             i_v, i_i = top_k_excluding(vals, UNEMBED_TOP_K, weird["all"], largest=False)
             entries.append({
-                **e.as_dict(), "layer": n.layer, "index": n.index,
+                "neuron": str(n), "role": e.role, "seed_cell": e.seed_cell,
+                "layer": n.layer, "index": n.index,
                 "mean_activated": m_act, "mean_deactivated": m_deact, "shift": m_deact - m_act,
                 "unembed": {
                     "boosted": [{"id": int(i), "token": t, "value": float(v)}
@@ -470,25 +560,42 @@ def run_step(run, arts: dict) -> dict:
                                   for i, t, v in zip(i_i, s(i_i), i_v, strict=True)]},
             })
 
-        # 2. Top German examples by the log-prob-weighted loss difference.
-        shifts = [(e.neuron, ent["shift"]) for e, ent in zip(plan, entries, strict=True)]
-        per_tok = shift_loss_differences(run.fwd, run.batches(ex_toks[0]), ctx, active, shifts,
-                                         desc="loss differences", show_progress=run.show_progress)
-        scores = np.zeros((len(plan), len(ex_toks[0])), dtype=np.float64)
-        for j, (e, ent) in enumerate(zip(plan, entries, strict=True)):
+        # 2. Top examples by the log-prob-weighted loss difference, one search per seed
+        # `get_examples_by_neuron` cell: per language, one pass over the largest pool for
+        # every neuron searched in it; each search ranks the first examples of its own pool.
+        per_tok: dict[str, dict[str, list[dict]]] = {}
+        for lang, (toks_l, _) in ex_toks.items():
+            who = [(e.neuron, ent["shift"]) for e, ent in zip(plan, entries, strict=True)
+                   if any(x.language == lang for x in e.searches)]
+            out = shift_loss_differences(run.fwd, run.batches(toks_l), ctx, active, who,
+                                         desc=f"loss differences {lang}",
+                                         show_progress=run.show_progress)
+            per_tok[lang] = {str(n): pts for (n, _), pts in zip(who, out, strict=True)}
+        searches = [(j, x) for j, e in enumerate(plan) for x in e.searches]
+        width = max(len(t) for t, _ in ex_toks.values())
+        scores = np.full((len(searches), width), np.nan, dtype=np.float64)
+        for ent in entries:
+            ent["example_searches"] = []
+        for row, (j, x) in enumerate(searches):
+            ent = entries[j]
+            toks_l = ex_toks[x.language][0]
+            pool = search_pool(x, p.neuron_examples)
+            n_used = pool_used[(x.language, pool)]
+            pts = per_tok[x.language][ent["neuron"]][:n_used]
             where = []
-            for i, pt in enumerate(per_tok[j]):
-                scores[j, i], pos = weighted_max(pt, e.log_prob_weight)
+            for i, pt in enumerate(pts):
+                scores[row, i], pos = weighted_max(pt, x.log_prob_weight)
                 where.append(pos)
             top = []
-            for i in top_indices(scores[j], p.top_examples):
-                pt = per_tok[j][i]
-                top.append({"example": i, "score": float(scores[j, i]), "position": where[i],
-                            "token_ids": [int(t) for t in ex_toks[0][i][1:]],
-                            "tokens": s(ex_toks[0][i][1:]),
-                            **{k: [float(x) for x in v] for k, v in pt.items()}})
-            ent["examples"] = {"language": "german", "n_examples": len(ex_toks[0]),
-                               "log_prob_weight": e.log_prob_weight, "top": top}
+            for i in top_indices(scores[row, :n_used], p.top_examples):
+                pt = pts[i]
+                top.append({"example": i, "score": float(scores[row, i]), "position": where[i],
+                            "token_ids": [int(t) for t in toks_l[i][1:]],
+                            "tokens": s(toks_l[i][1:]),
+                            **{k: [float(v) for v in vals] for k, vals in pt.items()}})
+            ent["example_searches"].append({
+                **x.as_dict(), "pool": pool, "n_examples": n_used, "scores_row": row,
+                "top": top})
         arrays["example_scores"] = scores
         result["neurons"] = entries
 
