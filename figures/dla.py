@@ -68,19 +68,24 @@ def component_patching(original: float, rows: Sequence[Mapping], neuron: str):
     pct = [r["percent_increase"] for r in rows]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=110)
-    ax.bar(x, pct, color=[GERMAN if v >= 0 else GREY for v in pct])
+    from .plots import error_bars
+
+    err = error_bars(pct, [r.get("percent_increase_ci") for r in rows])
+    ax.bar(x, pct, yerr=err, capsize=2, color=[GERMAN if v >= 0 else GREY for v in pct])
     ax.axhline(0, color="black", lw=0.6)
     for xi, r in zip(x, rows, strict=True):
         ax.annotate(f"{r['patched']:.3f}", (xi, r["percent_increase"]), ha="center",
                     va="bottom" if r["percent_increase"] >= 0 else "top", fontsize=8,
                     xytext=(0, 2 if r["percent_increase"] >= 0 else -2), textcoords="offset points")
-    lo, hi = min(pct + [0.0]), max(pct + [0.0])
+    below, above = err if err is not None else (np.zeros(len(pct)), np.zeros(len(pct)))
+    lo = min([v - b for v, b in zip(pct, below, strict=True)] + [0.0])
+    hi = max([v + a for v, a in zip(pct, above, strict=True)] + [0.0])
     pad = (hi - lo) * 0.15 or 1e-6
     ax.set_ylim(lo - (pad if lo < 0 else 0), hi + pad)
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel("loss increase (%)")
     ax.set_title(f"Direct loss increase per component, {neuron} ablated\n"
-                 f"(original loss {original:.3f} nats; bar labels: patched loss)", fontsize=9)
+                 f"(original loss {original:.3f} nats; bar labels: patched loss; 95% intervals)", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -78,20 +78,33 @@ def activation_histogram(english: np.ndarray, german: np.ndarray, neuron: str, b
     return fig
 
 
+def error_bars(values, intervals) -> np.ndarray | None:
+    """Matplotlib's asymmetric `yerr` ([2, n] distances below and above each value) from
+    95% intervals `[[lo, hi], ...]`; None when any interval is missing."""
+    if any(c is None for c in intervals):
+        return None
+    v = np.asarray(values, dtype=float)
+    c = np.asarray(intervals, dtype=float)
+    return np.clip(np.stack([v - c[:, 0], c[:, 1] - v]), 0.0, None)
+
+
 def ablation_bar(rows: list[dict]):
-    """Loss increase (%) from mean-ablating each neuron, German and English side by side.
-    `rows`: [{"neuron", "german": {"percent_increase"}, "english": {...}}]."""
+    """Loss increase (%) from mean-ablating each neuron, German and English side by side,
+    with 95% paired-bootstrap intervals as error bars.
+    `rows`: [{"neuron", "german": {"percent_increase", "percent_increase_ci"}, "english": {...}}]."""
     names = [r["neuron"] for r in rows]
     x = np.arange(len(names))
     de = [r["german"]["percent_increase"] for r in rows]
     en = [r["english"]["percent_increase"] for r in rows]
+    de_err = error_bars(de, [r["german"].get("percent_increase_ci") for r in rows])
+    en_err = error_bars(en, [r["english"].get("percent_increase_ci") for r in rows])
     fig, ax = plt.subplots(figsize=(7.0, 3.6), dpi=110)
-    ax.bar(x - 0.2, de, 0.4, label="German", color="#DD8452")
-    ax.bar(x + 0.2, en, 0.4, label="English", color="#4C72B0")
+    ax.bar(x - 0.2, de, 0.4, yerr=de_err, capsize=2, label="German", color="#DD8452")
+    ax.bar(x + 0.2, en, 0.4, yerr=en_err, capsize=2, label="English", color="#4C72B0")
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel("loss increase (%)")
-    ax.set_title("Mean ablation: loss increase per neuron")
+    ax.set_title("Mean ablation: loss increase per neuron (bars: 95% interval)")
     ax.legend(frameon=False)
     fig.tight_layout()
     return fig

@@ -41,6 +41,7 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 RENDERERS = ("auto", "pandoc", "quarto")
 
 
+from analysis.core import stats  # noqa: E402
 from analysis.core.errors import ReportError as _BaseReportError  # noqa: E402
 
 
@@ -150,6 +151,19 @@ def fmt(value: Any, digits: int = 2, sign: bool = False) -> str:
     return text
 
 
+def ci(interval: Any, digits: int = 2, sign: bool = False) -> str:
+    """A 95% interval `[lo, hi]` as `[lo, hi]` text with ``digits`` decimals (``sign``: with
+    +/-), for prose beside its value: ``{{ x | fmt(2) }} {{ x_ci | ci(2) }}``.
+
+    Raises:
+        ReportError: the interval is missing (None) or not two numbers.
+    """
+    _check_value(interval, "ci")
+    if not isinstance(interval, (list, tuple)) or len(interval) != 2:
+        raise ReportError(f"ci: expected [low, high], got {interval!r}")
+    return f"[{fmt(interval[0], digits, sign)}, {fmt(interval[1], digits, sign)}]"
+
+
 def num(value: Any) -> str:
     """Format an integer count with thousands separators."""
     _check_value(value, "num")
@@ -250,7 +264,7 @@ def make_environment(templates_dir: Path | None = None) -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
-    env.filters.update(fmt=fmt, num=num, pyrepr=pyrepr)
+    env.filters.update(fmt=fmt, num=num, ci=ci, pyrepr=pyrepr)
     return env
 
 
@@ -347,6 +361,7 @@ def _template_variables(context: Mapping[str, Any]) -> dict[str, Any]:
         "data_files": data,
         "figures_for": figures_for,
         "unplaced_figures": _unplaced_figures(context),
+        "intervals": {"resamples": stats.BOOTSTRAP_RESAMPLES, "seed": stats.BOOTSTRAP_SEED},
     }
 
 

@@ -43,11 +43,21 @@ def extractor(fn):
     return fn
 
 
+def _interval(name: str, ci) -> Iterable[tuple[str, float]]:
+    """`name_ci_low`, `name_ci_high` of a 95% interval (nothing when there is none), so that
+    the regression check and `diff` see an interval move as well as its value."""
+    if ci is not None:
+        yield f"{name}_ci_low", float(ci[0])
+        yield f"{name}_ci_high", float(ci[1])
+
+
 def _probe_metrics(prefix: str, rows, section: str) -> Iterable[Metric]:
     for r in rows:
         for k in ("f1", "train_acc", "test_acc", "mean_english", "mean_german"):
             if k in r:
                 yield f"{prefix}.{r['neuron']}.{k}", float(r[k]), section
+            for name, v in _interval(f"{prefix}.{r['neuron']}.{k}", r.get(f"{k}_ci")):
+                yield name, v, section
 
 
 @extractor
@@ -75,10 +85,16 @@ def _ablation(arts):
     for lang in ("german", "english"):
         for k in ("original", "ablated", "percent_increase"):
             yield f"ablation.context.{lang}.{k}", r["context"][lang][k], sec
+        for name, v in _interval(f"ablation.context.{lang}.percent_increase",
+                                 r["context"][lang].get("percent_increase_ci")):
+            yield name, v, sec
     for row in r["single"]:
         for lang in ("german", "english"):
             for k in ("ablated", "percent_increase"):
                 yield f"ablation.{row['neuron']}.{lang}.{k}", row[lang][k], sec
+            for name, v in _interval(f"ablation.{row['neuron']}.{lang}.percent_increase",
+                                     row[lang].get("percent_increase_ci")):
+                yield name, v, sec
     for variant, v in (r.get("all_except_context") or {}).items():
         for lang in ("german", "english"):
             for k in ("ablated", "percent_increase"):
@@ -120,8 +136,9 @@ FIXTURE_PERCENT_ABS_TOL = 1e-3
 def fixture_tolerance(name: str, value: float) -> float:
     """1e-4 relative + 1e-6 absolute; a `percent_increase` is a difference of two nearly
     equal losses (on a random model, 1e-4 % or less), so its float noise is relative to the
-    loss, not to itself: it gets 1e-3 percentage points (1e-5 of the loss) absolute."""
-    extra = FIXTURE_PERCENT_ABS_TOL if name.endswith("percent_increase") else FIXTURE_ABS_TOL
+    loss, not to itself: it and its interval bounds get 1e-3 percentage points (1e-5 of the
+    loss) absolute."""
+    extra = FIXTURE_PERCENT_ABS_TOL if ".percent_increase" in name else FIXTURE_ABS_TOL
     return FIXTURE_REL_TOL * abs(value) + extra
 
 
