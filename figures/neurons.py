@@ -1,6 +1,6 @@
 """Plots and token heat maps for the downstream-neuron analyses (`analysis.families.downstream`,
-`analysis.families.neurons`). Pure: data in, Figure (or HTML/Typst text) out; `figures.plots.save`
-writes the figures.
+`analysis.families.neurons`). Pure: data in, `Chart` (or HTML/Typst text) out;
+`figures.plots.save` writes the figures.
 
 Heat maps follow the seed's `haystack_utils.print_strings_as_html`: one coloured box per
 token, red for a positive value and blue for a negative one, the colour saturating at
@@ -20,7 +20,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .plots import plt, token_label  # pyplot with the Agg backend and the fixed metadata
+from . import interactive as ia
+from .plots import (  # pyplot with the Agg backend and the fixed metadata
+    Chart,
+    Table,
+    check_spec,
+    histogram_chart,
+    histogram_table,
+    plt,
+    token_label,
+    token_table,
+)
 
 GERMAN = "#DD8452"
 ENGLISH = "#4C72B0"
@@ -36,62 +46,78 @@ def _short(label: str, n: int = 16) -> str:
 # ------------------------------------------------------------------ figures
 
 
-def downstream_bar(top: Sequence[dict], layer: int, context: str):
+def downstream_bar(top: Sequence[dict], layer: int, context: str) -> Chart:
     """Mean active-minus-inactive `hook_pre` difference with one-std error bars for the
     top neurons by `|mean| - std` (seed `barplot(activation_differences.mean(0)[...],
     activation_differences.std(0)[...])`). `top`: [{"neuron", "mean", "std"}]."""
+    table = Table({"rank": list(range(1, len(top) + 1)),
+                   "neuron": [f"L{layer}N{r['neuron']}" for r in top],
+                   "mean": [float(r["mean"]) for r in top], "std": [float(r["std"]) for r in top],
+                   "score": [float(r.get("score", abs(r["mean"]) - r["std"])) for r in top]})
     x = np.arange(len(top))
-    means = np.array([r["mean"] for r in top], dtype=float)
-    stds = np.array([r["std"] for r in top], dtype=float)
+    means = np.array(table["mean"], dtype=float)
+    stds = np.array(table["std"], dtype=float)
+    colors = [GERMAN if m > 0 else ENGLISH for m in means]
     fig, ax = plt.subplots(figsize=(12.0, 3.8), dpi=110)
-    ax.bar(x, means, yerr=stds, color=[GERMAN if m > 0 else ENGLISH for m in means], width=0.8,
+    ax.bar(x, means, yerr=stds, color=colors, width=0.8,
            error_kw={"elinewidth": 0.6, "capsize": 1.2, "ecolor": "#333333"})
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xticks(x, [str(r["neuron"]) for r in top], rotation=90, fontsize=5.5)
     ax.set_xlim(-0.8, len(top) - 0.2)
     ax.set_xlabel(f"MLP {layer} neuron (best |mean| − std first)")
     ax.set_ylabel("active − inactive hook_pre")
-    ax.set_title(f"MLP {layer} activation difference with {context} active vs inactive")
+    title = f"MLP {layer} activation difference with {context} active vs inactive"
+    ax.set_title(title)
     fig.tight_layout()
-    return fig
+    trace = ia.bar_trace(table["rank"], table["mean"], "mean difference", colors,
+                         "rank %{x}: <b>%{customdata[0]}</b><br>mean %{y:+.4f}, std "
+                         "%{customdata[1]:.4f}<br>score (|mean| − std) %{customdata[2]:+.4f}",
+                         customdata=[[n, s, sc] for n, s, sc in zip(
+                             table["neuron"], ia.num(table["std"]), ia.num(table["score"]), strict=True)],
+                         error=(table["std"], table["std"]), showlegend=False)
+    lay = ia.layout(ia.plot_text(title) + " (drag to zoom)", height=400,
+                    xaxis=ia.axis(f"MLP {layer} neuron (best |mean| − std first)", tickmode="array",
+                                  tickvals=table["rank"], ticktext=[str(r["neuron"]) for r in top],
+                                  tickangle=-90, tickfont={"size": 8}),
+                    yaxis=ia.axis("active − inactive hook_pre"))
+    return Chart(table, fig, check_spec(ia.spec([trace], lay)), "figures.neurons.downstream_bar")
 
 
 def shift_histogram(deactivated: np.ndarray, activated: np.ndarray, neuron: str, shift: float,
-                    bins: int = 60):
+                    bins: int = 60) -> Chart:
     """Histograms (percent) of a neuron's `hook_pre` with the context neuron deactivated
     and activated (seed `two_histogram` in `get_mlp_context_shift`)."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
-    lo = float(min(deactivated.min(), activated.min()))
-    hi = float(max(deactivated.max(), activated.max()))
-    edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, bins + 1)
-    for data, label, color in ((deactivated, "Deactivated context neuron", ENGLISH),
-                               (activated, "Activated context neuron", GERMAN)):
-        wts = np.full(len(data), 100.0 / max(len(data), 1))
-        ax.hist(data, bins=edges, weights=wts, alpha=0.6, color=color,
-                label=f"{label} (n={len(data):,})")
-    ax.set_xlabel(f"{neuron} pre-activation (hook_pre)")
-    ax.set_ylabel("% of activations")
-    ax.set_title(f"Pre-GELU {neuron} activations (shift = {shift:.4f})")
-    ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    return fig
+    table = histogram_table({"Deactivated context neuron": deactivated,
+                             "Activated context neuron": activated}, bins)
+    return histogram_chart(table, f"{neuron} pre-activation (hook_pre)",
+                           f"Pre-GELU {neuron} activations (shift = {shift:.4f})",
+                           "figures.neurons.shift_histogram",
+                           colors={"Deactivated context neuron": ENGLISH,
+                                   "Activated context neuron": GERMAN})
 
 
-def unembed_tokens(boosted: Sequence[dict], inhibited: Sequence[dict], neuron: str):
+def unembed_tokens(boosted: Sequence[dict], inhibited: Sequence[dict], neuron: str) -> Chart:
     """The most boosted and most inhibited tokens of a neuron's direct unembedding (seed
-    `get_neuron_unembed(..., plot=True)`). Rows: [{"token", "value"}]."""
+    `get_neuron_unembed(..., plot=True)`). Rows: [{"token", "id", "value"}]."""
+    table = Table.concat([token_table(boosted, list="boosted"), token_table(inhibited, list="inhibited")])
     fig, axes = plt.subplots(2, 1, figsize=(12.0, 7.6), dpi=110)
-    for ax, rows, title, color in ((axes[0], boosted, "Boosted", GERMAN),
-                                   (axes[1], inhibited, "Inhibited", ENGLISH)):
-        x = np.arange(len(rows))
-        ax.plot(x, [r["value"] for r in rows], marker="o", ms=2.5, lw=1.0, color=color)
-        ax.set_xticks(x, [_short(token_label(r["token"])) for r in rows], rotation=90, fontsize=6.5)
-        ax.set_xlim(-0.6, max(len(rows) - 0.4, 0.6))
+    for ax, key, title, color in ((axes[0], "boosted", "Boosted", GERMAN),
+                                  (axes[1], "inhibited", "Inhibited", ENGLISH)):
+        t = table.where(list=key)
+        x = np.arange(len(t))
+        ax.plot(x, t["value"], marker="o", ms=2.5, lw=1.0, color=color)
+        ax.set_xticks(x, [_short(token_label(tok)) for tok in t["token"]], rotation=90, fontsize=6.5)
+        ax.set_xlim(-0.6, max(len(t) - 0.4, 0.6))
         ax.set_ylabel("logit difference")
         ax.set_title(f"{title} tokens from active {neuron}", fontsize=10)
         ax.grid(axis="y", lw=0.3)
     fig.tight_layout()
-    return fig
+    panels = [(f"{title} tokens from active {neuron}", table.where(list=key), color)
+              for key, title, color in (("boosted", "Boosted", GERMAN), ("inhibited", "Inhibited", ENGLISH))
+              if len(table.where(list=key))]
+    spec = ia.token_bars(panels, ia.plot_text(f"Direct unembedding of {neuron} (drag to zoom)"),
+                         "logit difference", mode="line")
+    return Chart(table, fig, check_spec(spec), "figures.neurons.unembed_tokens")
 
 
 # ------------------------------------------------------------------ heat maps
@@ -128,17 +154,20 @@ def _titles(values, original, ablated) -> list[str]:
 
 def heatmap_html(tokens: Sequence[str], values: Sequence[float], max_value: float,
                  original: Sequence[float] | None = None, ablated: Sequence[float] | None = None,
-                 label: str | None = None) -> str:
-    """A `<div class="heatmap">` of coloured `<span>`s with the values in `title`; every
-    token and title is HTML-escaped."""
+                 label: str | None = None, titles: Sequence[str] | None = None) -> str:
+    """A `<div class="heatmap">` of coloured `<span>`s with the values in `title` (or the
+    given `titles`, one per token); every token and title is HTML-escaped."""
     if len(tokens) != len(values):
         raise ValueError(f"{len(tokens)} tokens but {len(values)} values")
+    if titles is not None and len(titles) != len(tokens):
+        raise ValueError(f"{len(tokens)} tokens but {len(titles)} titles")
     parts = ['<div class="heatmap" style="line-height: 2.1; margin: 0.5em 0;">']
     if label:
         parts.append(f'<div class="heatmap-label" style="font-size: 0.85em; font-style: italic;">'
                      f"{html.escape(label)}</div>")
     spans = []
-    for tok, v, title in zip(tokens, values, _titles(values, original, ablated), strict=True):
+    for tok, v, title in zip(tokens, values, titles if titles is not None
+                             else _titles(values, original, ablated), strict=True):
         rgb = token_rgb(v, max_value)
         spans.append(f'<span style="background-color: rgb({rgb[0]}, {rgb[1]}, {rgb[2]}); '
                      f'color: {text_color(rgb)}; padding: 2px;" title="{html.escape(title, quote=True)}">'
@@ -189,11 +218,12 @@ def heatmap_typst(tokens: Sequence[str], values: Sequence[float], max_value: flo
 
 def heatmap_bundle(tokens: Sequence[str], values: Sequence[float], max_value: float,
                    original: Sequence[float] | None = None, ablated: Sequence[float] | None = None,
-                   label: str | None = None, annotate: bool = False) -> dict[str, str]:
+                   label: str | None = None, annotate: bool = False,
+                   titles: Sequence[str] | None = None) -> dict[str, str]:
     """A notebook display bundle: `text/html` (interactive, for the HTML report) and a
     raw Typst block as `text/markdown` (kept by the PDF conversion)."""
     typ = heatmap_typst(tokens, values, max_value, label=label, annotate=annotate)
-    return {"text/html": heatmap_html(tokens, values, max_value, original, ablated, label),
+    return {"text/html": heatmap_html(tokens, values, max_value, original, ablated, label, titles),
             "text/markdown": "```{=typst}\n" + typ + "\n```",
             "text/plain": f"[heat map: {label or ''} ({len(tokens)} tokens)]"}
 
@@ -229,3 +259,24 @@ def show_token_list(rows: Sequence[dict], title: str, value: str = "value",
         display(Markdown(f"*{title}: no token is left after the exclusions.*"))
         return
     display(token_list_bundle(rows, title, value, max_value), raw=True)
+
+
+def activation_titles(tokens: Sequence[str], token_ids: Sequence[int], activations: Sequence[float],
+                      start: int, top: int | None = None) -> list[str]:
+    """Hover text of an activation heat map: each token, its id, its position and the
+    neuron's activation there (`start`: position of the first token; `top`: the position of
+    the top activation, marked)."""
+    return [f"token {t!r} (id {i}), position {start + k}: activation {a:.4f}"
+            + (" (top)" if top is not None and start + k == top else "")
+            for k, (t, i, a) in enumerate(zip(tokens, token_ids, activations, strict=True))]
+
+
+def show_activations(example: dict, max_value: float, label: str) -> None:
+    """Display a card's top-activating example (`cards` artifact `top_examples` entry) as a
+    heat map of the neuron's activation on every token, hover: token, id, activation."""
+    from IPython.display import display
+
+    titles = activation_titles(example["tokens"], example["token_ids"], example["activations"],
+                               example["start"], example["position"])
+    display(heatmap_bundle(example["tokens"], example["activations"], max_value, label=label,
+                           titles=titles), raw=True)

@@ -109,6 +109,7 @@ SECTIONS: tuple[Section, ...] = (
             when=lambda c: any(e["neuron"] == "L5N1336"
                                for e in c["artifacts"]["neurons"]["result"]["neurons"])),
     Section("Training dynamics", "70_dynamics.md.j2", ("dynamics",), ("dynamics",)),
+    Section("Neuron cards", "75_cards.md.j2", ("cards",), ("cards",)),
     Section("Other figures", "80_other_figures.md.j2", when=lambda c: bool(_unplaced_figures(c))),
     Section("Provenance", "90_provenance.md.j2"),
     Section("Regression check", "95_regression.md.j2", when=lambda c: c.get("regression") is not None),
@@ -116,7 +117,8 @@ SECTIONS: tuple[Section, ...] = (
 
 # Steps in the order their provenance is summarised (others follow alphabetically).
 STEP_ORDER = ("discovery", "activations", "probes", "ablation", "backup", "dynamics", "dla", "l3_tokens", "unigrams", "probes_ablated",
-              "probes_english_neurons", "probes_french_neurons", "correlations", "downstream", "neurons")
+              "probes_english_neurons", "probes_french_neurons", "correlations", "downstream", "neurons",
+              "cards")
 
 _CELL_MARKER = re.compile(r"^%%% (markdown|code)[ \t]*$", re.MULTILINE)
 
@@ -362,6 +364,8 @@ def _template_variables(context: Mapping[str, Any]) -> dict[str, Any]:
         "figures_for": figures_for,
         "unplaced_figures": _unplaced_figures(context),
         "intervals": {"resamples": stats.BOOTSTRAP_RESAMPLES, "seed": stats.BOOTSTRAP_SEED},
+        "cards": [c["neuron"] for c in artifacts["cards"]["result"]["cards"]]
+        if "cards" in artifacts else [],
     }
 
 
@@ -464,7 +468,9 @@ def _pandoc_common(nb_path: Path, meta: Path, templates_dir: Path) -> list[str]:
     return [
         pypandoc.get_pandoc_path(),
         str(nb_path),
-        "--from=ipynb+table_captions",
+        # header_attributes: `## L3N669 {#card-L3N669}` (the cards' link targets);
+        # raw_attribute: a raw Typst page break before each card (dropped in the HTML)
+        "--from=ipynb+table_captions+header_attributes+raw_attribute",
         "--standalone",
         "--toc",
         "--toc-depth=2",
@@ -475,11 +481,30 @@ def _pandoc_common(nb_path: Path, meta: Path, templates_dir: Path) -> list[str]:
     ]
 
 
+def plotly_header(path: Path, templates_dir: Path) -> Path:
+    """Write the HTML header that makes the report's figures interactive, offline: plotly.js
+    (from the installed `plotly` package, inline, once per page) and
+    `pandoc/figures.js`, which draws every `<script class="plotly-spec">` into its div.
+    Nothing is loaded from the network."""
+    from plotly.offline import get_plotlyjs
+
+    js = get_plotlyjs()
+    boot = (templates_dir / "pandoc" / "figures.js").read_text(encoding="utf-8")
+    for name, text in (("plotly.js", js), ("figures.js", boot)):
+        if "</script" in text.lower():
+            raise ReportError(f"{name} contains '</script'; it cannot be inlined")
+    path.write_text(f'<script type="text/javascript">{js}</script>\n'
+                    f'<script type="text/javascript">{boot}</script>\n', encoding="utf-8")
+    return path
+
+
 def _render_html_pandoc(nb_path: Path, meta: Path, templates_dir: Path, out: Path) -> None:
+    header = plotly_header(nb_path.parent / "plotly-header.html", templates_dir)
     cmd = _pandoc_common(nb_path, meta, templates_dir) + [
         "--to=html5",
         "--embed-resources",
         f"--css={templates_dir / 'pandoc' / 'report.css'}",
+        f"--include-in-header={header}",
         f"--output={out}",
     ]
     _run(cmd, nb_path.parent, "pandoc (html)")
@@ -540,6 +565,8 @@ def _render_quarto(nb_path: Path, meta: Path, templates_dir: Path, html: Path, p
             "embed-resources:true",
             "-M",
             f"css:{templates_dir / 'pandoc' / 'report.css'}",
+            "-M",
+            f"include-in-header:{plotly_header(nb_path.parent / 'plotly-header.html', templates_dir)}",
             "--output",
             html.name,
         ],

@@ -1,32 +1,34 @@
 """The built report as a reader sees it: report.html in headless Chromium, report.pdf as
 rendered pages.
 
-Chromium (Debian package `chromium`) is driven over the Chrome DevTools Protocol through
-`--remote-debugging-pipe`: commands are NUL-terminated JSON written to the browser's fd 3,
-replies and events are read from its fd 4 (here the stdin/stdout pipes of a `bash -c exec`
-that moves them there). No port, no websocket library, no downloaded browser. The PDF is
-rasterised with `pdftoppm` (Debian package `poppler-utils`) and each page checked for ink
-with Pillow. Both tools are installed by `.ci/run`; without them these tests are skipped,
-except under CI (`CI` set), where they fail.
+Chromium (Debian package `chromium`) is driven with Playwright (PyPI `playwright`, a test
+dependency) through `executable_path`: no browser is downloaded. Every request the page
+makes is recorded and any that does not stay on `file://` (or `data:`/`about:`) is aborted
+and reported, as if the network were unplugged. The PDF is rasterised with `pdftoppm` and
+its images listed with `pdfimages` (Debian package `poppler-utils`), each page checked for
+ink with Pillow. Both tools are installed by `.ci/run`; without them these tests are
+skipped, except under CI (`CI` set), where they fail.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import select
+import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PDFTOPPM = shutil.which("pdftoppm")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--remote-debugging-pipe"]
+PDFIMAGES = shutil.which("pdfimages")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-sync",
+        "--disable-dev-shm-usage"]
+LOCAL = ("file:", "data:", "about:", "blob:")
+MAX_HTML_BYTES = 10 * 2**20  # the quick profile's report.html stays under 10 MB
 
 
 def _need(tool: str | None, name: str) -> str:
@@ -37,152 +39,236 @@ def _need(tool: str | None, name: str) -> str:
     return tool
 
 
-class Browser:
-    """A headless Chromium with a CDP session over its debugging pipe."""
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Debian Chromium driven by Playwright (no downloaded browser)."""
+    exe = _need(CHROMIUM, "chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=exe, args=ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
 
-    def __init__(self, user_data_dir: Path, timeout: float = 60.0):
-        exe = _need(CHROMIUM, "chromium")
-        # fd 3 <- our stdin pipe (commands), fd 4 -> our stdout pipe (replies)
-        self.proc = subprocess.Popen(
-            ["bash", "-c", 'exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>/dev/null', exe, *FLAGS,
-             f"--user-data-dir={user_data_dir}", "about:blank"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        self.timeout = timeout
-        self.events: list[dict] = []
-        self._buf = b""
-        self._id = 0
 
-    def _read_message(self, deadline: float) -> dict:
-        fd = self.proc.stdout.fileno()
-        while b"\0" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no reply from chromium")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    raise RuntimeError(f"chromium closed the pipe (exit {self.proc.poll()})")
-                self._buf += chunk
-        msg, self._buf = self._buf.split(b"\0", 1)
-        return json.loads(msg)
+class Page:
+    """One page loaded offline: every request outside `file://` is aborted and recorded in
+    `remote`; console errors, page errors and failed loads go to `errors`."""
 
-    def call(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
-        self._id += 1
-        msg = {"id": self._id, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = session
-        self.proc.stdin.write(json.dumps(msg).encode() + b"\0")
-        self.proc.stdin.flush()
-        deadline = time.monotonic() + self.timeout
-        while True:
-            reply = self._read_message(deadline)
-            if reply.get("id") == self._id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply.get("result", {})
-            self.events.append(reply)
+    def __init__(self, browser, path: Path, width: int = 1280):
+        self.context = browser.new_context(viewport={"width": width, "height": 900},
+                                           service_workers="block")
+        self.page = self.context.new_page()
+        self.remote: list[str] = []
+        self.errors: list[str] = []
+        self.page.route("**/*", self._route)
+        self.page.on("console", lambda m: self.errors.append(f"console: {m.text}")
+                     if m.type in ("error", "assert") else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"exception: {e}"))
+        self.page.on("requestfailed", lambda r: self.errors.append(
+            f"failed: {r.url[:120]} {r.failure}"))
+        self.page.goto(path.resolve().as_uri(), wait_until="load", timeout=120_000)
 
-    def wait_event(self, method: str, session: str) -> dict:
-        deadline = time.monotonic() + self.timeout
-        for ev in self.events:
-            if ev.get("method") == method and ev.get("sessionId") == session:
-                return ev
-        while True:
-            ev = self._read_message(deadline)
-            self.events.append(ev)
-            if ev.get("method") == method and ev.get("sessionId") == session:
-                return ev
+    def _route(self, route):
+        url = route.request.url
+        if url.startswith(LOCAL):
+            route.continue_()
+        else:
+            self.remote.append(url)
+            route.abort("internetdisconnected")
 
     def close(self) -> None:
-        try:
-            self.call("Browser.close")
-        except Exception:
-            pass
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.context.close()
 
 
 PAGE_CHECKS = """
-(async () => {
+async () => {
   const imgs = Array.from(document.images);
   await Promise.all(imgs.map(i => i.complete ? null :
                              new Promise(r => { i.onload = r; i.onerror = r; })));
+  const figs = Array.from(document.querySelectorAll('.plotly-figure')).map(el => ({
+    id: el.id,
+    drawn: el.getAttribute('data-drawn') === '1' && el.classList.contains('js-plotly-plot'),
+    svgs: el.querySelectorAll('svg.main-svg').length,
+    traces: el.querySelectorAll('g.trace').length,
+    marks: el.querySelectorAll('g.trace path, g.trace .point').length,
+    width: el.getBoundingClientRect().width,
+  }));
   return {
     images: imgs.map(i => ({src: i.src.slice(0, 48), width: i.naturalWidth, complete: i.complete})),
+    figures: figs,
     h1: Array.from(document.querySelectorAll('h1')).map(h => h.textContent.trim()),
+    ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id),
+    links: Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href')),
+    table_links: Array.from(document.querySelectorAll('td a[href^="#card-"]')).map(a => a.getAttribute('href')),
     heatmaps: document.querySelectorAll('.heatmap').length,
     heatmap_tokens: document.querySelectorAll('.heatmap span[title]').length,
+    scripts: Array.from(document.scripts).map(s => s.src).filter(s => s),
+    plotly_js: document.querySelectorAll('script:not([src])').length,
+    plotly_version: window.Plotly ? window.Plotly.version : null,
     title: document.title,
   };
-})()
+}
 """
 
 
-def inspect_page(path: Path, user_data_dir: Path) -> tuple[dict, list[str]]:
-    """Load `path` in headless Chromium; return the page checks and every console error,
-    uncaught exception and error log entry (failed loads included)."""
-    b = Browser(user_data_dir)
+def inspect_page(browser, path: Path) -> tuple[dict, list[str], list[str]]:
+    """Load `path` offline; return the page checks, the errors and the remote requests."""
+    page = Page(browser, path)
     try:
-        target = b.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        sid = b.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Runtime", "Log", "Page"):
-            b.call(f"{domain}.enable", session=sid)
-        b.call("Page.navigate", {"url": path.resolve().as_uri()}, session=sid)
-        b.wait_event("Page.loadEventFired", sid)
-        res = b.call("Runtime.evaluate", {"expression": PAGE_CHECKS, "returnByValue": True,
-                                          "awaitPromise": True}, session=sid)
-        if "exceptionDetails" in res:
-            raise RuntimeError(f"page check script failed: {res['exceptionDetails']}")
-        checks = res["result"]["value"]
+        checks = page.page.evaluate(PAGE_CHECKS)
     finally:
-        b.close()
-    errors = []
-    for ev in b.events:
-        p = ev.get("params", {})
-        if ev.get("method") == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-            errors.append("console: " + " ".join(str(a.get("value", a.get("description")))
-                                                 for a in p.get("args", [])))
-        elif ev.get("method") == "Runtime.exceptionThrown":
-            errors.append("exception: " + json.dumps(p.get("exceptionDetails", {}))[:300])
-        elif ev.get("method") == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
-            errors.append("log: " + p["entry"].get("text", ""))
-    return checks, errors
+        page.close()
+    return checks, page.errors, page.remote
 
 
-def test_harness_detects_broken_images_and_console_errors(tmp_path):
+def test_harness_detects_broken_images_console_errors_and_remote_requests(browser, tmp_path):
     page = tmp_path / "bad.html"
     page.write_text('<html><body><h1>A</h1><img src="data:image/png;base64,AAAA">'
                     '<img src="missing.png"><div class="heatmap"><span title="t">x</span></div>'
+                    '<img src="https://cdn.example.org/x.png">'
                     '<script>console.error("boom")</script></body></html>', encoding="utf-8")
-    checks, errors = inspect_page(page, tmp_path / "profile")
-    assert [i["width"] for i in checks["images"]] == [0, 0]
+    checks, errors, remote = inspect_page(browser, page)
+    assert [i["width"] for i in checks["images"]] == [0, 0, 0]
     assert checks["h1"] == ["A"] and checks["heatmaps"] == 1
     assert any("boom" in e for e in errors), errors
-    assert any("missing.png" in e or "ERR_FILE_NOT_FOUND" in e for e in errors), errors
+    assert any("missing.png" in e for e in errors), errors
+    assert remote == ["https://cdn.example.org/x.png"]
 
 
-def test_report_html_in_chromium(tiny_report, tmp_path):
+def _visible_token(token: str) -> str:
+    """A token as `figures.interactive.plot_token` shows it, unescaped (the tooltip's text)."""
+    import html
+
+    from figures.interactive import plot_token
+
+    return html.unescape(plot_token(token))
+
+
+def test_report_html_in_chromium(tiny_report, browser):
     from report.build import SECTIONS
 
     res, _, _ = tiny_report
-    checks, errors = inspect_page(res["out"] / "report.html", tmp_path / "profile")
+    html_path = res["out"] / "report.html"
+    assert html_path.stat().st_size < MAX_HTML_BYTES, html_path.stat().st_size
+    checks, errors, remote = inspect_page(browser, html_path)
     assert not errors, errors
-    assert len(checks["images"]) >= len({f["png"] for f in res["figures"]}) > 0
+    assert not remote, f"requests left file://: {remote[:5]}"
+    assert not checks["scripts"], checks["scripts"]  # plotly.js is inline, nothing is fetched
+    assert checks["plotly_version"]
     bad = [i for i in checks["images"] if not (i["complete"] and i["width"] > 0)]
     assert not bad, bad
+    # every figure is an interactive plotly figure, drawn, with marks in its SVG
+    figs = {f["id"]: f for f in checks["figures"]}
+    for rec in res["figures"]:
+        f = figs.get(f"plot-{rec['name']}")
+        assert f is not None, f"figure {rec['name']} is not in the page"
+        assert f["drawn"] and f["svgs"] >= 1 and f["traces"] >= 1 and f["marks"] >= 1, f
+        assert f["width"] > 300, f
+    assert len(figs) == len(res["figures"])
+    html = html_path.read_text(encoding="utf-8")
+    assert html.count("plotly.js v") == 1  # plotly.js embedded once, not once per figure
     expected = [s.heading for s in SECTIONS if s.included(res["context"])]
     assert "Downstream neurons by activation difference" in expected and "L5N1336" in expected
+    assert "Neuron cards" in expected
     for heading in expected:
         assert heading in checks["h1"], (heading, checks["h1"])
+    assert expected.index("Summary") == 0 and expected[-2:] == ["Provenance", "Regression check"]
     nr = res["artifacts"]["neurons"]["result"]
     n_maps = (sum(len(x["top"]) for e in nr["neurons"] for x in e["example_searches"])
               + sum(len(s["prompts"]) for s in nr["prompt_sets"]))
+    cards = res["artifacts"]["cards"]["result"]["cards"]
+    n_maps += sum(len(c["top_examples"]) for c in cards)
     assert n_maps > 0 and checks["heatmaps"] >= n_maps
     assert checks["heatmap_tokens"] > 10 * n_maps
+
+
+def test_hovering_a_top_token_bar_shows_the_token(tiny_report, browser):
+    """Hover the first bar of the "tokens raised via resid_post" chart: plotly's tooltip
+    holds that token's string, its id and its value."""
+    res, _, _ = tiny_report
+    name = "l3_top_tokens_resid_post"
+    row = res["artifacts"]["l3_tokens"]["result"]["resid_post"]["boosted"][0]
+    page = Page(browser, res["out"] / "report.html")
+    try:
+        p = page.page
+        plot = p.locator(f"#plot-{name}")
+        plot.scroll_into_view_if_needed()
+        bar = plot.locator("g.trace.bars g.point path").first
+        box = bar.bounding_box()
+        assert box and box["height"] > 0, box
+        p.mouse.move(box["x"] + box["width"] / 2, box["y"] + max(box["height"] / 2, 1))
+        p.wait_for_selector(f"#plot-{name} .hoverlayer .hovertext", timeout=10_000)
+        text = plot.locator(".hoverlayer .hovertext").first.text_content()
+    finally:
+        page.close()
+    assert not page.errors, page.errors
+    assert _visible_token(row["token"]) in text, (row["token"], text)
+    assert f"token id {row['token_id']}" in text and "rank 1" in text, text
+    shown = re.search(r"\(active . inactive\)\s*([−-]?[\d.]+(?:e[−-]?\d+)?)", text)
+    assert shown, text  # d3 prints the minus as U+2212
+    assert float(shown.group(1).replace("−", "-")) == pytest.approx(row["value"], rel=1e-4), text
+
+
+def test_cards_exist_and_every_link_resolves(tiny_report, browser):
+    """A card (`#card-<neuron>`, with its density figure and its top activating examples)
+    for the context neuron, each seed German neuron, each downstream neuron studied
+    individually and the top discovered neurons; table rows naming a carded neuron link to
+    its card; every link of the page is an anchor of the page or a file beside it."""
+    from analysis.families.cards import card_neurons
+
+    res, _, cfg = tiny_report
+    arts = res["artifacts"]
+    out = res["out"]
+    want = card_neurons(str(cfg.neuron), arts["probes"]["result"]["neurons"],
+                        arts["neurons"]["result"], arts["downstream"]["result"],
+                        arts["discovery"]["result"])
+    cards = arts["cards"]["result"]["cards"]
+    assert [c["neuron"] for c in cards] == [c["neuron"] for c in want]
+    kinds = {c["kind"] for c in cards}
+    assert {"context", "german", "downstream", "discovered"} <= kinds, kinds
+    checks, errors, remote = inspect_page(browser, out / "report.html")
+    assert not errors and not remote
+    ids = set(checks["ids"])
+    for c in cards:
+        n = c["neuron"]
+        assert f"card-{n}" in ids, n
+        assert f"plot-card_density_{n}" in ids, n
+    # the context card links to each downstream card and back
+    ctx = cards[0]
+    downstream = [c for c in cards if c["reads_context"]]
+    assert downstream and ctx["links"] == [c["neuron"] for c in downstream]
+    assert all(c["links"] == [ctx["neuron"]] for c in downstream)
+    linked = {h[len("#card-"):] for h in checks["table_links"]}
+    assert {c["neuron"] for c in cards if c["kind"] in ("context", "german")} <= linked
+    bad = []
+    for href in checks["links"]:
+        if href.startswith("#"):
+            if unquote(href[1:]) not in ids:
+                bad.append(href)
+            continue
+        u = urlparse(href)
+        if u.scheme in ("data", "mailto"):
+            continue
+        if u.scheme or u.netloc:
+            bad.append(href)  # nothing may point off the output folder
+            continue
+        if not (out / unquote(u.path)).is_file():
+            bad.append(href)
+    assert not bad, f"links that resolve to nothing: {bad[:10]}"
+    assert sum(h.startswith("figures/") and h.endswith(".csv") for h in checks["links"]) == len(res["figures"])
+
+
+def test_report_opens_offline_in_a_copy_elsewhere(tiny_report, browser, tmp_path):
+    """report.html alone (copied away from its output folder) still draws every figure:
+    plotly.js and the figure data are inside the file."""
+    res, _, _ = tiny_report
+    copy = tmp_path / "report.html"
+    shutil.copy(res["out"] / "report.html", copy)
+    checks, errors, remote = inspect_page(browser, copy)
+    assert not errors and not remote, (errors, remote)
+    assert checks["figures"] and all(f["drawn"] and f["marks"] for f in checks["figures"])
 
 
 def blank_pages(pdf: Path, out: Path, dpi: int = 40, min_ink: int = 150) -> tuple[int, list[int]]:
@@ -206,6 +292,19 @@ def blank_pages(pdf: Path, out: Path, dpi: int = 40, min_ink: int = 150) -> tupl
     return len(pages), blank
 
 
+def pdf_images(pdf: Path) -> list[dict]:
+    """The images of a PDF as `pdfimages -list` lists them (soft masks excluded)."""
+    exe = _need(PDFIMAGES, "pdfimages (poppler-utils)")
+    lines = subprocess.run([exe, "-list", str(pdf)], check=True, capture_output=True, text=True,
+                           timeout=300).stdout.splitlines()
+    rows = []
+    for line in lines[2:]:
+        f = line.split()
+        if len(f) > 4 and f[2] == "image":
+            rows.append({"page": int(f[0]), "width": int(f[3]), "height": int(f[4])})
+    return rows
+
+
 def test_blank_page_check_can_fail(tmp_path):
     import typst
 
@@ -218,8 +317,19 @@ def test_blank_page_check_can_fail(tmp_path):
     assert n == 3 and blank == [2]
 
 
-def test_report_pdf_has_no_blank_page(tiny_report, tmp_path):
+def test_report_pdf_has_every_figure_and_no_blank_page(tiny_report, tmp_path):
+    """Every figure output of the executed notebook is an image in the PDF (the static
+    rendering), and no page is blank."""
+    import nbformat
+
     res, _, _ = tiny_report
+    nb = nbformat.read(str(res["out"] / "report.ipynb"), as_version=4)
+    figures = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+               if "image/png" in o.get("data", {})]
+    names = {re.sub(r"^\[figure (.*)\]$", r"\1", o["data"].get("text/plain", "")) for o in figures}
+    assert names >= {f["name"] for f in res["figures"]}
+    images = pdf_images(res["out"] / "report.pdf")
+    assert len(images) == len(figures), (len(images), len(figures))
     n, blank = blank_pages(res["out"] / "report.pdf", tmp_path / "png")
     assert n >= 5
     assert not blank, f"blank pages: {blank} of {n}"

@@ -21,6 +21,7 @@ def test_report_has_every_section_figure_and_no_template_text(tiny_report):
     out = res["out"]
     html = (out / "report.html").read_text(encoding="utf-8")
     text = re.sub(r"data:[^\"')\s]+", "", html)  # embedded images are base64, not text
+    text = re.sub(r"<(style|script)\b.*?</\1>", "", text, flags=re.S)  # plotly.js, figure specs
     for heading in SECTIONS:
         assert re.search(rf"<h[12][^>]*>\s*(<[^>]+>)*\s*{re.escape(heading)}", html), heading
     for leftover in ("{{", "}}", "{%", "%}", ">None<", " nan", "NaN"):
@@ -34,6 +35,15 @@ def test_report_has_every_section_figure_and_no_template_text(tiny_report):
         meta = json.loads((out / "figures" / f"{f['name']}.json").read_text())
         assert meta["artifact_key"] == res["artifacts"][meta["step"]]["key"]
         assert meta["function"].startswith("figures.")
+        # one table per figure: its CSV (the data both renderings draw) and the plotly spec
+        header = (out / meta["csv"]).read_text(encoding="utf-8").splitlines()[0]
+        assert header.split(",") == meta["columns"] and meta["rows"] > 0
+        spec = json.loads((out / meta["plotly"]).read_text(encoding="utf-8"))
+        assert spec["data"] and "layout" in spec
+        assert "template" not in spec["layout"]  # no plotly.py template bloat
+    # histograms are bin counts, never the raw activations
+    hist = (out / "figures" / "activation_hist_L3N669.csv").read_text().splitlines()
+    assert hist[0] == "series,bin,left,right,count,percent" and len(hist) == 1 + 2 * 60
 
 
 def test_artifacts_have_provenance_and_expected_results(tiny_report):

@@ -1,7 +1,7 @@
 """The analysis DAG of one report run: steps cached by content hash, figures, report.
 
-    data ─┬─> activations ─┬─> probes
-          │                └─> ablation
+    data ─┬─> activations ─┬─> probes ──┐
+          │                └─> ablation ─┴─> ... ─> cards (one card per studied neuron)
     model ┘
     (artifacts) ──> figures ──> report (notebook → HTML, PDF)
 
@@ -19,6 +19,7 @@ from pathlib import Path
 from ..families import ablation as ablation_mod
 from ..families import activations as activations_mod
 from ..families import backup as backup_mod
+from ..families import cards as cards_mod
 from ..families import correlations as correlations_mod
 from ..families import discovery as discovery_mod
 from ..families import dla as dla_mod
@@ -74,6 +75,7 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("downstream", downstream_mod.run_step, ("activations",), downstream_mod.figures,
              when=downstream_mod.has_downstream),
     StepSpec("neurons", neurons_mod.run_step, ("activations",), neurons_mod.figures),
+    StepSpec("cards", cards_mod.run_step, ("activations", "probes", "ablation"), cards_mod.figures),
 )
 
 
@@ -99,7 +101,7 @@ def _regression(model_id: str, profile: str, arts: dict, out: Path, log) -> dict
 def figure_key(spec: StepSpec, arts: dict) -> str:
     """Cache key of the figures of `spec`: the figure code they run (`codehash.
     figure_code_record`), the keys of every artifact (a figure function may read any), and
-    the plotting library's version. The analysis code is covered through the artifact keys."""
+    the plotting libraries' versions. The analysis code is covered through the artifact keys."""
     from importlib import metadata
 
     from .artifacts import canonical_json, sha256_text
@@ -108,7 +110,7 @@ def figure_key(spec: StepSpec, arts: dict) -> str:
     return sha256_text(canonical_json({
         "step": spec.name, "code": figure_code_record(spec.figures.__module__),
         "artifacts": {k: a["key"] for k, a in sorted(arts.items())},
-        "matplotlib": metadata.version("matplotlib"),
+        "matplotlib": metadata.version("matplotlib"), "plotly": metadata.version("plotly"),
     }))
 
 
@@ -138,7 +140,8 @@ def draw_figures(spec: StepSpec, run, arts: dict, fig_dir: Path) -> list[dict]:
         r["figure_key"] = key
     files = {}
     for r in records:
-        for f in (r.get("png"), r.get("svg"), f"figures/{r['name']}.json"):
+        for f in (r.get("png"), r.get("svg"), r.get("csv"), r.get("plotly"),
+                  f"figures/{r['name']}.json"):
             if f and (fig_dir.parent / f).is_file():
                 files[f] = hashlib.sha256((fig_dir.parent / f).read_bytes()).hexdigest()
     atomic_write_text(manifest, json.dumps({"key": key, "records": records, "files": files},

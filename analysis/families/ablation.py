@@ -188,9 +188,39 @@ def figures(run, arts: dict, fig_dir) -> list[dict]:
 
     abl = arts["ablation"]
     fig = plots.ablation_bar(abl["result"]["single"])
-    return [plots.save(fig, fig_dir, "ablation_loss_increase", {
+    out = [plots.save(fig, fig_dir, "ablation_loss_increase", {
         "step": "ablation", "artifact_key": abl["key"], "function": "figures.plots.ablation_bar",
         "caption": "Loss increase (%) when each neuron is mean-ablated (set to its English mean), "
                    "on German and on English text.",
         "seed_cell": "Check loss increase from disabling each German neuron on German data",
     })]
+    ctx = abl["result"]["context"]
+    probe = next((r for r in arts["probes"]["result"]["rows"] if r["neuron"] == ctx["neuron"]),
+                 None) if "probes" in arts else None
+    seed = seed_values(ctx["neuron"]) if run.model.model_id == "pythia-70m" else None
+    fig = plots.effect_summary(ctx, probe, seed)
+    out.append(plots.save(fig, fig_dir, "summary_effect", {
+        "step": "ablation", "artifact_key": abl["key"], "function": "figures.plots.effect_summary",
+        "upstream": {"probes": arts["probes"]["key"]} if probe else {},
+        "caption": f"The finding at a glance: the loss increase (%) on German and on English when "
+                   f"{ctx['neuron']} is mean-ablated (bars: 95% paired-bootstrap intervals)"
+                   + (", and its probe F1 (95% bootstrap interval over test points)" if probe else "")
+                   + ("; black diamonds: the seed notebook's printed values" if seed else "") + ".",
+        "seed_cell": "Check loss increase from disabling each German neuron on German data",
+        "summary": True,
+    }))
+    return out
+
+
+def seed_values(neuron: str) -> dict | None:
+    """The seed notebook's printed loss increases (German, English) and probe F1 of
+    `neuron`, from `analysis/resources/seed_reference.json` (None where it printed none)."""
+    import json
+    from pathlib import Path
+
+    ref = json.loads((Path(__file__).resolve().parents[1] / "resources" / "seed_reference.json")
+                     .read_text(encoding="utf-8"))
+    single = ref["ablation"]["single"].get(neuron) or {}
+    return {"german": (single.get("german") or {}).get("percent_increase"),
+            "english": (single.get("english") or {}).get("percent_increase"),
+            "f1": (ref["probes"]["rows"].get(neuron) or {}).get("f1")}

@@ -220,7 +220,8 @@ def figures(run, arts: dict, fig_dir) -> list[dict]:
     r = art["result"]
     ctx = r["context_neuron"]
     out = []
-    fig = plots_dla.dla_difference(r["dla"]["labels"], r["dla"]["original"], r["dla"]["ablated"], ctx)
+    fig = plots_dla.dla_difference(r["dla"]["labels"], r["dla"]["original"], r["dla"]["ablated"], ctx,
+                                   r["dla"].get("difference_se"))
     out.append(save(fig, fig_dir, "dla_difference", {
         "step": "dla", "artifact_key": art["key"], "function": "figures.dla.dla_difference",
         "caption": f"Direct logit attribution of the correct next token per accumulated residual "

@@ -191,8 +191,10 @@ def figures(run, arts: dict, fig_dir) -> list[dict]:
         fig = plots_dla.top_token_bars(r[key]["boosted"], r[key]["inhibited"], title)
         out.append(save(fig, fig_dir, f"l3_top_tokens_{key}", {
             **meta, "function": "figures.dla.top_token_bars",
-            "caption": f"Tokens whose logit {title} raises (left) and lowers (right) most when "
-                       f"{ctx} goes from its English to its German mean (top 30 of the tables)."
+            "caption": f"Tokens whose logit {title} raises (boosted) and lowers (inhibited) most "
+                       f"when {ctx} goes from its English to its German mean: every token of the "
+                       "tables in the interactive chart (hover for the token, its id, rank and value; "
+                       "drag to zoom), the top 30 of each in the static one."
                        + (" Whitespace and the seed's garbage tokens removed from the raised "
                           "tokens only (as in the seed)." if key == "neuron_direction" else "")}))
     return out

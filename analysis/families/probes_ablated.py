@@ -82,11 +82,13 @@ def figures(run, arts: dict, fig_dir) -> list[dict]:
     r = art["result"]
     if "probes" not in arts:
         return []
-    before = {row["neuron"]: row["f1"] for row in arts["probes"]["result"]["rows"]}
-    rows = [row for row in r["rows"] if row["neuron"] in before]
+    probes = {row["neuron"]: row for row in arts["probes"]["result"]["rows"]}
+    rows = [row for row in r["rows"] if row["neuron"] in probes]
     fig = plots_dla.probe_f1_before_after([row["neuron"] for row in rows],
-                                          [before[row["neuron"]] for row in rows],
-                                          [row["f1"] for row in rows], r["context_neuron"])
+                                          [probes[row["neuron"]]["f1"] for row in rows],
+                                          [row["f1"] for row in rows], r["context_neuron"],
+                                          [probes[row["neuron"]].get("f1_ci") for row in rows],
+                                          [row.get("f1_ci") for row in rows])
     return [save(fig, fig_dir, "probes_ablated_f1", {
         "step": "probes_ablated", "artifact_key": art["key"],
         "function": "figures.dla.probe_f1_before_after",
