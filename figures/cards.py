@@ -39,15 +39,16 @@ def card_logits(logits: Mapping, neuron: str) -> Chart:
         t = table.where(list=key)
         y = np.arange(len(t))
         ax.barh(y, t["value"], color=color)
-        ax.set_yticks(y, [token_label(tok) for tok in t["token"]], fontsize=7)
+        ax.set_yticks(y, [token_label(tok[:20]) + ("…" if len(tok) > 20 else "") for tok in t["token"]],
+                      fontsize=7)
         ax.invert_yaxis()
         ax.axvline(0, color="black", lw=0.6)
         ax.set_xlabel("logit per unit activation", fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
         ax.set_title(f"{neuron}: most {key}", fontsize=9)
     fig.tight_layout()
-    panels = [(f"{neuron}: most {k} tokens", table.where(list=k), c)
+    panels = [(f"most {k}", table.where(list=k), c)
               for k, c in (("boosted", ia.BOOST), ("suppressed", ia.INHIBIT)) if len(table.where(list=k))]
-    spec = ia.token_bars(panels, ia.plot_text(f"{neuron}: output direction W_out @ W_U"),
-                         "logit per unit activation", height_per_panel=260)
+    spec = ia.token_barh(panels, ia.plot_text(f"{neuron}: output direction W_out @ W_U"),
+                         "logit per unit activation")
     return Chart(table, fig, check_spec(spec), "figures.cards.card_logits")

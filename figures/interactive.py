@@ -57,6 +57,12 @@ def plot_token(token: str) -> str:
     return plot_text("".join(out) or "∅")
 
 
+def tick_token(token: str, n: int = 14) -> str:
+    """A token as a tick label: `plot_token` of its first `n` characters, `…` when cut (the
+    hover shows it whole)."""
+    return plot_token(token[:n]) + ("…" if len(token) > n else "")
+
+
 def num(values: Sequence, digits: int = 6) -> list:
     """JSON-safe numbers (`None` for missing or non-finite), rounded to `digits` significant
     decimals to keep the HTML small."""
@@ -159,8 +165,8 @@ def token_bar_trace(table, name: str, color: str, value_label: str,
 def token_axis(table, title: str = "token (by rank)", **kw) -> dict:
     """A numeric rank axis labelled with the tokens (zoom in to read them all)."""
     return axis(title, tickmode="array", tickvals=table["rank"],
-                ticktext=[plot_token(t) for t in table["token"]], tickangle=-60,
-                tickfont={"size": 9}, **kw)
+                ticktext=[tick_token(t) for t in table["token"]], tickangle=-60,
+                tickfont={"size": 9}, zeroline=False, **kw)
 
 
 def token_bars(panels: Sequence[tuple[str, object, str]], title: str, value_label: str,
@@ -179,6 +185,31 @@ def token_bars(panels: Sequence[tuple[str, object, str]], title: str, value_labe
         notes.append(subplot_title(plot_text(ptitle), 0.5, doms[i][1] + 0.01))
     lay["annotations"] = notes
     lay["showlegend"] = False
+    return spec(data, lay)
+
+
+def token_barh(panels: Sequence[tuple[str, object, str]], title: str, value_label: str,
+               row_height: int = 18) -> dict:
+    """Side-by-side panels of horizontal token bars, rank 1 on top: `panels` = [(panel
+    title, table, colour)], each table `rank, token, token_id, value` (short lists: the
+    tokens stay readable as y tick labels; hover shows the whole token, its id and rank)."""
+    n = max(len(t) for _, t, _ in panels)
+    doms = panel_domains(len(panels), gap=0.2)
+    lay = layout(title, height=max(260, row_height * n + 120), showlegend=False,
+                 margin={"l": 110, "r": 20, "t": 70, "b": 50})
+    data, notes = [], []
+    for i, (ptitle, t, color) in enumerate(panels):
+        sx = "" if i == 0 else str(i + 1)
+        tr = token_bar_trace(t, ptitle, color, value_label, (f"x{sx}", f"y{sx}"))
+        tr.update({"orientation": "h", "x": tr["y"], "y": tr["x"],
+                   "hovertemplate": tr["hovertemplate"].replace("%{y:", "%{x:")})
+        data.append(tr)
+        lay[f"xaxis{sx}"] = axis(value_label, domain=doms[i], anchor=f"y{sx}")
+        lay[f"yaxis{sx}"] = axis(None, anchor=f"x{sx}", autorange="reversed", tickmode="array",
+                                 tickvals=t["rank"], ticktext=[tick_token(x) for x in t["token"]],
+                                 tickfont={"size": 10}, ticks="")
+        notes.append(subplot_title(plot_text(ptitle), sum(doms[i]) / 2))
+    lay["annotations"] = notes
     return spec(data, lay)
 
 

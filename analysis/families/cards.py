@@ -23,8 +23,10 @@ examples, `blocks.L.mlp.hook_post`):
   split seed), so its F1 and test accuracy carry their 95% intervals;
 * its mean-ablation effect (`ablation.loss_summary`: set to its English mean, on the
   `ablation` step's loss examples, paired-bootstrap intervals), read from the `ablation`
-  artifact where that step ablated it, else computed here (a last-layer neuron costs no
-  forward pass: `engine.per_example_losses` updates the logits directly);
+  artifact where that step ablated it (the seed's German neurons, the context neuron),
+  computed here for the downstream neurons the `neurons` step studies one by one
+  (`ablate_here`), and not computed for the other cards (each ablation costs a loss pass
+  over every loss example in both languages; the card says so);
 * the direct logit effect of its output direction, `W_out[layer, index] @ W_U` (logits per
   unit of activation; no LayerNorm): its most boosted and most suppressed tokens, the weird
   tokens excluded (`neurons.weird_tokens`, seed `get_weird_tokens`).
@@ -87,6 +89,14 @@ def card_neurons(context: str, studied: Sequence[str], neurons: Mapping | None =
         for r in german[:n_discovered]:
             add(r["neuron"], "discovered", f"neuron discovery: rank {r['rank']} by probe F1")
     return list(cards.values())
+
+
+def ablate_here(card: Mapping, ablated: Sequence[str]) -> bool:
+    """Whether the cards step mean-ablates this card's neuron: not when the `ablation` step
+    did (`ablated`), yes for a downstream neuron studied individually by the `neurons` step,
+    no otherwise (the downstream ranking's and neuron discovery's extra neurons)."""
+    return card["neuron"] not in ablated and any(r.startswith("downstream neuron studied individually")
+                                                 for r in card["roles"])
 
 
 def card_activations(fwd: Forward, batches: Sequence[Batch], neurons: Sequence[Neuron],
@@ -223,7 +233,7 @@ def run_step(run, arts: dict) -> dict:
         english_means = {str(n): float(samples["english"][:, j].astype(np.float64).mean())
                          for j, n in enumerate(neurons)}
         # mean ablation of the neurons the ablation step did not ablate
-        todo = [n for n in neurons if str(n) not in ablated]
+        todo = [n for c, n in zip(cards, neurons, strict=True) if ablate_here(c, list(ablated))]
         computed = {}
         if todo:
             variants = single_neuron_variants(todo, english_means)
@@ -250,7 +260,7 @@ def run_step(run, arts: dict) -> dict:
             name = str(n)
             de, en = samples["german"][:, j], samples["english"][:, j]
             probe = single_neuron_probe(de, en, p.probe_samples, p.probe_test_size, p.seed)
-            abl = ablated.get(name) or computed[name]
+            abl = ablated.get(name) or computed.get(name)
             _, logits = output_logits(run.fwd.w.W_out, run.fwd.w.W_U, n, weird)
             examples = []
             for t in top_activating({lang: [a[:, j] for a in per_example[lang]] for lang in LANGUAGES}):
@@ -270,8 +280,9 @@ def run_step(run, arts: dict) -> dict:
                 "density": density(de, en),
                 "top_examples": examples,
                 "probe": probe,
-                "ablation": {"value": abl["value"], "source": "ablation" if name in ablated else "cards",
-                             **{lang: abl[lang] for lang in LANGUAGES}},
+                "ablation": None if abl is None else {
+                    "value": abl["value"], "source": "ablation" if name in ablated else "cards",
+                    **{lang: abl[lang] for lang in LANGUAGES}},
                 "logits": {k: [{"id": int(i), "token": t, "value": float(v)}
                                for v, i, t in zip(vals.tolist(), ids.tolist(), s(ids.tolist()), strict=True)]
                            for k, (vals, ids) in logits.items()},
