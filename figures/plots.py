@@ -387,7 +387,7 @@ def effect_summary(ablation: Mapping, probe: Mapping | None, seed: Mapping | Non
         if f1["seed"][0] is not None:
             ax.scatter(["F1"], f1["seed"], marker="D", color="black", zorder=3)
         ax.set_ylim(0, 1.05)
-        ax.set_title(f"{neuron} probe (German vs English)", fontsize=10)
+        ax.set_title("probe, German vs English", fontsize=9)
     fig.tight_layout()
 
     data = [ia.bar_trace(labels, loss["value"], "loss increase", colors,

@@ -69,6 +69,9 @@ class Page:
         self.page.on("requestfailed", lambda r: self.errors.append(
             f"failed: {r.url[:120]} {r.failure}"))
         self.page.goto(path.resolve().as_uri(), wait_until="load", timeout=120_000)
+        if self.page.query_selector("script.plotly-spec"):  # figures draw one per task
+            self.page.wait_for_function("document.documentElement.hasAttribute('data-figures-drawn')",
+                                        timeout=240_000)
 
     def _route(self, route):
         url = route.request.url
