@@ -99,6 +99,10 @@ class StepInputs:
     seed: int
     upstream: dict       # {step: key}
     device: str
+    # The configuration of the run that uses the step (context neuron, corpus, profile and
+    # its sizes): a record, outside the key, so that a step that does not depend on (say)
+    # the context neuron is still reused; read by the regression check.
+    run: dict | None = None
 
     def key(self) -> str:
         return sha256_text(canonical_json({
@@ -130,6 +134,7 @@ def envelope(inputs: StepInputs, result: dict, wall_time_s: float, cost: dict | 
             "device": inputs.device,
             "platform": platform.platform(),
             "python": platform.python_version(),
+            **({"run": inputs.run} if inputs.run is not None else {}),
         },
         "result": result,
     }
@@ -189,6 +194,14 @@ class ArtifactStore:
                 art["arrays"][name] = hashlib.sha256(data).hexdigest()
         atomic_write_text(self.path(inputs.step), json.dumps(art, indent=1, sort_keys=True,
                                                              allow_nan=False, default=_default))
+        return art
+
+    def refresh_run(self, art: dict, run: dict) -> dict:
+        """A reused artifact, its `provenance.run` set to the run that reuses it (the JSON
+        envelope rewritten atomically; key, payload and arrays unchanged)."""
+        art = {**art, "provenance": {**art["provenance"], "run": run}}
+        atomic_write_text(self.path(art["step"]), json.dumps(art, indent=1, sort_keys=True,
+                                                              allow_nan=False, default=_default))
         return art
 
     def load_array(self, step: str, name: str) -> np.ndarray:

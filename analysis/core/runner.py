@@ -38,6 +38,7 @@ class Run:
     log: Callable[[str], None]
     show_progress: bool = True
     data_dir: str | None = None
+    corpus: str | None = None  # the corpus set (`seed`, `fixture`, ...), recorded in provenance
     _token_cache: dict = field(default_factory=dict)
     # Highest resident memory seen so far (bytes): each computed step resets the kernel's
     # high-water mark to read its own peak, so the whole run's peak is kept here.
@@ -87,11 +88,21 @@ class Run:
     def data_prov(self, *languages: str) -> dict:
         return {lang: self.corpora[lang].provenance() for lang in languages}
 
+    def configuration(self) -> dict:
+        """What defines this run's numbers beyond the model, the data and the seed (all
+        three in every artifact's provenance): recorded as `provenance.run` of each artifact
+        (outside the key) and read by the regression check (`regression.run_configuration`).
+        `context_neuron` is `auto` until neuron discovery has resolved it."""
+        p = self.cfg.profile
+        return {"context_neuron": str(self.cfg.neuron) if self.cfg.neuron is not None else "auto",
+                "corpus": self.corpus, "profile": p.name, "sizes": p.sizes()}
+
     def inputs(self, step: str, module: ModuleType, params: dict, data: dict,
                upstream: dict) -> StepInputs:
         return StepInputs(step=step, code={"module": module.__name__, "sha256": module_hash(module)},
                           model=self.model.info, data=data, params=params,
-                          seed=self.cfg.profile.seed, upstream=upstream, device=self.cfg.device)
+                          seed=self.cfg.profile.seed, upstream=upstream, device=self.cfg.device,
+                          run=self.configuration())
 
     def step(self, inputs: StepInputs, compute: Callable[[], tuple[dict, dict]]) -> dict:
         """Reuse the artifact of `inputs.step` if its key matches and it is intact, else
@@ -100,6 +111,10 @@ class Run:
         cached = self.store.load_valid(inputs.step, key)
         if cached is not None:
             self.log(f"  {inputs.step}: cached ({key[:12]}), not recomputed")
+            if inputs.run is not None and cached["provenance"].get("run") != inputs.run:
+                # reused by another configuration (e.g. another context neuron, which this
+                # step does not depend on): the record names the run that now uses it
+                cached = self.store.refresh_run(cached, inputs.run)
             return cached
         t0 = time.perf_counter()
         fwd0 = (self.fwd.tokens_forwarded, self.fwd.unembedded_rows) if self.fwd else (0, 0)
