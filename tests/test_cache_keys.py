@@ -194,7 +194,7 @@ def test_the_engine_edit_recomputes_every_loss_and_the_regression_check_reports_
                           cwd=pkg, env=env, capture_output=True, text=True, timeout=300)
     assert diff.returncode == 1
     assert "key changed by code: analysis/core/engine.py" in diff.stdout, diff.stdout
-    assert "ablation.context.german.original" in diff.stdout
+    assert "moved: ablation.context.german.ablated" in diff.stdout
 
 
 def test_a_rerun_reuses_every_artifact_and_figure_and_redraws_only_what_is_missing(tiny_report):

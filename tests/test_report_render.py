@@ -87,8 +87,8 @@ def _envelope(step: str, result: dict, upstream: dict | None = None) -> dict:
 def _loss(orig: float, abl: float) -> dict:
     pct = (abl - orig) / orig * 100
     return {"original": orig, "ablated": abl, "percent_increase": pct, "n_examples": 60,
-            "increase_nats_ci": [abl - orig - 0.01, abl - orig + 0.01],
-            "percent_increase_ci": [pct - 0.5, pct + 0.5]}
+            "percent_increase_ci": [pct - 0.5, pct + 0.5],
+            "increase_nats_ci": [abl - orig - 0.01, abl - orig + 0.01]}
 
 
 def make_context(out: Path, *, with_seed: bool = True) -> dict:
@@ -125,7 +125,7 @@ def make_context(out: Path, *, with_seed: bool = True) -> dict:
         {
             "neurons": NEURONS,
             "n_per_language": 2000,
-            "interval": "bootstrap over test points (1,000 resamples, seed 0, 95% percentile interval)",
+            "interval": "bootstrap over test points",
             "test_size": 0.2,
             "split_seed": 0,
             "rows": [
@@ -136,8 +136,8 @@ def make_context(out: Path, *, with_seed: bool = True) -> dict:
                     "train_acc": 0.6 + 0.04 * i,
                     "test_acc": 0.59 + 0.04 * i,
                     "f1": 0.58 + 0.05 * i,
-                    "f1_ci": [0.55 + 0.05 * i, 0.61 + 0.05 * i],
-                    "test_acc_ci": [0.56 + 0.04 * i, 0.62 + 0.04 * i],
+                    "f1_ci": [0.56 + 0.05 * i, 0.60 + 0.05 * i],
+                    "test_acc_ci": [0.57 + 0.04 * i, 0.61 + 0.04 * i],
                     "mean_english": means_en[n],
                     "mean_german": means_de[n],
                 }
@@ -159,7 +159,7 @@ def make_context(out: Path, *, with_seed: bool = True) -> dict:
         "ablation",
         {
             "n_examples": {"german": 60, "english": 60},
-            "interval": "paired bootstrap over examples (1,000 resamples, seed 0, 95% percentile interval)",
+            "interval": "paired bootstrap over examples",
             "loss_definition": "mean over examples of the per-example mean next-token cross-entropy (nats)",
             "context": {
                 "neuron": "L3N669",
@@ -237,6 +237,7 @@ def make_context(out: Path, *, with_seed: bool = True) -> dict:
             "neuron": "L3N669",
             "profile": "quick",
             "profile_label": "quick",
+            "overrides": {},
             "sizes": {
                 "activation_examples": 40,
                 "probe_samples": 2000,
@@ -366,7 +367,7 @@ def test_none_and_nan_are_refused(tmp_path):
     with pytest.raises(ReportError, match="nan"):
         build_notebook(context)
     context = make_context(tmp_path)
-    context["run"]["profile_label"] = None  # printed by the summary
+    context["run"]["profile_label"] = None
     with pytest.raises(ReportError, match="None"):
         build_notebook(context)
     with pytest.raises(ReportError):

@@ -94,10 +94,10 @@ class StepInputs:
     seed: int
     upstream: dict       # {step: key}
     device: str
-    # The profile of the run (name, `--set` overrides, every size): a record, outside the
-    # key. The key covers the sizes the step uses, through `params`, so that raising one
-    # size recomputes only the steps that read it.
-    profile: dict | None = None
+    # The configuration of the run that uses the step (context neuron, corpus, profile and
+    # its sizes): a record, outside the key, so that a step that does not depend on (say)
+    # the context neuron is still reused; read by the regression check.
+    run: dict | None = None
 
     def key(self) -> str:
         return sha256_text(canonical_json({
@@ -127,9 +127,9 @@ def envelope(inputs: StepInputs, result: dict, wall_time_s: float, cost: dict | 
             "upstream": inputs.upstream,
             "libraries": library_versions(),
             "device": inputs.device,
-            "run_profile": inputs.profile,
             "platform": platform.platform(),
             "python": platform.python_version(),
+            **({"run": inputs.run} if inputs.run is not None else {}),
         },
         "result": result,
     }
@@ -189,6 +189,14 @@ class ArtifactStore:
                 art["arrays"][name] = hashlib.sha256(data).hexdigest()
         atomic_write_text(self.path(inputs.step), json.dumps(art, indent=1, sort_keys=True,
                                                              allow_nan=False, default=_default))
+        return art
+
+    def refresh_run(self, art: dict, run: dict) -> dict:
+        """A reused artifact, its `provenance.run` set to the run that reuses it (the JSON
+        envelope rewritten atomically; key, payload and arrays unchanged)."""
+        art = {**art, "provenance": {**art["provenance"], "run": run}}
+        atomic_write_text(self.path(art["step"]), json.dumps(art, indent=1, sort_keys=True,
+                                                              allow_nan=False, default=_default))
         return art
 
     def load_array(self, step: str, name: str) -> np.ndarray:

@@ -127,31 +127,55 @@ def _out_dir(model: str, out: str | None):
     return Path(out) if out else default_out(model)
 
 
-@app.command()
+# `german-neuron regression` exits with this when no baseline applies to the run (1 means
+# "numbers moved", 2 bad input).
+NO_BASELINE_EXIT = 4
+NO_BASELINE_MESSAGE = "no baseline for this configuration; record one with `nox -s baseline -- --update`"
+
+
+@app.command(epilog="Exit status: 0 every metric within tolerance; 1 a metric moved (named); "
+                    "2 bad input (no artifacts, no such --baseline file, wrong --profile); "
+                    f"{NO_BASELINE_EXIT} no baseline applies to the run's configuration (model and "
+                    "weights fingerprint, context neuron, corpus, profile sizes, seed), so nothing "
+                    "was compared.")
 def regression(
     model: str = typer.Option("pythia-70m", help="model id whose artifacts to check"),
-    profile: str = typer.Option("quick", help="profile the artifacts were made with"),
+    profile: str | None = typer.Option(None, help="profile the artifacts were made with (default: as recorded in them; checked against them)"),
     out: str | None = typer.Option(None, help="output folder of the run (default build/<model-id>/)"),
-    baseline: str | None = typer.Option(None, help="baseline JSON (default baselines/<model>-<profile>.json)"),
+    baseline: str | None = typer.Option(None, help="baseline JSON (default: the one in baselines/ recorded for the run's configuration)"),
     all_rows: bool = typer.Option(False, "--all", help="print every row, not only problems"),
 ) -> None:
-    """Compare the newest artifacts with a baseline; exit 1 naming the metrics that moved."""
+    """Compare the newest artifacts with the baseline recorded for their configuration;
+    exit 1 naming the metrics that moved, 4 when no baseline applies (see below)."""
     from pathlib import Path
 
     from . import regression as reg
-    from .models import model_slug
 
     out_dir = _out_dir(model, out)
     arts = reg.load_artifacts(out_dir)
     if not arts:
         typer.echo(f"error: no artifacts in {out_dir / 'artifacts'}; build the report first", err=True)
         raise typer.Exit(2)
-    path = Path(baseline) if baseline else reg.baseline_path(model_slug(model), profile)
-    if not path.is_file():
-        typer.echo(f"error: no baseline {path}", err=True)
+    recorded = reg.run_configuration(arts).get("profile")
+    if profile is not None and recorded is not None and profile != recorded:
+        typer.echo(f"error: the artifacts in {out_dir} were made with profile {recorded}, not {profile}", err=True)
         raise typer.Exit(2)
-    result = reg.compare(reg.load_baseline(path), arts)
-    result["baseline"]["path"] = str(path)
+    candidates = None
+    if baseline:
+        if not Path(baseline).is_file():
+            typer.echo(f"error: no baseline {baseline}", err=True)
+            raise typer.Exit(2)
+        candidates = [Path(baseline)]
+    sel = reg.select_baseline(arts, candidates)
+    if not sel["applies"]:
+        result = reg.not_applicable_result(sel, arts)
+        typer.echo(NO_BASELINE_MESSAGE, err=True)
+        for reason in sel["reasons"]:
+            typer.echo(f"  {reason}", err=True)
+        typer.echo(f"record written to {reg.write_result(out_dir, result)}", err=True)
+        raise typer.Exit(NO_BASELINE_EXIT)
+    result = reg.compare(sel["baseline"], arts)
+    result["baseline"]["path"] = reg.display_path(sel["path"])
     reg.print_table(result, only_problems=not all_rows)
     typer.echo(f"table written to {reg.write_result(out_dir, result)}")
     if not result["passed"]:
@@ -161,12 +185,16 @@ def regression(
 @app.command()
 def baseline(
     model: str = typer.Option(..., help="tiny | pythia-70m-random (fixture baselines only)"),
-    profile: str = typer.Option("quick"),
+    profile: str | None = typer.Option(None, help="profile the artifacts were made with (default: as recorded in them)"),
     out: str | None = typer.Option(None, help="output folder of the run (default build/<model-id>/)"),
     update: bool = typer.Option(False, "--update", help="write the baseline (otherwise only show the diff)"),
 ) -> None:
-    """Record a fixture baseline from a run's artifacts, showing what changes. The
-    pythia-70m baseline comes from the seed's printed numbers and is never rewritten here."""
+    """Record a fixture baseline from a run's artifacts, showing what changes. It is
+    written over the baseline of the same configuration (apart from the weights
+    fingerprint), else to baselines/<model>-<profile>.json when free, else to
+    baselines/<model>-<profile>-<neuron>-<corpus>.json; never over a baseline recorded for
+    another configuration. The pythia-70m baseline comes from the seed's printed numbers
+    and is never rewritten here."""
     import json
 
     from . import regression as reg
@@ -182,19 +210,30 @@ def baseline(
     if not arts:
         typer.echo("error: no artifacts; build the report first", err=True)
         raise typer.Exit(2)
-    new = reg.record_fixture_baseline(arts, slug, profile)
-    path = reg.baseline_path(slug, profile)
+    recorded = reg.run_configuration(arts).get("profile")
+    if profile is not None and recorded is not None and profile != recorded:
+        typer.echo(f"error: the artifacts were made with profile {recorded}, not {profile}", err=True)
+        raise typer.Exit(2)
+    try:
+        new = reg.record_fixture_baseline(arts, slug, recorded or profile or "quick")
+        path = reg.baseline_target(new)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo("configuration: " + ", ".join(f"{k} {v}" for k, v in new["configuration"].items()))
     if path.is_file():
         old = reg.load_baseline(path)
-        diff = reg.compare(old, arts)
-        reg.print_table(diff, only_problems=True)
+        _, reasons = reg.applies(old, arts, path.stem)
+        for reason in reasons:
+            typer.echo(f"  differs: {reason}")
+        reg.print_table(reg.compare(old, arts), only_problems=True)
     else:
         typer.echo(f"{path} does not exist yet ({len(new['metrics'])} metrics)")
     if update:
         atomic_write_text(path, json.dumps(new, indent=1, sort_keys=True) + "\n")
         typer.echo(f"wrote {path}")
     else:
-        typer.echo("dry run: pass --update to write it")
+        typer.echo(f"dry run: pass --update to write {path}")
 
 
 @app.command()

@@ -82,17 +82,23 @@ STEPS: tuple[StepSpec, ...] = (
 # ---------------------------------------------------------------- entry point
 
 
-def _regression(model_id: str, profile: str, arts: dict, out: Path, log) -> dict | None:
-    """Check the run against `baselines/<model>-<profile>.json` when one exists; the table
-    goes to artifacts/regression.json and the report's appendix (a failure does not stop
-    the report: `german-neuron regression` is the gate)."""
+def _regression(arts: dict, out: Path, log) -> dict:
+    """Check the run against the baseline recorded for its configuration (model and
+    weights, context neuron, corpus, profile sizes, seed; `regression.select_baseline`).
+    The table goes to artifacts/regression.json and the report's appendix (a failure does
+    not stop the report: `german-neuron regression` is the gate); when no baseline applies,
+    the appendix says why in one sentence and no number is checked."""
     from . import regression as reg
 
-    path = reg.baseline_path(model_id, profile)
-    if not path.is_file():
-        return None
-    result = reg.compare(reg.load_baseline(path), arts)
-    result["baseline"]["path"] = str(path.relative_to(reg.REPO)) if path.is_relative_to(reg.REPO) else str(path)
+    sel = reg.select_baseline(arts)
+    if not sel["applies"]:
+        result = reg.not_applicable_result(sel, arts)
+        reg.write_result(out, result)
+        log(f"  regression: {sel['sentence']}")
+        return result
+    path = sel["path"]
+    result = reg.compare(sel["baseline"], arts)
+    result["baseline"]["path"] = reg.display_path(path)
     reg.write_result(out, result)
     log(f"  regression: {result['n_checked']} metrics vs {path.name}, {result['n_failed']} outside tolerance")
     return result
@@ -204,6 +210,18 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
         lock.release()
 
 
+def _remove_skipped_artifacts(folder: Path, arts: dict) -> None:
+    """Remove the artifacts of steps this run skipped (e.g. `downstream` for a context
+    neuron in the last layer), left by an earlier run with another configuration in the
+    same folder: the folder then holds this run's artifacts only, which is what
+    `german-neuron regression` and `diff` read."""
+    for spec in STEPS:
+        if spec.name not in arts:
+            (folder / f"{spec.name}.json").unlink(missing_ok=True)
+            for p in folder.glob(f"{spec.name}.*.npy"):
+                p.unlink(missing_ok=True)
+
+
 def _remove_stale_temporaries(out: Path) -> None:
     """Temporaries left by a killed run (we hold the lock, so none is in use)."""
     import shutil
@@ -227,6 +245,7 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command)
             arts[spec.name] = spec.run(run, arts)
             if spec.name == "discovery":  # resolves --neuron auto (dataclasses.replace)
                 cfg = discovery_mod.apply(run, arts["discovery"])
+    _remove_skipped_artifacts(out / "artifacts", arts)
     figs: list[dict] = []
     for spec in STEPS:
         if spec.figures is not None and spec.name in arts:
@@ -249,9 +268,7 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command)
         "figures": figs,
         "seed": json.loads(SEED_REFERENCE.read_text()) if model.model_id == "pythia-70m" else None,
     }
-    regression = _regression(model.model_id, cfg.profile.name, arts, out, log)
-    if regression is not None:
-        context["regression"] = regression
+    context["regression"] = _regression(arts, out, log)
     report = None
     if render:
         from report.build import build_report

@@ -14,6 +14,15 @@ Baselines (`baselines/<model>-<profile>.json`):
 * fixture baselines (`tiny-quick.json`, `pythia-70m-random-quick.json`) are recorded from
   the project's own runs; the runs are deterministic on one machine, so their tolerance only
   covers float re-association across library versions (see `fixture_tolerance`).
+
+A baseline holds only for the configuration it was recorded with: its `configuration`
+block names the model (id, revision, weights fingerprint), the context neuron, the corpus,
+the profile sizes and the seed. `applies` compares it with the run's configuration, read
+from the artifacts' provenance (`run_configuration`), before any number is compared; a
+run on another neuron, corpus or profile has no baseline (`select_baseline` says why) and
+nothing is checked. A configuration value of null means "any" (the seed's baseline: any
+`pythia-70m` weights of revision `step143000`, any seed, since the seed's probe split was
+unseeded and its tolerance covers that sampling noise).
 """
 
 from __future__ import annotations
@@ -198,8 +207,15 @@ def seed_baseline() -> dict:
     wt = ref["weird_tokens"]
     for k in ("W_U", "W_E", "unique"):
         add(f"weird_tokens.{k}", wt[k], "count", wt["section"])
+    from .config import PROFILES
+
+    sizes = {k: v for k, v in PROFILES["paper"].sizes().items() if k != "seed"}
+    configuration = {"model": "pythia-70m", "revision": "step143000", "fingerprint": None,
+                     "context_neuron": "L3N669", "corpus": "seed", "profile": "paper",
+                     "sizes": sizes, "seed": None}
     return {"schema_version": SCHEMA_VERSION, "model": "pythia-70m", "profile": "paper",
             "source": "seed notebook printed output (analysis/resources/seed_reference.json)",
+            "configuration": configuration,
             "tolerance_rule": seed_tolerance.__doc__.strip(), "metrics": m}
 
 
@@ -214,15 +230,239 @@ def load_baseline(path: Path) -> dict:
     return data
 
 
+# ------------------------------------------------------------ configurations
+
+# What defines a run's numbers, in the order reasons are given. `profile` (the name) is
+# recorded but not compared: its sizes are.
+CONFIG_FIELDS = ("model", "revision", "fingerprint", "context_neuron", "corpus", "profile", "sizes", "seed")
+COMPARED = ("model", "revision", "fingerprint", "context_neuron", "corpus", "sizes", "seed")
+REQUIRED = ("model", "fingerprint", "context_neuron", "corpus", "profile", "sizes", "seed")
+LABELS = {"model": "model", "revision": "revision", "fingerprint": "weights fingerprint",
+          "context_neuron": "context neuron", "corpus": "corpus", "sizes": "profile sizes",
+          "seed": "seed"}
+
+
+def run_configuration(arts: Mapping[str, dict]) -> dict:
+    """The configuration a run's numbers were computed with, from its artifacts' provenance:
+    `model.id`, `model.revision`, `model.fingerprint`, `seed`, and `run` (context neuron,
+    corpus, profile and its sizes; see `analysis.core.runner.Run.configuration`).
+
+    A field no artifact records is None; one on which the artifacts disagree (a folder
+    holding artifacts of more than one run) is None too, its values listed in
+    `conflicts`. A context neuron recorded as `auto` (a step run before `--neuron auto`
+    was resolved) defers to the resolved one."""
+    seen: dict[str, list] = {f: [] for f in CONFIG_FIELDS}
+    for a in arts.values():
+        prov = a.get("provenance") or {}
+        model = prov.get("model") or {}
+        run = prov.get("run") or {}
+        values = {"model": model.get("id"), "revision": model.get("revision"),
+                  "fingerprint": model.get("fingerprint"), "seed": prov.get("seed"),
+                  "context_neuron": run.get("context_neuron"), "corpus": run.get("corpus"),
+                  "profile": run.get("profile"), "sizes": run.get("sizes")}
+        if values["context_neuron"] == "auto":
+            values["context_neuron"] = None
+        for f, v in values.items():
+            if v is not None and v not in seen[f]:
+                seen[f].append(v)
+    config: dict = {f: (vs[0] if len(vs) == 1 else None) for f, vs in seen.items()}
+    config["conflicts"] = {f: vs for f, vs in seen.items() if len(vs) > 1}
+    return config
+
+
+def baseline_name(baseline: Mapping, path: Path | None = None) -> str:
+    return Path(path).stem if path is not None else f"{baseline.get('model')}-{baseline.get('profile')}"
+
+
+def _sizes_without_seed(sizes: Mapping) -> dict:
+    return {k: v for k, v in sizes.items() if k != "seed"}  # the seed is compared as `seed`
+
+
+def _show(field: str, value) -> str:
+    if field == "fingerprint" and isinstance(value, str):
+        return value[:12]
+    return str(value)
+
+
+def mismatches(baseline: Mapping, arts: Mapping[str, dict]) -> list[tuple[str, str, str]]:
+    """(label, the run's value, the baseline's value) for every compared field of the
+    baseline's configuration the run does not match (a null baseline value matches any)."""
+    want = baseline.get("configuration") or {}
+    have = run_configuration(arts)
+    out = []
+    for f in COMPARED:
+        w = want.get(f)
+        if w is None:
+            continue
+        label = LABELS[f]
+        if f in have["conflicts"]:
+            vals = have["conflicts"][f]
+            shown = [", ".join(f"{k} {v}" for k, v in sorted(_sizes_without_seed(x).items()))
+                     if f == "sizes" else _show(f, x) for x in vals]
+            out.append((label, " and ".join(shown) + " (artifacts of more than one run)", _show(f, w)
+                        if f != "sizes" else "other sizes"))
+            continue
+        h = have.get(f)
+        if h is None:
+            out.append((label, "not recorded in the artifacts (rerun the report)",
+                        ", ".join(f"{k} {v}" for k, v in sorted(_sizes_without_seed(w).items()))
+                        if f == "sizes" else _show(f, w)))
+        elif f == "sizes":
+            w, h = _sizes_without_seed(w), _sizes_without_seed(h)
+            diff = sorted(k for k in set(w) | set(h) if w.get(k) != h.get(k))
+            if diff:
+                out.append((label, ", ".join(f"{k} {h.get(k)}" for k in diff),
+                            ", ".join(f"{k} {w.get(k)}" for k in diff)))
+        elif h != w:
+            out.append((label, _show(f, h), _show(f, w)))
+    return out
+
+
+def applies(baseline: Mapping, arts: Mapping[str, dict], name: str | None = None) -> tuple[bool, list[str]]:
+    """Whether `baseline` holds for the run of `arts`: every field of its `configuration`
+    (model, revision, weights fingerprint, context neuron, corpus, profile sizes, seed)
+    equals the run's (`run_configuration`); a null baseline value matches any. Returns
+    (applies, reasons), one reason per field that differs, e.g.
+    "context neuron L5N10; baseline tiny-quick is for L3N669"."""
+    name = name or baseline_name(baseline)
+    if not baseline.get("configuration"):
+        return False, [f"baseline {name} records no configuration "
+                       "(re-record it with `nox -s baseline -- --update`)"]
+    reasons = [f"{label} {run}; baseline {name} is for {base}"
+               for label, run, base in mismatches(baseline, arts)]
+    return not reasons, reasons
+
+
+def no_baseline_sentence(arts: Mapping[str, dict], nearest: Mapping | None = None,
+                         name: str | None = None, available: Iterable[str] = ()) -> str:
+    """One sentence saying that no baseline applies and why: against the `nearest`
+    baseline (same model and profile, else same model) the fields that differ, e.g.
+    "No baseline was recorded for this configuration (context neuron L5N10; baseline
+    tiny-quick is for L3N669), so no number is checked."."""
+    have = run_configuration(arts)
+    if nearest is None:
+        models = sorted(set(available))
+        why = (f"model {have.get('model')}; the baselines are for {', '.join(models)}" if models
+               else f"model {have.get('model')}; there are no baselines")
+    elif not nearest.get("configuration"):
+        why = f"baseline {name or baseline_name(nearest)} records no configuration"
+    else:
+        ms = mismatches(nearest, arts)
+        name = name or baseline_name(nearest)
+        if len(ms) == 1:
+            label, run, base = ms[0]
+            why = f"{label} {run}; baseline {name} is for {base}"
+        else:
+            why = (", ".join(f"{label} {run}" for label, run, _ in ms)
+                   + f"; baseline {name} is for " + ", ".join(f"{label} {base}" for label, _, base in ms))
+    return f"No baseline was recorded for this configuration ({why}), so no number is checked."
+
+
+def select_baseline(arts: Mapping[str, dict], candidates: Iterable[Path] | None = None) -> dict:
+    """The baseline that applies to the run of `arts`, among `candidates` (default: every
+    `baselines/*.json`; those of the run's model and profile first).
+
+    Returns {"applies", "path", "baseline", "reasons", "sentence"}: when none applies,
+    `path`/`baseline` are the nearest candidate (same model and profile, else same model,
+    else None), `reasons` why it does not apply and `sentence` the report's one sentence."""
+    have = run_configuration(arts)
+    paths = sorted(candidates if candidates is not None else BASELINES.glob("*.json"))
+    loaded = [(p, load_baseline(p)) for p in paths]
+
+    def rank(item):
+        b = item[1]
+        return (b.get("model") != have.get("model"), b.get("profile") != have.get("profile"))
+
+    loaded.sort(key=rank)
+    for p, b in loaded:
+        ok, _ = applies(b, arts, baseline_name(b, p))
+        if ok:
+            return {"applies": True, "path": p, "baseline": b, "reasons": [], "sentence": None}
+    near = next(((p, b) for p, b in loaded if b.get("model") == have.get("model")), None)
+    if near is None and candidates is not None and loaded:
+        near = loaded[0]  # a baseline named explicitly: explain against it
+    if near is None:
+        return {"applies": False, "path": None, "baseline": None,
+                "reasons": [f"no baseline is for model {have.get('model')}"],
+                "sentence": no_baseline_sentence(arts, available=[b.get("model") for _, b in loaded])}
+    p, b = near
+    name = baseline_name(b, p)
+    return {"applies": False, "path": p, "baseline": b, "reasons": applies(b, arts, name)[1],
+            "sentence": no_baseline_sentence(arts, b, name)}
+
+
+def not_applicable_result(selection: Mapping, arts: Mapping[str, dict]) -> dict:
+    """The regression record of a run no baseline applies to (nothing compared)."""
+    b = selection.get("baseline") or {}
+    return {"applies": False, "sentence": selection["sentence"], "reasons": selection["reasons"],
+            "configuration": run_configuration(arts),
+            "baseline": {"model": b.get("model"), "profile": b.get("profile"), "source": b.get("source"),
+                         "path": display_path(selection.get("path"))},
+            "rows": [], "n_checked": 0, "n_failed": 0, "failed": [], "passed": None}
+
+
+def display_path(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def configuration_block(arts: Mapping[str, dict]) -> dict:
+    """The `configuration` of a fixture baseline recorded from `arts`.
+
+    Raises:
+        ValueError: the artifacts come from more than one run, or do not record a field."""
+    have = run_configuration(arts)
+    if have["conflicts"]:
+        raise ValueError("the artifacts come from more than one run: "
+                         + "; ".join(f"{LABELS.get(f, f)}: {vs}" for f, vs in have["conflicts"].items()))
+    missing = [f for f in REQUIRED if have.get(f) is None]
+    if missing:
+        raise ValueError(f"the artifacts do not record {', '.join(missing)} (rerun the report)")
+    return {f: have[f] for f in CONFIG_FIELDS}
+
+
 def record_fixture_baseline(arts: Mapping[str, dict], model_id: str, profile: str) -> dict:
+    """A fixture baseline: every metric of `arts` with its tolerance, and the run's
+    configuration (see `configuration_block`: raises ValueError when incomplete)."""
     metrics = flatten_metrics(arts)
     keys = {step: a["key"] for step, a in arts.items()}
     return {"schema_version": SCHEMA_VERSION, "model": model_id, "profile": profile,
             "source": "recorded from the project's own run", "artifact_keys": keys,
-            "data": data_checksums(arts),
+            "configuration": configuration_block(arts), "data": data_checksums(arts),
             "tolerance_rule": fixture_tolerance.__doc__.strip(),
             "metrics": {k: {"value": v["value"], "tolerance": fixture_tolerance(k, v["value"]),
                             "section": v["section"]} for k, v in sorted(metrics.items())}}
+
+
+def baseline_target(new: Mapping, directory: Path | None = None) -> Path:
+    """Where `german-neuron baseline --update` writes the fixture baseline `new`: over the
+    existing baseline of the same configuration apart from the weights fingerprint (a
+    re-record after a library upgrade regenerated the random weights' files), else
+    `<model>-<profile>.json` when that name is free, else
+    `<model>-<profile>-<neuron>-<corpus>.json`: never over a baseline recorded for another
+    configuration.
+
+    Raises:
+        ValueError: that last name too holds a baseline for another configuration."""
+    directory = Path(directory) if directory is not None else BASELINES
+    cfg = new["configuration"]
+
+    def same(b: Mapping) -> bool:
+        c = b.get("configuration") or {}
+        return all(c.get(f) == cfg.get(f) for f in COMPARED if f != "fingerprint")
+
+    for p in sorted(directory.glob("*.json")):
+        if same(load_baseline(p)):
+            return p
+    plain = directory / f"{new['model']}-{new['profile']}.json"
+    if not plain.exists():
+        return plain
+    alt = directory / f"{new['model']}-{new['profile']}-{cfg['context_neuron']}-{cfg['corpus']}.json"
+    if alt.exists():
+        raise ValueError(f"{alt} holds a baseline for another configuration; move it aside first")
+    return alt
 
 
 def data_checksums(arts: Mapping[str, dict]) -> dict[str, str]:
@@ -238,7 +478,8 @@ def compare(baseline: Mapping, arts: Mapping[str, dict]) -> dict:
     """Rows (metric, baseline, current, difference, tolerance, status) and a verdict.
 
     Status: `ok`, `FAIL` (outside tolerance), `missing` (in the baseline, not computed: a
-    failure), `new` (computed, not in the baseline: listed, not a failure)."""
+    failure), `new` (computed, not in the baseline: listed, not a failure).
+    Only meaningful when the baseline `applies` to the run (callers check that first)."""
     current = flatten_metrics(arts)
     rows = []
     for name, b in baseline["metrics"].items():
@@ -264,7 +505,7 @@ def compare(baseline: Mapping, arts: Mapping[str, dict]) -> dict:
                          "difference": None, "tolerance": None, "status": "FAIL",
                          "section": f"baseline recorded on {digest[:12]}, run on {str(cur)[:12]}"})
     failed = [r["metric"] for r in rows if r["status"] in ("FAIL", "missing")]
-    return {"baseline": {"model": baseline.get("model"), "profile": baseline.get("profile"),
+    return {"applies": True, "baseline": {"model": baseline.get("model"), "profile": baseline.get("profile"),
                          "source": baseline.get("source")},
             "rows": rows, "n_checked": sum(r["status"] in ("ok", "FAIL") for r in rows),
             "n_failed": len(failed), "failed": failed, "passed": not failed}

@@ -39,6 +39,7 @@ class Run:
     log: Callable[[str], None]
     show_progress: bool = True
     data_dir: str | None = None
+    corpus: str | None = None  # the corpus set (`seed`, `fixture`, ...), recorded in provenance
     _token_cache: dict = field(default_factory=dict)
     # Highest resident memory seen so far (bytes): each computed step resets the kernel's
     # high-water mark to read its own peak, so the whole run's peak is kept here.
@@ -88,14 +89,22 @@ class Run:
     def data_prov(self, *languages: str) -> dict:
         return {lang: self.corpora[lang].provenance() for lang in languages}
 
+    def configuration(self) -> dict:
+        """What defines this run's numbers beyond the model, the data and the seed (all
+        three in every artifact's provenance): recorded as `provenance.run` of each artifact
+        (outside the key) and read by the regression check (`regression.run_configuration`).
+        `context_neuron` is `auto` until neuron discovery has resolved it."""
+        p = self.cfg.profile
+        return {"context_neuron": str(self.cfg.neuron) if self.cfg.neuron is not None else "auto",
+                "corpus": self.corpus, "profile": p.name, "profile_label": p.label,
+                "overrides": dict(p.overrides), "sizes": p.sizes()}
+
     def inputs(self, step: str, module: ModuleType, params: dict, data: dict,
                upstream: dict) -> StepInputs:
         return StepInputs(step=step, code=code_record(module.__name__),
                           model=self.model.info, data=data, params=params,
                           seed=self.cfg.profile.seed, upstream=upstream, device=self.cfg.device,
-                          profile={"name": self.profile.name, "label": self.profile.label,
-                                   "overrides": dict(self.profile.overrides),
-                                   "sizes": self.profile.sizes()})
+                          run=self.configuration())
 
     def step(self, inputs: StepInputs, compute: Callable[[], tuple[dict, dict]]) -> dict:
         """Reuse the artifact of `inputs.step` if its key matches and it is intact, else
@@ -104,6 +113,10 @@ class Run:
         cached = self.store.load_valid(inputs.step, key)
         if cached is not None:
             self.log(f"  {inputs.step}: cached ({key[:12]}), not recomputed")
+            if inputs.run is not None and cached["provenance"].get("run") != inputs.run:
+                # reused by another configuration (e.g. another context neuron, which this
+                # step does not depend on): the record names the run that now uses it
+                cached = self.store.refresh_run(cached, inputs.run)
             return cached
         t0 = time.perf_counter()
         fwd0 = (self.fwd.tokens_forwarded, self.fwd.unembedded_rows) if self.fwd else (0, 0)
@@ -147,7 +160,7 @@ def open_run(cfg: RunConfig, corpus: str, artifacts_dir: Path, log: Callable[[st
     weights = Weights.from_bridge(model.bridge, model.info["rotary_pct"])
     studied = resolve_studied(model.info["n_layers"], model.info["d_mlp"], log)
     return Run(cfg, model, Forward(weights), corpora, ArtifactStore(artifacts_dir),
-               studied, log, show_progress, data_dir=cfg.data_dir)
+               studied, log, show_progress, data_dir=cfg.data_dir, corpus=corpus)
 
 
 def reset_peak_rss() -> bool:
