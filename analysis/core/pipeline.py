@@ -218,8 +218,9 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
 
     `corpus` None: `europarl-heldout` for the organism (its held-out passages), else `seed`.
     `cfg.neuron` None (`--neuron auto`): the top German-positive neuron of the `discovery` step.
-    `steps`: compute only these steps and those they depend on (`with_dependencies`), and
-    draw and render nothing (a partial run, e.g. for the tests); None: every step.
+    `steps`: compute only these steps and those they depend on (`with_dependencies`); a
+    partial run (e.g. for the tests) draws, checks against a baseline, renders and removes
+    nothing else. None: every step.
 
     Returns {"out": Path, "artifacts": {...}, "figures": [...], "report": {...} | None}.
 
@@ -301,7 +302,8 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
             arts[spec.name] = spec.run(run, arts)
             if spec.name == "discovery":  # resolves --neuron auto (dataclasses.replace)
                 cfg = discovery_mod.apply(run, arts["discovery"])
-    _remove_skipped_artifacts(out / "artifacts", arts)
+    if wanted is None:  # a partial run leaves the other steps' artifacts alone
+        _remove_skipped_artifacts(out / "artifacts", arts)
     figs: list[dict] = []
     for spec in STEPS if wanted is None else ():
         if spec.figures is not None and spec.name in arts:
@@ -325,7 +327,7 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
         "figures": figs,
         "seed": json.loads(SEED_REFERENCE.read_text()) if model.model_id == "pythia-70m" else None,
     }
-    context["regression"] = _regression(arts, out, log)
+    context["regression"] = _regression(arts, out, log) if wanted is None else None
     report = None
     if render and wanted is None:
         from report.build import build_report
