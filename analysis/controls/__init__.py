@@ -1,6 +1,9 @@
 """Controls: models and tokenizers this project builds itself, whose answers are known
-(the hermetic `tiny` tokenizer; the `organism` trained here on Europarl).
+(the hermetic `tiny` tokenizer; the `organism` trained here on Europarl; `pythia-70m-planted`,
+random weights with one neuron planted to detect German, `planted`).
 
-They are inputs to the pipeline like any checkpoint; the only analysis that reads one is
-`families.dynamics`, which takes the organism's checkpoint series from its manifest.
+They are inputs to the pipeline like any checkpoint. The analyses that read one are
+`families.dynamics`, which takes the organism's checkpoint series from its manifest, and
+the `planted` step (`planted_check`), which checks the report's artifacts against the
+planted neuron.
 """

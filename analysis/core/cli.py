@@ -29,10 +29,11 @@ _SET_HELP = ("override one size of the profile, NAME=VALUE (repeatable), e.g. --
 
 @app.command()
 def report(
-    model: str | None = typer.Option(None, help="pythia-70m | pythia-70m-random | tiny | organism | PATH to a HF GPT-NeoX checkpoint folder; default: pythia-70m if it can be loaded, else the organism (trained first if none is cached)"),
+    model: str | None = typer.Option(None, help="pythia-70m | pythia-70m-planted | pythia-70m-random | tiny | organism | PATH to a HF GPT-NeoX checkpoint folder; default: pythia-70m if it can be loaded, else the organism (trained first if none is cached)"),
     tokenizer: str | None = typer.Option(None, envvar="GERMAN_NEURON_TOKENIZER", help="tokenizer.json (GPT-NeoX-20B) for pythia-70m-random or a checkpoint without one"),
     data_dir: str | None = typer.Option(None, envvar="GERMAN_NEURON_DATA_DIR", help="folder with the seed's data files (offline); default $GERMAN_NEURON_DATA_DIR, else download"),
-    neuron: str | None = typer.Option(None, help="the context neuron under study, LxNy, or auto (the top German-positive neuron found by probing every neuron); default L3N669, auto for the organism"),
+    neuron: str | None = typer.Option(None, help="the context neuron under study, LxNy, or auto (the top German-positive neuron found by probing every neuron); default L3N669, auto for the organism and pythia-70m-planted"),
+    plant: str | None = typer.Option(None, help="pythia-70m-planted only: the neuron rewired to detect German, LxNy (default L3N669)"),
     profile: str = typer.Option("quick", help="quick | paper (sample sizes)"),
     set_: list[str] | None = typer.Option(None, "--set", help=_SET_HELP),  # noqa: B008 (typer idiom)
     device: str = typer.Option("cpu", help="cpu | cuda"),
@@ -53,16 +54,21 @@ def report(
         if renderer not in ("auto", "quarto", "pandoc"):
             raise UsageError(f"unknown renderer {renderer!r}; choose auto, quarto or pandoc")
         from ..controls.organism import is_organism, resolve_default_model
+        from .models import PLANTED_MODEL
 
         auto = neuron is not None and neuron.strip().lower() == "auto"
         context_neuron = None if auto or neuron is None else Neuron.parse(neuron)
+        planted = None if plant is None else Neuron.parse(plant)
+        if planted is not None and model != PLANTED_MODEL:  # before any default-model work
+            raise UsageError(f"--plant applies only to --model {PLANTED_MODEL}")
         prof, note = get_profile(profile).with_overrides(set_ or []), None
         if model is None:  # pythia-70m if loadable, else the organism (said on the console)
             model, note = resolve_default_model(tokenizer, data_dir, log=lambda s: typer.echo(s, err=True))
-        if neuron is None and not is_organism(model):
-            context_neuron = Neuron.parse("L3N669")  # the seed's neuron; the organism finds its own
-        cfg = RunConfig(model=model, neuron=context_neuron, profile=prof,
-                        device=device, data_dir=data_dir, tokenizer=tokenizer, out=out, note=note)
+        if neuron is None and not is_organism(model) and model != PLANTED_MODEL:
+            # the seed's neuron; the organism and the planted control find their own
+            context_neuron = Neuron.parse("L3N669")
+        cfg = RunConfig(model=model, neuron=context_neuron, profile=prof, device=device,
+                        data_dir=data_dir, tokenizer=tokenizer, out=out, note=note, plant=planted)
         res = run_report(cfg, render=render, renderer=renderer, corpus=corpus,
                          command="german-neuron " + shlex.join(sys.argv[1:]))
     except ReportError as exc:

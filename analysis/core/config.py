@@ -230,6 +230,10 @@ class RunConfig:
     `neuron` None means `--neuron auto`: the run replaces it with the discovery step's top
     German-positive neuron (`neuron_discovered` then True). `note`: a paragraph shown as a
     banner at the top of the report (e.g. why the default model fell back to the organism).
+    `plant`: the neuron planted in `pythia-70m-planted` (`--plant`; None: L3N669); only
+    that model accepts it. `studied`: the neurons the per-neuron steps study besides the
+    context neuron (the seed's German neurons; the CLI never changes it, a test may
+    narrow it to save time).
     """
 
     model: str
@@ -242,3 +246,4 @@ class RunConfig:
     studied: tuple[Neuron, ...] = field(default=GERMAN_NEURONS)
     note: str | None = None
     neuron_discovered: bool = False
+    plant: Neuron | None = None

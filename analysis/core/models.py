@@ -63,7 +63,8 @@ TINY_SHAPE = dict(
     num_attention_heads=4,
 )
 
-BUILTIN_MODELS = ("pythia-70m", "pythia-70m-random", "tiny", "organism")
+BUILTIN_MODELS = ("pythia-70m", "pythia-70m-random", "pythia-70m-planted", "tiny", "organism")
+PLANTED_MODEL = "pythia-70m-planted"  # the known-answer control (analysis.controls.planted)
 
 # Pythia-70M training checkpoints (Hub branches) for the training-dynamics step: log-spaced
 # as the paper's curves (`paper`), or a short subset (`quick`).
@@ -250,7 +251,11 @@ def models_cache_dir() -> Path:
 
 def _materialise(name: str, build, key: str) -> Path:
     """Save a generated checkpoint once under the cache (atomically: a folder is renamed
-    into place only when complete), so that every model is loaded the same way."""
+    into place only when complete), so that every model is loaded the same way.
+
+    `build() -> (model, tokenizer)` or `(model, tokenizer, {file name: text})`: the extra
+    text files (e.g. the planted control's `plant.json`) are written beside config.json,
+    so that the weights fingerprint covers them."""
     import shutil
     import tempfile
 
@@ -260,9 +265,12 @@ def _materialise(name: str, build, key: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        model, tok = build()
+        built = build()
+        model, tok = built[:2]
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        for fname, text in (built[2] if len(built) > 2 else {}).items():
+            (tmp / fname).write_text(text, encoding="utf-8")
         try:
             os.replace(tmp, target)
         except OSError:  # another process won the race: use its copy
@@ -324,8 +332,8 @@ def _offline_message(what: str, revision: str = PYTHIA_REVISION,
         f"Cannot load {what} ({PYTHIA_REPO} at revision {revision}): {reason}. Provide it by running "
         "once with network access (the files are then cached under $HF_HOME), by pointing "
         "--model at a local checkpoint folder (config.json, model.safetensors or "
-        "pytorch_model.bin, tokenizer.json), or use --model pythia-70m-random or tiny for a "
-        "pipeline check on random weights."
+        "pytorch_model.bin, tokenizer.json), or use --model pythia-70m-planted (a known-answer "
+        "control) or pythia-70m-random or tiny (pipeline checks on random weights)."
     )
 
 
@@ -515,11 +523,19 @@ def load_checkpoint(path: str | os.PathLike, tokenizer: str | None = None, devic
     return LoadedModel(_boot(path, model, tok, device), tok, info["id"], info, checkpoint=path)
 
 
-def load_model(name: str, tokenizer: str | None = None, device: str = "cpu", seed: int = 0) -> LoadedModel:
-    """Load `pythia-70m`, `pythia-70m-random`, `tiny`, or a checkpoint folder.
+def load_model(name: str, tokenizer: str | None = None, device: str = "cpu", seed: int = 0, *,
+               plant=None, data_dir: str | None = None) -> LoadedModel:
+    """Load `pythia-70m`, `pythia-70m-random`, `pythia-70m-planted`, `tiny`, or a checkpoint folder.
+
+    `plant` (a `config.Neuron`; default L3N669) and `data_dir` (where the Europarl passages
+    the plant is fitted on are read) apply to `pythia-70m-planted` only; its plant record
+    (`plant.json`: neuron, fitting examples, scales) goes into `info["plant"]`, so into every
+    artifact's provenance.
 
     Raises:
-        UsageError: unknown name / bad folder / bad tokenizer path / unavailable device.
+        UsageError: unknown name / bad folder / bad tokenizer path / unavailable device /
+            `plant` out of range.
+        DataError: (`pythia-70m-planted`) the fitting passages are missing or corrupt.
         ModelUnavailableError: Pythia-70M is not cached and the Hub cannot be reached.
     """
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -534,6 +550,17 @@ def load_model(name: str, tokenizer: str | None = None, device: str = "cpu", see
                                source=f"random GPT-NeoX in Pythia-70M's shape (seed {seed})",
                                extra_info={"weights_seed": seed,
                                            "tokenizer": tokenizer or f"{PYTHIA_REPO}@{PYTHIA_REVISION}"})
+    if name == PLANTED_MODEL:
+        from ..controls import planted
+
+        neuron = plant if plant is not None else planted.default_plant()
+        path = planted.planted_checkpoint(tokenizer, data_dir, neuron, seed)
+        return load_checkpoint(path, None, device, model_id=PLANTED_MODEL,
+                               source=f"random GPT-NeoX in Pythia-70M's shape (seed {seed}) with "
+                                      f"{neuron} planted to detect German",
+                               extra_info={"weights_seed": seed,
+                                           "tokenizer": tokenizer or f"{PYTHIA_REPO}@{PYTHIA_REVISION}",
+                                           "plant": planted.plant_info(path)})
     if name == "pythia-70m":
         snap = _hub_snapshot()
         return load_checkpoint(snap, tokenizer, device, model_id="pythia-70m",

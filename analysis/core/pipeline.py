@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..controls import planted_check as planted_check_mod
 from ..families import ablation as ablation_mod
 from ..families import activations as activations_mod
 from ..families import backup as backup_mod
@@ -43,7 +44,7 @@ SEED_REFERENCE = Path(__file__).resolve().parents[1] / "resources" / "seed_refer
 def model_shape(name: str) -> tuple[int, int]:
     """(n_layers, d_mlp) of a model, read without loading weights (to validate neurons
     before any compute)."""
-    if name in ("pythia-70m", "pythia-70m-random"):
+    if name in ("pythia-70m", "pythia-70m-random", "pythia-70m-planted"):
         return PYTHIA_70M_SHAPE["num_hidden_layers"], PYTHIA_70M_SHAPE["intermediate_size"]
     if name == "tiny":
         return TINY_SHAPE["num_hidden_layers"], TINY_SHAPE["intermediate_size"]
@@ -76,6 +77,9 @@ STEPS: tuple[StepSpec, ...] = (
              when=downstream_mod.has_downstream),
     StepSpec("neurons", neurons_mod.run_step, ("activations",), neurons_mod.figures),
     StepSpec("cards", cards_mod.run_step, ("activations", "probes", "ablation"), cards_mod.figures),
+    # the known-answer control checks itself (pythia-70m-planted only)
+    StepSpec("planted", planted_check_mod.run_step, planted_check_mod.DEPS,
+             when=planted_check_mod.has_plant),
 )
 
 
@@ -156,19 +160,70 @@ def draw_figures(spec: StepSpec, run, arts: dict, fig_dir: Path) -> list[dict]:
     return records
 
 
-def default_out(model: str) -> Path:
-    from .models import model_slug
+def default_out(model: str, plant=None) -> Path:
+    """`build/<model-id>/`; for `pythia-70m-planted` with a plant other than the default,
+    `build/pythia-70m-planted-<LxNy>/`."""
+    from .models import PLANTED_MODEL, model_slug
 
-    return Path("build") / model_slug(model)
+    slug = model_slug(model)
+    if model == PLANTED_MODEL and plant is not None and str(plant) != _planted_default():
+        slug += f"-{plant}"
+    return Path("build") / slug
+
+
+def _planted_default() -> str:
+    from ..controls.planted import DEFAULT_PLANT
+
+    return DEFAULT_PLANT
+
+
+def check_plant(cfg: RunConfig, n_layers: int, d_mlp: int) -> None:
+    """`--plant` only with `pythia-70m-planted`, and inside the model (as `--neuron`).
+
+    Raises:
+        UsageError: `--plant` with another model, or a planted neuron out of range.
+    """
+    from .config import Neuron
+    from .models import PLANTED_MODEL
+
+    if cfg.model != PLANTED_MODEL:
+        if cfg.plant is not None:
+            raise UsageError(f"--plant applies only to --model {PLANTED_MODEL} (the model is {cfg.model})")
+        return
+    (cfg.plant or Neuron.parse(_planted_default())).check(n_layers, d_mlp)
+
+
+def with_dependencies(names, auto: bool) -> set[str]:
+    """The steps `names` and every step they depend on (transitively); `discovery` too when
+    the context neuron is `auto` (it resolves it).
+
+    Raises:
+        UsageError: a name that is not a step.
+    """
+    specs = {s.name: s for s in STEPS}
+    unknown = [n for n in names if n not in specs]
+    if unknown:
+        raise UsageError(f"unknown step {', '.join(unknown)}; steps: {', '.join(specs)}")
+    todo, out = list(names) + (["discovery"] if auto else []), set()
+    while todo:
+        n = todo.pop()
+        if n not in out:
+            out.add(n)
+            todo.extend(specs[n].deps)
+    return out
 
 
 def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
                show_progress: bool | None = None, log: Callable[[str], None] | None = None,
-               corpus: str | None = None, command: str = "") -> dict:
+               corpus: str | None = None, command: str = "",
+               steps: Sequence[str] | None = None) -> dict:
     """Compute (or reuse) every artifact, draw the figures and build the report.
 
     `corpus` None: `europarl-heldout` for the organism (its held-out passages), else `seed`.
     `cfg.neuron` None (`--neuron auto`): the top German-positive neuron of the `discovery` step.
+    `steps`: compute only these steps and those they depend on (`with_dependencies`); a
+    partial run (e.g. for the tests) draws, checks against a baseline, renders and removes
+    nothing else. None: every step.
 
     Returns {"out": Path, "artifacts": {...}, "figures": [...], "report": {...} | None}.
 
@@ -190,7 +245,9 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
     n_layers, d_mlp = model_shape(cfg.model)
     if cfg.neuron is not None:
         cfg.neuron.check(n_layers, d_mlp)
-    out = Path(cfg.out) if cfg.out else default_out(cfg.model)
+    check_plant(cfg, n_layers, d_mlp)
+    wanted = None if steps is None else with_dependencies(steps, cfg.neuron is None)
+    out = Path(cfg.out) if cfg.out else default_out(cfg.model, cfg.plant)
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / ".lock"))
     try:
@@ -200,7 +257,7 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
                           hint="wait for it to finish, or pass a different --out") from None
     try:
         _remove_stale_temporaries(out)
-        return _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command)
+        return _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command, wanted)
     except OSError as exc:
         # e.g. ENOSPC while writing: every write is atomic, so what is on disk is either
         # the previous complete file or nothing.
@@ -233,21 +290,25 @@ def _remove_stale_temporaries(out: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command):
-    """The body of `run_report`, with the output folder's lock held."""
+def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command, wanted=None):
+    """The body of `run_report`, with the output folder's lock held (`wanted`: the steps
+    of a partial run, or None)."""
     t0 = time.perf_counter()
     run = open_run(cfg, corpus, out / "artifacts", log, show_progress)
     model = run.model
     log(f"Steps (profile {cfg.profile.label}) -> {out}/artifacts")
     arts: dict[str, dict] = {}
     for spec in STEPS:
+        if wanted is not None and spec.name not in wanted:
+            continue
         if spec.when is None or spec.when(run):
             arts[spec.name] = spec.run(run, arts)
             if spec.name == "discovery":  # resolves --neuron auto (dataclasses.replace)
                 cfg = discovery_mod.apply(run, arts["discovery"])
-    _remove_skipped_artifacts(out / "artifacts", arts)
+    if wanted is None:  # a partial run leaves the other steps' artifacts alone
+        _remove_skipped_artifacts(out / "artifacts", arts)
     figs: list[dict] = []
-    for spec in STEPS:
+    for spec in STEPS if wanted is None else ():
         if spec.figures is not None and spec.name in arts:
             figs += draw_figures(spec, run, arts, out / "figures")
     context = {
@@ -261,16 +322,17 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command)
             "overrides": dict(cfg.profile.overrides), "sizes": cfg.profile.sizes(), "device": cfg.device,
             "corpus": corpus, "command": command,
             "is_organism": "organism" in model.info, "banner": cfg.note,
+            "is_planted": bool(model.info.get("plant")), "plant": model.info.get("plant"),
             "neuron_discovered": cfg.neuron_discovered,
-            "created": arts["ablation"]["created"],
+            "created": (arts.get("ablation") or next(iter(arts.values()), {})).get("created"),
         },
         "artifacts": arts,
         "figures": figs,
         "seed": json.loads(SEED_REFERENCE.read_text()) if model.model_id == "pythia-70m" else None,
     }
-    context["regression"] = _regression(arts, out, log)
+    context["regression"] = _regression(arts, out, log) if wanted is None else None
     report = None
-    if render:
+    if render and wanted is None:
         from report.build import build_report
 
         log("Rendering report ...")

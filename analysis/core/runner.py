@@ -133,10 +133,12 @@ class Run:
         return art
 
 
-def resolve_studied(n_layers: int, d_mlp: int, log) -> tuple[Neuron, ...]:
-    """The seed's German neurons that exist in this model (all of them for Pythia's shape)."""
-    keep = tuple(n for n in GERMAN_NEURONS if n.layer < n_layers and n.index < d_mlp)
-    dropped = [str(n) for n in GERMAN_NEURONS if n not in keep]
+def resolve_studied(n_layers: int, d_mlp: int, log,
+                    neurons: tuple[Neuron, ...] = GERMAN_NEURONS) -> tuple[Neuron, ...]:
+    """The listed neurons (`RunConfig.studied`: the seed's German neurons unless a caller
+    narrows it) that exist in this model (all of them for Pythia's shape)."""
+    keep = tuple(n for n in neurons if n.layer < n_layers and n.index < d_mlp)
+    dropped = [str(n) for n in neurons if n not in keep]
     if dropped:
         log(f"  note: the seed's neurons {', '.join(dropped)} do not exist in this model; skipped")
     return keep
@@ -150,15 +152,24 @@ def open_run(cfg: RunConfig, corpus: str, artifacts_dir: Path, log: Callable[[st
     weights, studied neurons) shapes every step's result: the cache key of every step
     covers this module's import closure (`codehash.RUN_CONTEXT`).
 
+    Studied neurons: the seed's German neurons that exist in the model, plus, for
+    `pythia-70m-planted`, the planted neuron (so that its probe and ablation rows exist
+    whatever `--neuron` says and whatever discovery finds).
+
     Raises:
         DataError: a corpus file is missing or does not match its checksum.
         UsageError / ModelUnavailableError: see `models.load_model`.
     """
     corpora = {lang: load_corpus(name, cfg.data_dir) for lang, name in CORPORA[corpus].items()}
     log(f"Loading {cfg.model} on {cfg.device} ...")
-    model = load_model(cfg.model, cfg.tokenizer, cfg.device, cfg.profile.seed)
+    model = load_model(cfg.model, cfg.tokenizer, cfg.device, cfg.profile.seed,
+                       plant=cfg.plant, data_dir=cfg.data_dir)
     weights = Weights.from_bridge(model.bridge, model.info["rotary_pct"])
-    studied = resolve_studied(model.info["n_layers"], model.info["d_mlp"], log)
+    studied = resolve_studied(model.info["n_layers"], model.info["d_mlp"], log, tuple(cfg.studied))
+    if model.info.get("plant"):  # the known-answer control: the planted neuron is always studied
+        planted = Neuron.parse(model.info["plant"]["neuron"])
+        if planted not in studied:
+            studied = (*studied, planted)
     return Run(cfg, model, Forward(weights), corpora, ArtifactStore(artifacts_dir),
                studied, log, show_progress, data_dir=cfg.data_dir, corpus=corpus)
 

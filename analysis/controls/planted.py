@@ -1,0 +1,419 @@
+"""`pythia-70m-planted`: a known-answer control. `pythia-70m-random` (Pythia-70M's exact
+shape, the same seed and tokenizer) with one MLP neuron rewired, without training, to do
+the job the founding notebook attributes to L3N669: fire on German text and, when it
+fires, raise the logits of tokens that are frequent in German. A report on it should
+recover that neuron (discovery ranks it first, its probe separates German from English,
+mean-ablating it raises the German loss and leaves English alone, its output direction
+boosts German tokens); `analysis.controls.planted_check` checks each of those.
+
+The plant, for neuron `LxNy` (`--plant`, default L3N669), in the Hugging Face weights:
+
+* **Input** (row `y` of `gpt_neox.layers[x].mlp.dense_h_to_4h`, the neuron's `W_in` column).
+  Pythia's blocks are parallel-residual, so the MLP of layer x reads
+  `post_attention_layernorm(resid_pre_x)`. On the fitting passages (below) the plant
+  collects that LayerNorm's normalised input x̂ = (r − mean r) / std r at every position
+  from `FIT_CROP_START` on, and reads the direction that separates German from English:
+  the class-mean difference μ_de − μ_en, whitened by the pooled within-class covariance
+  shrunk towards the identity (Fisher's discriminant, `fisher_direction`). The plain
+  mean difference was measured first: on the report's text it separates the two
+  languages with F1 ≈ 0.80 at layers 2–3 of this random model (the current token's
+  own features swamp the context signal), too close to the 0.8 target; the whitened
+  direction gives ≈ 0.9 (see README, "The known-answer control"). The bias puts the
+  threshold halfway between the two class means of the projection, and the scale makes
+  the class means pre-activations of ±`CLASS_PRE_ACTIVATION` (the LayerNorm's affine
+  weight and bias are divided out, so the neuron reads exactly `scale · (ŵ·x̂ − threshold)`).
+* **Output** (column `y` of `gpt_neox.layers[x].mlp.dense_4h_to_h`, the neuron's `W_out`
+  row). Token frequencies of the fitting passages give the `N_GERMAN_TOKENS` tokens most
+  over-represented in German (largest p_de(t) − p_en(t) > 0, weight p_de − p_en). The
+  direction is `W_U^T w` (the weighted sum of those tokens' unembedding vectors) divided
+  by the final LayerNorm's weight and centred (the LayerNorm removes the mean), so that a
+  small write along it changes the logits by a multiple of `W_U W_U^T w`. English-frequent
+  tokens are not subtracted: in these corpora they include `,` `.` and newline, which are
+  as frequent in German, and suppressing them made the German loss *worse* (measured).
+  The scale makes the write at the neuron's mean German activation as long as the mean
+  (centred) final residual stream of the unplanted model on German fitting tokens
+  (`WRITE_TO_RESIDUAL` = 1): a clear effect, not a dominating one.
+
+Fitting passages: the first `FIT_PASSAGES` passages of the *training split* of the Europarl
+files (`europarl/german_europarl.json`, `english_europarl.json`; `data.split_indices`),
+each cut to its first `FIT_TOKENS` tokens. The report never reads these files under the
+`seed` or `fixture` corpus sets, and under `europarl-heldout` it reads only the held-out
+split, so the fitting examples are disjoint from every example any profile reads. (The
+seed's own files could not give that: `paper` reads 1,000 of KDE4's 1,007 English
+examples, and `unigrams` and the paper `downstream` step read every example of both.)
+Which passages (indices and their sha256, the file's sha256), the directions' summaries
+and every scale are written to `plant.json` in the checkpoint folder (covered by the
+weights fingerprint) and recorded in every artifact's model provenance (`info["plant"]`).
+
+Deterministic: the random weights come from `models.random_model(shape, seed)`; the fit is
+a fixed computation on fixed passages (float32 forward, float64 statistics), so the same
+inputs give the same checkpoint bytes (`tests/test_planted.py` builds it twice).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.config import Neuron
+from ..core.models import (
+    PYTHIA_70M_SHAPE,
+    _hub_tokenizer,
+    _materialise,
+    _random_key,
+    _tokenizer_hash,
+    fast_tokenizer,
+    random_model,
+)
+
+DEFAULT_PLANT = "L3N669"
+PLANT_FILE = "plant.json"
+PLANT_VERSION = 1
+
+FIT_DATASETS = {"german": "europarl_german", "english": "europarl_english"}
+FIT_PASSAGES = 100        # per language: the first 100 passages of the training split
+FIT_TOKENS = 128          # BOS + the first 127 tokens of each passage
+FIT_CROP_START = 10       # positions used from here on (the report's crop start)
+FIT_BATCH = 16            # passages per forward batch (memory, not results)
+SHRINKAGE = 0.1           # covariance shrinkage towards (trace/d)·I, as a fraction
+CLASS_PRE_ACTIVATION = 4.0  # pre-activation at the German (+) and English (−) class means
+N_GERMAN_TOKENS = 200     # tokens whose logits the output direction raises
+WRITE_TO_RESIDUAL = 1.0   # |write at the German mean activation| / mean |final residual|
+
+CONSTANTS = {
+    "version": PLANT_VERSION, "fit_datasets": FIT_DATASETS, "fit_passages": FIT_PASSAGES,
+    "fit_tokens": FIT_TOKENS, "fit_crop_start": FIT_CROP_START, "shrinkage": SHRINKAGE,
+    "class_pre_activation": CLASS_PRE_ACTIVATION, "n_german_tokens": N_GERMAN_TOKENS,
+    "write_to_residual": WRITE_TO_RESIDUAL,
+}
+
+
+def default_plant() -> Neuron:
+    """The neuron planted when `--plant` is not given: L3N669, the seed's context neuron."""
+    return Neuron.parse(DEFAULT_PLANT)
+
+
+# ------------------------------------------------------------------ fitting passages
+
+
+@dataclass(frozen=True)
+class FitSet:
+    """The fitting passages: `texts[language]` (in index order) and their `record`
+    (per language: dataset, file, file sha256, split part, indices, indices sha256,
+    sha256 of the passages' text)."""
+
+    texts: Mapping[str, tuple[str, ...]]
+    record: dict
+
+
+def fitting_set(data_dir: str | None) -> FitSet:
+    """The first `FIT_PASSAGES` passages of the training split of each Europarl file
+    (`FIT_DATASETS`), read and checksum-verified through `data.load_corpus`.
+
+    Raises:
+        DataError: a file is missing, corrupt, or cannot be downloaded (offline).
+    """
+    from ..core.data import HELDOUT_PER_LANGUAGE, indices_record, load_corpus, split_indices
+
+    texts, record = {}, {}
+    for lang, name in FIT_DATASETS.items():
+        corpus = load_corpus(name, data_dir)
+        train, _ = split_indices(len(corpus.examples), HELDOUT_PER_LANGUAGE)
+        idx = train[:FIT_PASSAGES]
+        texts[lang] = tuple(corpus.examples[i] for i in idx)
+        record[lang] = {
+            "dataset": name, "file": corpus.file, "sha256": corpus.sha256,
+            "n_passages_in_file": len(corpus.examples),
+            "part": "the first passages of the training split (data.split_indices), never in "
+                    "the europarl-heldout corpus",
+            **indices_record(idx),
+            "texts_sha256": hashlib.sha256("\x00".join(texts[lang]).encode()).hexdigest(),
+        }
+    record["disjoint_from_report"] = (
+        "the report reads the Europarl files only as the europarl-heldout corpus (held-out "
+        "split); under the seed and fixture corpora it never reads them")
+    return FitSet(texts, record)
+
+
+def fit_token_lists(tokenizer, texts: Sequence[str], n_tokens: int = FIT_TOKENS) -> list[list[int]]:
+    """`[BOS] + encode(text)` cut to `n_tokens` ids per passage (BOS id 0, as the report's
+    `LoadedModel.to_tokens`)."""
+    bos = tokenizer.bos_token_id or 0
+    return [([bos] + list(tokenizer(t, add_special_tokens=False)["input_ids"]))[:n_tokens]
+            for t in texts]
+
+
+# ------------------------------------------------------------------ pure functions
+
+
+def layer_norm_normalise(x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm without its affine part, in float64: `(x − mean) / sqrt(var + eps)` over
+    the last axis (eps of Pythia's LayerNorms, 1e-5). `[..., d] -> [..., d]`."""
+    x = x.double()
+    x = x - x.mean(-1, keepdim=True)
+    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + PYTHIA_70M_SHAPE["layer_norm_eps"])
+
+
+class _Stop(Exception):
+    """Raised by a capture hook to end a forward pass early."""
+
+
+def collect_fit_states(model, layer: int, token_lists: Sequence[Sequence[int]], *,
+                       final: bool, crop_start: int = FIT_CROP_START,
+                       batch: int = FIT_BATCH) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run the (unplanted) Hugging Face GPT-NeoX on `token_lists` and collect, at every
+    position from `crop_start` on (passage order, then position order):
+
+    * `X`: float64 `[n, d_model]`, the LayerNorm-normalised input of
+      `layers[layer].post_attention_layernorm` (parallel residual: the block's input
+      resid_pre), i.e. what layer `layer`'s MLP reads before the LayerNorm's affine part;
+    * `F` (when `final`): float64 `[n, d_model]`, the final residual stream (the input of
+      `final_layer_norm`), centred over d_model. Without `final` the pass stops after
+      capturing `X` and `F` is None.
+
+    Passages are right-padded (pad id 1) in batches of `batch`; under the causal mask a
+    real position never attends to padding.
+    """
+    blocks = model.gpt_neox.layers
+    cap: dict[str, torch.Tensor] = {}
+
+    def grab_x(_mod, args):
+        cap["x"] = args[0].detach()
+        if not final:
+            raise _Stop
+
+    def grab_f(_mod, args):
+        cap["f"] = args[0].detach()
+
+    hooks = [blocks[layer].post_attention_layernorm.register_forward_pre_hook(grab_x)]
+    if final:
+        hooks.append(model.gpt_neox.final_layer_norm.register_forward_pre_hook(grab_f))
+    xs, fs = [], []
+    try:
+        with torch.inference_mode():
+            for s in range(0, len(token_lists), batch):
+                chunk = [list(t) for t in token_lists[s:s + batch]]
+                n = max(len(t) for t in chunk)
+                ids = torch.tensor([t + [1] * (n - len(t)) for t in chunk], dtype=torch.long)
+                try:
+                    model.gpt_neox(input_ids=ids)
+                except _Stop:
+                    pass
+                for row, t in enumerate(chunk):
+                    if len(t) <= crop_start:
+                        continue
+                    xs.append(layer_norm_normalise(cap["x"][row, crop_start:len(t)]))
+                    if final:
+                        f = cap["f"][row, crop_start:len(t)].double()
+                        fs.append(f - f.mean(-1, keepdim=True))
+    finally:
+        for h in hooks:
+            h.remove()
+    X = torch.cat(xs).numpy()
+    return X, (torch.cat(fs).numpy() if final else None)
+
+
+def fisher_direction(german: np.ndarray, english: np.ndarray, shrinkage: float = SHRINKAGE) -> np.ndarray:
+    """The unit direction that best separates two classes of `[n, d]` float64 vectors
+    (Fisher's linear discriminant): `(S + shrinkage · tr(S)/d · I)^-1 (μ_de − μ_en)`, with S
+    the mean of the two class covariances; `shrinkage` → ∞ gives the plain mean
+    difference. Returns float64 `[d]`, unit norm, oriented so that German projects higher.
+
+    Raises:
+        ValueError: fewer than two vectors in a class, or the class means coincide.
+    """
+    if min(len(german), len(english)) < 2:
+        raise ValueError("each class needs at least two vectors")
+    diff = german.mean(0) - english.mean(0)
+    if not np.any(diff):
+        raise ValueError("the two classes have the same mean: no direction separates them")
+    S = 0.5 * (np.cov(german, rowvar=False) + np.cov(english, rowvar=False))
+    d = S.shape[0]
+    w = np.linalg.solve(S + shrinkage * np.trace(S) / d * np.eye(d), diff)
+    w /= np.linalg.norm(w)
+    return w if w @ diff > 0 else -w
+
+
+def german_token_weights(german: Sequence[Sequence[int]], english: Sequence[Sequence[int]],
+                         d_vocab: int, k: int = N_GERMAN_TOKENS) -> tuple[np.ndarray, dict]:
+    """Weights of the tokens more frequent in German than in English: p_de(t) − p_en(t)
+    (occurrence rates over the token lists, BOS — the first id of each list — excluded)
+    for the `k` tokens where it is largest and positive (ties: lower id), 0 elsewhere.
+
+    Returns (float64 `[d_vocab]` weights, record {"ids", "p_german", "p_english"} of the
+    chosen tokens in weight order).
+    """
+    def rates(lists):
+        flat = np.concatenate([np.asarray(t[1:], dtype=np.int64) for t in lists if len(t) > 1])
+        return np.bincount(flat, minlength=d_vocab)[:d_vocab] / max(len(flat), 1)
+
+    p_de, p_en = rates(german), rates(english)
+    diff = p_de - p_en
+    order = np.lexsort((np.arange(d_vocab), -diff))
+    ids = [int(i) for i in order[:k] if diff[i] > 0]
+    w = np.zeros(d_vocab)
+    w[ids] = diff[ids]
+    return w, {"ids": ids, "p_german": [float(p_de[i]) for i in ids],
+               "p_english": [float(p_en[i]) for i in ids]}
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """The exact (erf) GELU of GPT-NeoX's `hidden_act="gelu"`, float64."""
+    return torch.nn.functional.gelu(torch.as_tensor(x, dtype=torch.float64)).numpy()
+
+
+def plant_neuron(model, neuron: Neuron, X_de: np.ndarray, X_en: np.ndarray, F_de: np.ndarray,
+                 token_weights: np.ndarray) -> dict:
+    """Rewire `neuron` of a Hugging Face GPT-NeoX in place (see the module docstring) and
+    return what was done (the record's `input` and `output` parts). The input side plants
+    the seed's claim "L3N669 fires on German" (cell "Check classification accuracy of German
+    neurons"), the output side "it boosts German tokens" (cells "Tokens boosted by L3
+    directly", "Get German unigram statistics").
+
+    Args:
+        X_de, X_en: float64 `[n, d_model]` normalised MLP inputs of layer `neuron.layer` on
+            German / English fitting tokens (`collect_fit_states`).
+        F_de: float64 `[n, d_model]` centred final residual on German fitting tokens.
+        token_weights: float64 `[d_vocab]` (`german_token_weights`).
+
+    Raises:
+        ValueError: a LayerNorm weight is (near) zero, so the affine part cannot be divided out.
+    """
+    layer = model.gpt_neox.layers[neuron.layer]
+    ln2, lnf = layer.post_attention_layernorm, model.gpt_neox.final_layer_norm
+    g2, b2 = ln2.weight.detach().double().numpy(), ln2.bias.detach().double().numpy()
+    gf = lnf.weight.detach().double().numpy()
+    if np.min(np.abs(g2)) < 1e-6 or np.min(np.abs(gf)) < 1e-6:
+        raise ValueError("a LayerNorm weight is zero: the plant cannot divide it out")
+
+    # input: Fisher direction, threshold halfway between the class means of the projection
+    w = fisher_direction(X_de, X_en)
+    p_de, p_en = X_de @ w, X_en @ w
+    threshold = 0.5 * (p_de.mean() + p_en.mean())
+    half_gap = 0.5 * (p_de.mean() - p_en.mean())
+    scale_in = CLASS_PRE_ACTIVATION / half_gap
+    w_in = scale_in * w / g2                       # reads scale_in · ŵ·x̂ through ln2's affine part
+    b_in = -scale_in * threshold - w_in @ b2
+    pre_de, pre_en = scale_in * (p_de - threshold), scale_in * (p_en - threshold)
+    act_de, act_en = gelu(pre_de).mean(), gelu(pre_en).mean()
+
+    # output: weighted unembedding of the German-frequent tokens, through ln_f's weight
+    W_U = model.get_output_embeddings().weight.detach().double().numpy()  # [d_vocab, d_model]
+    u = (W_U.T @ token_weights) / gf
+    u -= u.mean()
+    v = u / np.linalg.norm(u)
+    resid_norm = float(np.linalg.norm(F_de, axis=-1).mean())
+    scale_out = WRITE_TO_RESIDUAL * resid_norm / act_de
+
+    with torch.no_grad():
+        layer.mlp.dense_h_to_4h.weight[neuron.index] = torch.as_tensor(w_in, dtype=torch.float32)
+        layer.mlp.dense_h_to_4h.bias[neuron.index] = float(b_in)
+        layer.mlp.dense_4h_to_h.weight[:, neuron.index] = torch.as_tensor(scale_out * v, dtype=torch.float32)
+
+    def sep(a, b):
+        return float((a.mean() - b.mean()) / np.sqrt(0.5 * (a.var() + b.var())))
+
+    mean_diff = X_de.mean(0) - X_en.mean(0)
+    return {
+        "input": {
+            "reads": f"gpt_neox.layers[{neuron.layer}].post_attention_layernorm(resid_pre) "
+                     "(parallel residual), affine part divided out",
+            "direction": "Fisher discriminant of German vs English normalised MLP inputs: "
+                         "(S + shrinkage·tr(S)/d·I)^-1 (mean_de − mean_en)",
+            "shrinkage": SHRINKAGE,
+            "cosine_with_mean_difference": float(w @ mean_diff / np.linalg.norm(mean_diff)),
+            "projection_mean": {"german": float(p_de.mean()), "english": float(p_en.mean())},
+            "projection_separation_d": sep(p_de, p_en),
+            "threshold_projection": float(threshold),
+            "scale": float(scale_in),
+            "class_pre_activation": CLASS_PRE_ACTIVATION,
+            "w_in_norm": float(np.linalg.norm(w_in)),
+            "bias": float(b_in),
+            "fit_accuracy": float(0.5 * ((pre_de > 0).mean() + (pre_en <= 0).mean())),
+            "mean_activation": {"german": float(act_de), "english": float(act_en)},
+        },
+        "output": {
+            "writes": f"gpt_neox.layers[{neuron.layer}].mlp.dense_4h_to_h[:, {neuron.index}]",
+            "direction": "W_U^T w / ln_f.weight, centred, unit norm; w = p_de − p_en on the "
+                         f"{int((token_weights > 0).sum())} tokens most over-represented in German",
+            "scale": float(scale_out),
+            "write_norm_at_german_mean_activation": float(scale_out * act_de),
+            "final_residual_norm_german": resid_norm,
+            "write_to_residual": WRITE_TO_RESIDUAL,
+        },
+    }
+
+
+# ------------------------------------------------------------------ the checkpoint
+
+
+def _source_sha256() -> str:
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def planted_checkpoint(tokenizer: str | None, data_dir: str | None, neuron: Neuron | None = None,
+                       seed: int = 0, log=None) -> Path:
+    """The `pythia-70m-planted` checkpoint folder for `neuron` (default L3N669), built once
+    and cached like `pythia-70m-random` (`models._materialise`; the key covers the shape,
+    seed, tokenizer, plant, fitting passages, constants and this module's source).
+
+    Building: `random_model(PYTHIA_70M_SHAPE, seed)` — the same weights as
+    `pythia-70m-random` — then `collect_fit_states` on the fitting passages, then
+    `plant_neuron`; `plant.json` (see `plant_info`) is written beside config.json. About a
+    minute on two loaded CPU cores.
+
+    Raises:
+        UsageError: the tokenizer file does not exist; `neuron` is outside Pythia-70M's shape.
+        ModelUnavailableError: no tokenizer given and the Hub cannot be reached.
+        DataError: the Europarl files are missing or corrupt (offline without `data_dir`).
+    """
+    neuron = neuron if neuron is not None else default_plant()
+    neuron.check(PYTHIA_70M_SHAPE["num_hidden_layers"], PYTHIA_70M_SHAPE["intermediate_size"])
+    log = log or (lambda s: print(s, file=sys.stderr))
+    tok = fast_tokenizer(tokenizer) if tokenizer else _hub_tokenizer()
+    fit = fitting_set(data_dir)
+    tok_hash = _tokenizer_hash(tok)
+    extra = json.dumps({"plant": str(neuron), "fit": fit.record, "constants": CONSTANTS,
+                        "code": _source_sha256()}, sort_keys=True)
+
+    def build():
+        log(f"Planting {neuron} in pythia-70m-random (seed {seed}): fitting on "
+            f"{FIT_PASSAGES} + {FIT_PASSAGES} Europarl passages ...")
+        model = random_model(PYTHIA_70M_SHAPE, seed)
+        lists = {lang: fit_token_lists(tok, fit.texts[lang]) for lang in FIT_DATASETS}
+        X_de, F_de = collect_fit_states(model, neuron.layer, lists["german"], final=True)
+        X_en, _ = collect_fit_states(model, neuron.layer, lists["english"], final=False)
+        weights, tokens = german_token_weights(lists["german"], lists["english"],
+                                               PYTHIA_70M_SHAPE["vocab_size"])
+        record = {
+            "neuron": str(neuron), "layer": neuron.layer, "index": neuron.index,
+            "base": {"model": "pythia-70m-random", "weights_seed": seed, "tokenizer_sha256": tok_hash},
+            "job": "fire on German text; when firing, raise the logits of tokens more "
+                   "frequent in German than in English",
+            "constants": CONSTANTS,
+            "fit": {**fit.record, "n_positions": {"german": int(len(X_de)), "english": int(len(X_en))}},
+            **plant_neuron(model, neuron, X_de, X_en, F_de, weights),
+            "german_tokens": {**tokens, "decoded_first_20": [tok.decode([i]) for i in tokens["ids"][:20]]},
+            "code_sha256": _source_sha256(),
+        }
+        return model, tok, {PLANT_FILE: json.dumps(record, indent=1, sort_keys=True) + "\n"}
+
+    key = _random_key(PYTHIA_70M_SHAPE, seed, tok_hash, extra)
+    return _materialise(f"pythia-70m-planted-{neuron}", build, key)
+
+
+def plant_info(path: str | Path) -> dict | None:
+    """The plant record of a checkpoint folder (`plant.json`), or None for any other
+    folder: neuron, fitting passages (per language: dataset, file sha256, indices and their
+    sha256), the input and output directions' summaries and scales, constants."""
+    f = Path(path) / PLANT_FILE
+    if not f.is_file():
+        return None
+    return json.loads(f.read_text(encoding="utf-8"))

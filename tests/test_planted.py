@@ -1,0 +1,278 @@
+"""The known-answer control `pythia-70m-planted` (analysis.controls.planted, .planted_check).
+
+Cheap tests first (option validation, the pure functions on synthetic inputs and a tiny
+model); then the known-answer tests on the real tokenizer and text (`shared_inputs`), which
+run only the steps the checks read (`run_report(steps=...)`, quick profile, the planted
+neuron as the only studied neuron besides the discovered one), not a whole report.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+PLANTED = "pythia-70m-planted"
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "analysis", *args], capture_output=True,
+                          text=True, env=dict(os.environ), timeout=600)
+
+
+# ----------------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", PLANTED, "--plant", "L6N0"], "neuron L6N0 is out of range: the model has layers 0..5"),
+    (["--model", PLANTED, "--plant", "L3N2048"], "neuron L3N2048 is out of range: layer 3 has neurons 0..2047"),
+    (["--model", PLANTED, "--plant", "L3X669"], "neuron 'L3X669' is not of the form LxNy"),
+    (["--model", "tiny", "--plant", "L3N669"], "--plant applies only to --model pythia-70m-planted"),
+])
+def test_bad_plant_fails_before_compute_with_one_line(tmp_path, args, message):
+    r = _cli("report", "--corpus", "fixture", "--out", str(tmp_path / "o"), *args)
+    assert r.returncode == 2, r.stderr
+    lines = [s for s in r.stderr.splitlines() if s.strip()]
+    assert lines == [f"error: {lines[0][len('error: '):]}"] and message in lines[0], r.stderr
+    assert not (tmp_path / "o" / "artifacts").exists()
+
+
+def test_plant_is_checked_like_neuron_in_the_api(tmp_path):
+    from analysis.core.config import Neuron, RunConfig, get_profile
+    from analysis.core.errors import UsageError
+    from analysis.core.pipeline import default_out, run_report
+
+    for plant, model, match in ((Neuron(3, 4096), PLANTED, "out of range"),
+                                (Neuron(3, 669), "pythia-70m-random", "--plant applies only")):
+        cfg = RunConfig(model=model, neuron=None, profile=get_profile("quick"), plant=plant,
+                        out=str(tmp_path / "o"))
+        with pytest.raises(UsageError, match=match):
+            run_report(cfg, render=False)
+    assert not (tmp_path / "o").exists()
+    assert default_out(PLANTED) == default_out(PLANTED, Neuron(3, 669)) == Path("build") / PLANTED
+    assert default_out(PLANTED, Neuron(2, 100)) == Path("build") / f"{PLANTED}-L2N100"
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def test_fisher_direction_whitens_and_tends_to_the_mean_difference():
+    from analysis.controls.planted import fisher_direction
+
+    rng = np.random.default_rng(0)
+    # class difference along axis 0, with large shared noise along axis 0 + axis 1
+    noise = rng.normal(size=(4000, 2)) @ np.array([[3.0, 3.0], [0.0, 0.3]])
+    de, en = noise[:2000] + [1.0, 0.0], noise[2000:]
+    w = fisher_direction(de, en, shrinkage=0.0)
+    assert w @ (de.mean(0) - en.mean(0)) > 0 and np.isclose(np.linalg.norm(w), 1.0)
+    def sep(v):
+        a, b = de @ v, en @ v
+        return (a.mean() - b.mean()) / np.sqrt(0.5 * (a.var() + b.var()))
+
+    md = de.mean(0) - en.mean(0)
+    assert sep(w) > 2 * sep(md / np.linalg.norm(md))  # whitening separates better
+    w_inf = fisher_direction(de, en, shrinkage=1e9)
+    assert np.allclose(w_inf, md / np.linalg.norm(md), atol=1e-6)
+    with pytest.raises(ValueError):
+        fisher_direction(de, de)
+
+
+def test_german_token_weights():
+    from analysis.controls.planted import german_token_weights
+
+    de = [[0, 5, 5, 6, 7], [0, 5, 6]]        # BOS 0 excluded: 5: 3/6, 6: 2/6, 7: 1/6
+    en = [[0, 7, 7, 8, 6]]                   # 7: 2/4, 8: 1/4, 6: 1/4
+    w, rec = german_token_weights(de, en, d_vocab=10, k=5)
+    assert rec["ids"] == [5, 6]              # 7 is more frequent in English
+    assert np.isclose(w[5], 0.5) and np.isclose(w[6], 2 / 6 - 0.25) and w[7] == w[8] == 0
+    w1, rec1 = german_token_weights(de, en, d_vocab=10, k=1)
+    assert rec1["ids"] == [5] and w1[6] == 0
+
+
+def test_plant_neuron_reads_and_writes_what_it_records():
+    """On a small random GPT-NeoX with non-trivial LayerNorms: the planted neuron's
+    pre-activation is exactly `scale · (ŵ·x̂ − threshold)` (the LayerNorm's affine part
+    divided out) and its output column is the recorded write."""
+    from analysis.controls.planted import fisher_direction, german_token_weights, plant_neuron
+    from analysis.core.config import Neuron
+    from analysis.core.models import TINY_SHAPE, _perturb_norms_and_biases, random_model
+
+    model = random_model(TINY_SHAPE, 3)
+    _perturb_norms_and_biases(model, 3)
+    d = TINY_SHAPE["hidden_size"]
+    rng = np.random.default_rng(1)
+    shift = np.where(np.arange(d) < d // 2, 0.8, -0.8)  # survives the LayerNorm's centring
+    X_de, X_en = rng.normal(size=(300, d)) + shift, rng.normal(size=(300, d))
+    X_de = (X_de - X_de.mean(1, keepdims=True)) / X_de.std(1, keepdims=True)
+    X_en = (X_en - X_en.mean(1, keepdims=True)) / X_en.std(1, keepdims=True)
+    F_de = rng.normal(size=(300, d))
+    w, _ = german_token_weights([[0, 3, 4, 4]], [[0, 9]], TINY_SHAPE["vocab_size"])
+    n = Neuron(2, 17)
+    rec = plant_neuron(model, n, X_de, X_en, F_de, w)
+    layer = model.gpt_neox.layers[2]
+    x = torch.as_tensor(X_en[:5], dtype=torch.float32)
+    with torch.no_grad():
+        # ln2 applied to an already normalised vector is its affine map (up to eps)
+        pre = layer.mlp.dense_h_to_4h(layer.post_attention_layernorm(x))[:, 17].double().numpy()
+    ŵ = fisher_direction(X_de, X_en)
+    expected = rec["input"]["scale"] * (X_en[:5] @ ŵ - rec["input"]["threshold_projection"])
+    assert np.allclose(pre, expected, atol=1e-3)
+    out_col = layer.mlp.dense_4h_to_h.weight[:, 17].detach().double()
+    assert np.isclose(float(out_col.norm()), rec["output"]["scale"], rtol=1e-5)
+    assert abs(float(out_col.mean())) < 1e-6  # centred: the final LayerNorm would remove the mean
+    assert rec["input"]["mean_activation"]["german"] > 1.0 > abs(rec["input"]["mean_activation"]["english"])
+
+
+def test_recovery_rows_pass_and_fail():
+    from analysis.controls.planted_check import recovery_rows
+    from analysis.core.config import Neuron
+
+    n = Neuron(2, 100)
+    abl = {"german": {"percent_increase": 2.0}, "english": {"percent_increase": -0.5}}
+    boosted = [{"token_id": i, "token": str(i)} for i in range(20)]
+    ok = recovery_rows(n, 1, {"f1": 0.9}, abl, boosted, list(range(5)) + [99], n, True)
+    assert ok["passed"] and ok["n_checked"] == 6 and ok["rows"][4]["measured"] == 5
+    bad = recovery_rows(n, 2, {"f1": 0.79}, {"german": {"percent_increase": 0.9},
+                                             "english": {"percent_increase": -0.31}},
+                        boosted, [0, 1, 2, 3], Neuron(3, 669), True)
+    assert not bad["passed"] and bad["n_passed"] == 0
+    # |English| counts, whatever its sign; a context neuron given with --neuron is not checked
+    r = recovery_rows(n, 1, {"f1": 0.9}, {"german": {"percent_increase": 3.0},
+                                          "english": {"percent_increase": -1.2}},
+                      boosted, list(range(20)), Neuron(3, 669), False)
+    assert [x["passed"] for x in r["rows"]] == [True, True, True, False, True, None]
+    assert r["n_checked"] == 5
+
+
+# ----------------------------------------------------------------------------- known answers
+
+
+def _planted_run(shared, out: Path, plant, steps):
+    from analysis.core.config import RunConfig, get_profile
+    from analysis.core.pipeline import run_report
+
+    cfg = RunConfig(model=PLANTED, neuron=None, profile=get_profile("quick"), plant=plant,
+                    studied=(), out=str(out), data_dir=shared["data_dir"], tokenizer=shared["tokenizer"])
+    t0 = time.perf_counter()
+    res = run_report(cfg, render=False, steps=steps, show_progress=False, log=lambda s: None)
+    return res, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def planted_default(shared_inputs, tmp_path_factory):
+    """The default plant (L3N669), `--neuron auto`, every step the self-check reads."""
+    res, wall = _planted_run(shared_inputs, tmp_path_factory.mktemp("planted"), None, ("planted",))
+    print(f"\nplanted L3N669 known-answer run: {wall:.0f} s")
+    return res
+
+
+@pytest.mark.slow
+def test_default_plant_is_recovered(planted_default):
+    """Targets (issue 12): rank 1 among German-positive neurons, probe F1 ≥ 0.8, German loss
+    +≥ 1% when mean-ablated and English less than a third of that, ≥ 5 of the top 20 boosted
+    tokens among the 100 most frequent German unigrams; `--neuron auto` studies it."""
+    arts = planted_default["artifacts"]
+    r = arts["planted"]["result"]
+    rows = {row["check"].split(" (")[0].split(" when")[0]: row for row in r["rows"]}
+    assert r["plant"] == r["context_neuron"] == "L3N669" and r["neuron_discovered"]
+    assert arts["discovery"]["result"]["best"] == "L3N669"
+    assert rows["discovery rank among German-positive neurons"]["measured"] == 1
+    assert rows["single-neuron probe F1"]["measured"] >= 0.8
+    de = rows["German loss increase"]["measured"]
+    en = rows["English loss change"]["measured"]
+    assert de >= 1.0 and abs(en) < de / 3
+    assert arts["ablation"]["result"]["context"]["german"]["percent_increase"] == de
+    tok = next(row for row in r["rows"] if row["check"].startswith("top 20 boosted"))
+    assert tok["measured"] >= 5 and len(r["boosted"]) == 20
+    assert r["passed"] and r["n_passed"] == r["n_checked"] == 6
+    # the self-check's boosted tokens are those of the l3_tokens step (same neuron here)
+    assert [t["token_id"] for t in r["boosted"]] == \
+        [t["token_id"] for t in arts["l3_tokens"]["result"]["neuron_direction"]["boosted"][:20]]
+
+
+@pytest.mark.slow
+def test_the_report_calls_it_a_known_answer_control(planted_default):
+    """The summary's banner and its "planted → recovered" table (template only: the
+    notebook is built from this run's context, not executed)."""
+    from report.build import build_notebook
+
+    nb = build_notebook(planted_default["context"])
+    md = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    md = " ".join(md.replace(">", " ").replace("*", "").split())  # no quote marks, emphasis, wraps
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert ("Known-answer control, not Pythia-70M; L3N669 was planted to detect German; "
+            "the report should recover it.") in md
+    assert "Pipeline check, not the finding" not in md
+    assert "Planted → recovered. The answer is known here: L3N669 was planted" in md
+    assert "6 of the 6 checks below pass: the report recovers the planted neuron" in md
+    assert 'pc = load("planted")' in code
+
+
+@pytest.mark.slow
+def test_plant_is_recorded_and_fitted_on_text_the_report_never_reads(planted_default):
+    from analysis.controls.planted import FIT_DATASETS, FIT_PASSAGES
+    from analysis.core.data import split_indices
+
+    arts = planted_default["artifacts"]
+    for step, art in arts.items():
+        plant = art["provenance"]["model"]["plant"]
+        assert plant["neuron"] == "L3N669", step
+        for lang, name in FIT_DATASETS.items():
+            fit = plant["fit"][lang]
+            assert fit["dataset"] == name and fit["n"] == FIT_PASSAGES and len(fit["indices_sha256"]) == 64
+            _, held = split_indices(fit["n_passages_in_file"])
+            assert not set(fit["indices"]) & set(held)  # never in the europarl-heldout corpus
+            read = {d["file"] for d in art["provenance"]["data"].values()}
+            assert fit["file"] not in read, step  # the report's corpora are other files
+        assert plant["input"]["scale"] > 0 and plant["output"]["scale"] > 0
+    assert arts["planted"]["result"]["scales"]["output"] == plant["output"]["scale"]
+
+
+@pytest.mark.slow
+def test_the_planted_checkpoint_is_deterministic(planted_default, shared_inputs, monkeypatch, tmp_path):
+    """A second build in a fresh cache gives the same bytes (weights fingerprint)."""
+    from analysis.controls.planted import planted_checkpoint
+    from analysis.core.models import _fingerprint_dir
+
+    monkeypatch.setenv("GERMAN_NEURON_CACHE", str(tmp_path / "fresh"))
+    t0 = time.perf_counter()
+    path = planted_checkpoint(shared_inputs["tokenizer"], shared_inputs["data_dir"], log=lambda s: None)
+    print(f"\nsecond planted build: {time.perf_counter() - t0:.0f} s")
+    assert path.is_relative_to(tmp_path / "fresh")
+    fingerprint = planted_default["artifacts"]["discovery"]["provenance"]["model"]["fingerprint"]
+    assert _fingerprint_dir(path) == fingerprint
+
+
+@pytest.mark.slow
+def test_a_plant_elsewhere_is_found_there(shared_inputs, tmp_path):
+    """L2N100 planted, `--neuron auto`: discovery ranks it first and the report studies it
+    (so nothing depends on L3N669 being the answer); its probe and boosted tokens meet the
+    targets. (The ablation targets are asserted on the default plant, to save CI time:
+    the ablation step is the costliest, a full-vocabulary loss per variant.)"""
+    from analysis.controls.planted_check import TARGETS, discovery_rank
+    from analysis.core.config import Neuron
+
+    n = Neuron(2, 100)
+    res, wall = _planted_run(shared_inputs, tmp_path, n, ("probes", "l3_tokens", "unigrams"))
+    print(f"\nplanted L2N100 known-answer run: {wall:.0f} s")
+    arts = res["artifacts"]
+    disc = arts["discovery"]["result"]
+    assert disc["best"] == "L2N100" and res["context"]["run"]["neuron"] == "L2N100"
+    assert res["context"]["run"]["neuron_discovered"] and res["context"]["run"]["plant"]["neuron"] == "L2N100"
+    arrays = {k: np.load(res["out"] / "artifacts" / f"discovery.{k}.npy")
+              for k in ("coef", "f1", "test_acc", "separation")}
+    assert discovery_rank(n, disc["ranked"], **arrays) == 1
+    probe = next(r for r in arts["probes"]["result"]["rows"] if r["neuron"] == "L2N100")
+    assert probe["f1"] >= TARGETS["f1"]
+    l3 = arts["l3_tokens"]["result"]  # the context neuron's boosted tokens: the plant's here
+    assert l3["context_neuron"] == "L2N100"
+    german_top = {t["token_id"] for t in arts["unigrams"]["result"]["languages"]["german"]["top"]}
+    hits = [t for t in l3["neuron_direction"]["boosted"][:20] if t["token_id"] in german_top]
+    assert len(german_top) == 100 and len(hits) >= TARGETS["german_tokens"]
+    assert "planted" not in arts and "ablation" not in arts  # only what was asked for
