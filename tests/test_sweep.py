@@ -312,3 +312,14 @@ def test_weights_without_a_copy_equal_the_copy_and_outlive_the_bridge():
     got = per_example_losses(Forward(b), make_batches(toks, 4096, 1), {}, show_progress=False)
     assert all(torch.equal(getattr(a, n), getattr(b, n)) for n in ("W_E", "W_Q", "W_in", "W_U", "b_U"))
     assert (ref["original"] == got["original"]).all()
+
+
+def test_out_of_memory_names_model_revision_and_batch():
+    import torch
+
+    from analysis.core.sweep_task import _known_failure
+
+    spec = {"model": "pythia-12b", "revision": "step1000", "device": "cuda", "profile": {"batch_tokens": 4096}}
+    rec = _known_failure(spec, {"key": "k"}, torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert rec["status"] == "failed"
+    assert all(s in rec["reason"] for s in ("pythia-12b", "step1000", "4096 tokens", "--batch-tokens"))

@@ -219,14 +219,27 @@ def bench(
     device: str = typer.Option("cpu", help="cpu | cuda"),
     repeats: int = typer.Option(3, help="timed repeats of each throughput measurement (best is kept)"),
     reports: bool = typer.Option(True, help="also run the quick report and its doubled-size variant (passes and memory)"),
+    sweep: bool = typer.Option(False, "--sweep", help="benchmark the sweep instead: scheduler overhead, scaling on this machine, one task's memory before/after the single-copy fix, GPU line (bench_sweep.json)"),
     debug: bool = typer.Option(False, help="show tracebacks"),
 ) -> None:
     """Measure the engine: speedup over the seed's per-example loop, efficiency vs Hugging
-    Face, FLOP/s vs matmul, passes vs the seed's code path, peak memory (bench.json)."""
+    Face, FLOP/s vs matmul, passes vs the seed's code path, peak memory (bench.json); with
+    `--sweep`, the training-dynamics sweep."""
     from pathlib import Path
 
-    from .bench import print_bench, run_bench
+    from .bench import print_bench, print_sweep_bench, run_bench, run_sweep_bench
 
+    if sweep:
+        try:
+            res = run_sweep_bench(Path(out), tokenizer, data_dir, log=lambda s: typer.echo(s, err=True))
+        except ReportError as exc:
+            if debug:
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        print_sweep_bench(res, typer.echo)
+        typer.echo(f"\nwritten: {Path(out) / 'bench_sweep.json'}")
+        return
     try:
         res = run_bench(model, tokenizer, data_dir, Path(out), examples=examples, device=device,
                         repeats=repeats, report_runs=reports, log=lambda s: typer.echo(s, err=True))
@@ -280,9 +293,13 @@ def sweep(
         c = res["counts"]
         typer.echo(f"{sum(c.values())} tasks: {c.get('computed', 0)} computed, {c.get('reused', 0)} reused, "
                    f"{c.get('skipped', 0)} skipped, {c.get('failed', 0)} failed in {res['wall_s']:.1f} s")
+        groups: dict = {}
         for t in res["tasks"]:
             if t["status"] in ("skipped", "failed"):
-                typer.echo(f"  {t['status']}: {t['model']} {t['revision']}: {t['reason']}")
+                groups.setdefault((t["status"], t["model"], t["reason"]), []).append(t["revision"])
+        for (status, model, reason), revs in groups.items():
+            shown = ", ".join(revs[:6]) + (f" and {len(revs) - 6} more" if len(revs) > 6 else "")
+            typer.echo(f"  {status}: {model} {shown}: {reason}")
         typer.echo(f"table: {res['table']['parquet']} ({res['table']['rows']} rows), {res['table']['csv']}")
         if report and res["table"]["rows"]:
             paths = build_sweep_report(res["out"], renderer=renderer, log=log)

@@ -73,6 +73,14 @@ _REVISION = re.compile(r"^step(\d+)$")
 _TCP = re.compile(r"^tcp://[^\s/:]+:\d{1,5}$")
 
 
+
+
+class Interrupted(ReportError):
+    """Ctrl-C: what was computed is stored and recorded; the same command resumes."""
+
+    exit_code = 130
+
+
 # ------------------------------------------------------------------ what the user asked for
 
 
@@ -570,13 +578,14 @@ class SerialExecutor:
 
 
 class DaskExecutor:
-    """Tasks as Dask futures on a `LocalCluster` started here or a scheduler at `address`."""
+    """Tasks as Dask futures on a `LocalCluster` started here or a scheduler at `address`;
+    only the spec (plain data) is sent, only the task's record comes back."""
 
     def __init__(self, client, cluster=None, description: str = ""):
         from distributed import as_completed
 
         self.client, self.cluster, self.description = client, cluster, description
-        self._futures: dict[str, dict] = {}
+        self._pending: dict[str, tuple] = {}
         self._ac = as_completed([], with_results=False)
         try:
             self.dashboard = client.dashboard_link if _has_dashboard(client) else None
@@ -586,17 +595,17 @@ class DaskExecutor:
             self.dashboard += " (its pages need bokeh: pip install bokeh)"
 
     def submit(self, spec: dict) -> None:
-        fut = self.client.submit(_run_task_remote, spec, key=f"checkpoint-{spec['model']}-{spec['revision']}-{spec['key'][:12]}",
-                                 pure=False, retries=RETRIES)
-        self._futures[fut.key] = spec
+        key = f"checkpoint-{spec['model']}-{spec['revision']}-{spec['key'][:12]}"
+        fut = self.client.submit(_run_task_remote, spec, key=key, pure=False, retries=RETRIES)
+        self._pending[fut.key] = (fut, spec)
         self._ac.add(fut)
 
     def pending(self) -> int:
-        return len(self._futures)
+        return len(self._pending)
 
     def next_done(self) -> tuple[dict, dict | BaseException]:
         fut = next(self._ac)
-        spec = self._futures.pop(fut.key)
+        _, spec = self._pending.pop(fut.key)
         try:
             return spec, fut.result()
         except Exception as exc:  # retries used up, or KilledWorker
@@ -605,12 +614,11 @@ class DaskExecutor:
             fut.release()
 
     def cancel(self) -> None:
-        futs = list(self._ac.futures) if hasattr(self._ac, "futures") else []
         try:
-            self.client.cancel(futs)
+            self.client.cancel([f for f, _ in self._pending.values()])
         except Exception:
             pass
-        self._futures.clear()
+        self._pending.clear()
 
     def close(self) -> None:
         try:
@@ -847,7 +855,8 @@ def run_sweep(plan: SweepPlan, scheduler: str = "local", workers: int | None = N
             for b in plan.base.values():
                 b["threads"] = b.get("threads") or threads
             progress = SweepProgress(len(records) + len(todo) + n_waiting, log, live, records)
-            for spec in todo:
+            # anchors first: the checkpoints waiting on their auto neuron are released sooner
+            for spec in sorted(todo, key=lambda t: not t.get("anchor")):
                 spec["threads"] = spec.get("threads") or threads
                 executor.submit(spec)
             while executor.pending():
@@ -870,7 +879,7 @@ def run_sweep(plan: SweepPlan, scheduler: str = "local", workers: int | None = N
         if executor is not None:
             executor.cancel()
         _finish(plan, records, out, t0, executor, command, interrupted=True)
-        raise ReportError(f"interrupted: {sum(r['status'] in ('computed', 'reused') for r in records)} "
+        raise Interrupted(f"interrupted: {sum(r['status'] in ('computed', 'reused') for r in records)} "
                           "tasks are stored; rerun the same command to resume") from None
     finally:
         if executor is not None:
@@ -1117,8 +1126,18 @@ def sweep_summary(out: str | os.PathLike) -> dict:
             "created": manifest["created"], "executor": manifest["executor"],
             "code": manifest["code"], "libraries": manifest["libraries"],
             "skipped": [t for t in manifest["tasks"] if t["status"] == "skipped"],
+            "skipped_groups": _groups([t for t in manifest["tasks"] if t["status"] == "skipped"]),
             "failed": [t for t in manifest["tasks"] if t["status"] == "failed"],
             "tasks": [t for t in manifest["tasks"] if t["status"] in ("computed", "reused")]}
+
+
+def _groups(tasks: list[dict]) -> list[dict]:
+    """Tasks grouped by (model, reason), in order: `[{"model", "reason", "revisions"}]`."""
+    out: dict[tuple, dict] = {}
+    for t in tasks:
+        g = out.setdefault((t["model"], t["reason"]), {"model": t["model"], "reason": t["reason"], "revisions": []})
+        g["revisions"].append(t["revision"])
+    return list(out.values())
 
 
 def draw_sweep_figures(out: str | os.PathLike, fig_dir: Path) -> list[dict]:
