@@ -323,3 +323,49 @@ def test_out_of_memory_names_model_revision_and_batch():
     rec = _known_failure(spec, {"key": "k"}, torch.cuda.OutOfMemoryError("CUDA out of memory"))
     assert rec["status"] == "failed"
     assert all(s in rec["reason"] for s in ("pythia-12b", "step1000", "4096 tokens", "--batch-tokens"))
+
+
+def test_a_plain_checkpoint_folder_is_one_task_keyed_by_its_fingerprint(tmp_path):
+    from analysis.core.bench import bench_checkpoints
+    from analysis.core.models import _fingerprint_dir
+    from analysis.core.sweep import draw_sweep_figures, sweep_summary
+    from analysis.core.sweep_task import load_artifact
+
+    (ckpt,) = bench_checkpoints(tmp_path / "ckpts", 1)
+    res, _ = _run(tmp_path / "out", models=str(ckpt), neuron="auto")
+    (task,) = res["tasks"]
+    assert task["status"] == "computed" and task["step"] is None and task["anchor"]
+    art = load_artifact(tmp_path / "out" / "store", task["key"])
+    assert art["provenance"]["model"]["kind"] == "folder"
+    assert art["provenance"]["model"]["fingerprint"] == _fingerprint_dir(ckpt)
+    summary = sweep_summary(tmp_path / "out")
+    (m,) = summary["models"]
+    assert m["last"]["step"] is None and m["context_neuron"] == art["result"]["best"]["neuron"]
+    assert draw_sweep_figures(tmp_path / "out", tmp_path / "figs") == []  # no training step to plot against
+    import shutil
+
+    moved = shutil.copytree(ckpt, tmp_path / "elsewhere" / "renamed")  # the same weights elsewhere
+    res, _ = _run(tmp_path / "out", models=str(moved), neuron="auto")
+    assert res["counts"] == {"reused": 1} and res["tasks"][0]["key"] == task["key"]
+
+
+def test_a_model_report_shows_the_sweep_beside_its_own_dynamics(tiny_report, serial, tmp_path):
+    from analysis.core.config import Neuron, RunConfig, get_profile
+    from analysis.core.errors import UsageError
+    from analysis.core.pipeline import run_report
+    from analysis.core.sweep import draw_sweep_figures, sweep_summary
+    from report.build import build_notebook
+
+    res, _, _ = tiny_report
+    context = {**res["context"], "sweep": sweep_summary(serial["out"]),
+               "figures": res["context"]["figures"] + draw_sweep_figures(serial["out"], tmp_path / "figures")}
+    nb = build_notebook(context)
+    md = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "# Training dynamics across checkpoints and model sizes" in md and "# Setup" in md
+    assert "show_figure('sweep_context_f1'" in code and "table.parquet" in code
+    cfg = RunConfig(model="tiny", neuron=Neuron.parse("L3N669"), profile=get_profile("quick"),
+                    out=str(tmp_path / "o"))
+    with pytest.raises(UsageError, match="holds no sweep"):  # checked before any compute
+        run_report(cfg, corpus="fixture", sweep=str(tmp_path), log=lambda s: None)
+    assert not (tmp_path / "o").exists()

@@ -40,7 +40,7 @@ def report(
     corpus: str | None = typer.Option(None, help="seed (KDE4 English / WMT German) | fixture (the package's own short texts) | europarl-heldout (the organism's held-out passages); default: europarl-heldout for the organism, else seed"),
     renderer: str = typer.Option("auto", help="auto (quarto if installed, else pandoc+typst) | quarto | pandoc"),
     render: bool = typer.Option(True, help="build report.html/report.pdf after the artifacts"),
-    sweep: str | None = typer.Option(None, help="a sweep's output folder (german-neuron sweep --out DIR): without --model, build that sweep's report (curves over checkpoints and sizes) in DIR"),
+    sweep: str | None = typer.Option(None, help="a sweep's output folder (german-neuron sweep --out DIR): without --model, build that sweep's report (curves over checkpoints and sizes) in DIR; with --model, add its curves to the model's report"),
     debug: bool = typer.Option(False, help="show tracebacks"),
 ) -> None:
     """Compute (or reuse) the artifacts and build report.html + report.pdf; or, with
@@ -57,9 +57,6 @@ def report(
             for kind in ("html", "pdf"):
                 typer.echo(f"{kind}: {paths[kind]}")
             return
-        if sweep is not None:
-            raise UsageError("--sweep DIR builds the sweep's own report; it does not combine with --model",
-                             hint=f"german-neuron report --sweep {sweep}")
         if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
             raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
         if renderer not in ("auto", "quarto", "pandoc"):
@@ -75,7 +72,7 @@ def report(
             context_neuron = Neuron.parse("L3N669")  # the seed's neuron; the organism finds its own
         cfg = RunConfig(model=model, neuron=context_neuron, profile=prof,
                         device=device, data_dir=data_dir, tokenizer=tokenizer, out=out, note=note)
-        res = run_report(cfg, render=render, renderer=renderer, corpus=corpus,
+        res = run_report(cfg, render=render, renderer=renderer, corpus=corpus, sweep=sweep,
                          command="german-neuron " + shlex.join(sys.argv[1:]))
     except ReportError as exc:
         if debug:

@@ -213,6 +213,7 @@ def parse_revisions(text: str) -> str | list[str]:
 
 
 def step_of(revision: str) -> int:
+    """The training step of a `step<N>` revision."""
     return int(_REVISION.match(revision).group(1))
 
 
@@ -430,7 +431,8 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
             e.checkpoints = [{"revision": r, "step": step_of(r), "train_loss": None,
                               "tokens_seen": step_of(r) * PYTHIA_TOKENS_PER_STEP} for r in revs]
             e.config = _hub_config(e.repo, revs[-1])
-        elif e.kind == "organism" and rev_choice not in REVISION_SETS:
+        series = list(e.checkpoints)  # an organism's whole run (the auto anchor is its final)
+        if e.kind == "organism" and rev_choice not in REVISION_SETS:
             have = {c["revision"]: c for c in e.checkpoints}
             e.checkpoints = [have[r] for r in rev_choice if r in have]
             for r in rev_choice:
@@ -479,8 +481,9 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
         if e_neuron is None:  # --neuron auto: anchor on the model's final checkpoint
             final = next((c for c in cks if c["revision"] == e.final), None)
             if final is None:
-                final = {"revision": e.final, "step": step_of(e.final), "train_loss": None,
-                         "tokens_seen": step_of(e.final) * PYTHIA_TOKENS_PER_STEP}
+                final = next((c for c in series if c["revision"] == e.final), None) or {
+                    "revision": e.final, "step": step_of(e.final), "train_loss": None,
+                    "tokens_seen": step_of(e.final) * PYTHIA_TOKENS_PER_STEP}
                 cks.append(final)
                 log(f"  {e.name}: --neuron auto anchors on the final checkpoint {e.final}; added to the sweep")
             tasks.append(_spec(base[e.name], final, known, missing, code, anchor=True))
@@ -1063,13 +1066,17 @@ def first_reaching(table, threshold: float = THRESHOLD_F1) -> dict[str, dict | N
     """{model: {"step", "tokens_seen", "revision", "f1"}} of the first checkpoint (in step
     order) whose context neuron's probe F1 is at least `threshold`; None where none is."""
     out = {}
-    f1 = table[table["measure"] == "context_f1"].sort_values("step")
+    import pandas as pd
+
+    f1 = table[(table["measure"] == "context_f1") & table["step"].notna()].sort_values("step")
     for model, g in f1.groupby("model", sort=False):
         hit = g[g["value"] >= threshold]
-        out[model] = None if hit.empty else {
-            "step": int(hit.iloc[0]["step"]), "revision": hit.iloc[0]["revision"],
-            "tokens_seen": None if hit.iloc[0]["tokens_seen"] is None else int(hit.iloc[0]["tokens_seen"]),
-            "f1": float(hit.iloc[0]["value"])}
+        if hit.empty:
+            out[model] = None
+            continue
+        h = hit.iloc[0]
+        out[model] = {"step": int(h["step"]), "revision": h["revision"], "f1": float(h["value"]),
+                      "tokens_seen": None if pd.isna(h["tokens_seen"]) else int(h["tokens_seen"])}
     return out
 
 
@@ -1098,8 +1105,9 @@ def sweep_summary(out: str | os.PathLike) -> dict:
         if t.empty:
             models.append({**m, "n_checkpoints": 0, "first": None, "last": None})
             continue
-        last_step = t["step"].max()
-        last = t[t["step"] == last_step]
+        order = t["step"].fillna(-1)  # a folder without a step counts as one checkpoint
+        last = t[order == order.max()]
+        last_step = None if pd.isna(last["step"].iloc[0]) else int(last["step"].iloc[0])
 
         def val(measure, language=None, frame=last):
             r = frame[(frame["measure"] == measure) & ((frame["language"] == language) if language
@@ -1112,7 +1120,7 @@ def sweep_summary(out: str | os.PathLike) -> dict:
                        "n_params": int(t["n_params"].iloc[0]),
                        "steps": [int(s) for s in sorted(t["step"].dropna().unique())],
                        "context_neuron": ctx_f1[1], "first": first.get(m["name"]),
-                       "last": {"step": int(last_step), "revision": last.iloc[0]["revision"],
+                       "last": {"step": last_step, "revision": last.iloc[0]["revision"],
                                 "context_f1": ctx_f1[0],
                                 "ablation_german": val("context_ablation_pct", "german")[0],
                                 "ablation_english": val("context_ablation_pct", "english")[0],
@@ -1142,7 +1150,10 @@ def _groups(tasks: list[dict]) -> list[dict]:
 
 def draw_sweep_figures(out: str | os.PathLike, fig_dir: Path) -> list[dict]:
     """One figure per measure (`figures.sweep.MEASURES`), one line per model, from the
-    sweep's table; saved with `figures.plots.save` into `fig_dir`."""
+    sweep's table; saved with `figures.plots.save` into `fig_dir`. Each record's
+    `artifact_key` is the sha256 of the table it was drawn from."""
+    import hashlib
+
     import pandas as pd
 
     import figures.plots as plots
@@ -1151,6 +1162,7 @@ def draw_sweep_figures(out: str | os.PathLike, fig_dir: Path) -> list[dict]:
     table = pd.read_parquet(Path(out) / "table.parquet")
     if table.empty:
         return []
+    digest = hashlib.sha256((Path(out) / "table.parquet").read_bytes()).hexdigest()
     marks = {m: (None if v is None else v["step"]) for m, v in first_reaching(table).items()}
     records = []
     for spec in figs.MEASURES:
@@ -1158,7 +1170,7 @@ def draw_sweep_figures(out: str | os.PathLike, fig_dir: Path) -> list[dict]:
         if fig is None:
             continue
         records.append(plots.save(fig, fig_dir, spec["name"], {
-            "step": "sweep", "artifact_key": None, "function": "figures.sweep.measure_figure",
+            "step": "sweep", "artifact_key": digest, "function": "figures.sweep.measure_figure",
             "caption": spec["caption"] + f" Dotted lines: the first checkpoint where the context neuron's "
                                           f"probe F1 reaches {THRESHOLD_F1}.",
             "seed_cell": None, "table": str(Path(out).resolve() / "table.parquet")}))
