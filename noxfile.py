@@ -67,3 +67,11 @@ def baseline(session: nox.Session) -> None:
     """Show (and with `--update` write) a fixture baseline: `-- --model tiny --update`."""
     _install(session)
     session.run("german-neuron", "baseline", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def sweep(session: nox.Session) -> None:
+    """Training dynamics over checkpoints and model sizes on Dask:
+    `-- --models pythia-70m,pythia-160m --revisions quick [--scheduler local|tcp://...|none]`."""
+    _install(session)
+    session.run("german-neuron", "sweep", *session.posargs)

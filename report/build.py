@@ -109,10 +109,21 @@ SECTIONS: tuple[Section, ...] = (
             when=lambda c: any(e["neuron"] == "L5N1336"
                                for e in c["artifacts"]["neurons"]["result"]["neurons"])),
     Section("Training dynamics", "70_dynamics.md.j2", ("dynamics",), ("dynamics",)),
+    Section("Training dynamics across checkpoints and model sizes", "75_sweep.md.j2", (), ("sweep",),
+            when=lambda c: c.get("sweep") is not None),
     Section("Neuron cards", "75_cards.md.j2", ("cards",), ("cards",)),
     Section("Other figures", "80_other_figures.md.j2", when=lambda c: bool(_unplaced_figures(c))),
     Section("Provenance", "90_provenance.md.j2"),
     Section("Regression check", "95_regression.md.j2", when=lambda c: c.get("regression") is not None),
+)
+
+# The report of a training-dynamics sweep (`german-neuron report --sweep DIR`): no
+# single-model artifacts, the sweep's table instead (`context["sweep"]`).
+SWEEP_SECTIONS: tuple[Section, ...] = (
+    Section("Sweep", "sweep_setup.md.j2"),
+    Section("Training dynamics across checkpoints and model sizes", "75_sweep.md.j2", (), ("sweep",)),
+    Section("Checkpoints", "sweep_checkpoints.md.j2"),
+    Section("Provenance", "sweep_provenance.md.j2"),
 )
 
 # Steps in the order their provenance is summarised (others follow alphabetically).
@@ -363,6 +374,7 @@ def _template_variables(context: Mapping[str, Any]) -> dict[str, Any]:
         "data_files": data,
         "figures_for": figures_for,
         "unplaced_figures": _unplaced_figures(context),
+        "sweep": context.get("sweep"),
         "intervals": {"resamples": stats.BOOTSTRAP_RESAMPLES, "seed": stats.BOOTSTRAP_SEED},
         "cards": [c["neuron"] for c in artifacts["cards"]["result"]["cards"]]
         if "cards" in artifacts else [],
@@ -370,9 +382,11 @@ def _template_variables(context: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_notebook(
-    context: Mapping[str, Any], templates_dir: Path | None = None
+    context: Mapping[str, Any], templates_dir: Path | None = None,
+    sections: tuple[Section, ...] | None = None,
 ) -> nbformat.NotebookNode:
-    """Render the templates into an (unexecuted) report notebook."""
+    """Render the templates into an (unexecuted) report notebook (`sections`: the report's
+    sections, default `SECTIONS`; `SWEEP_SECTIONS` for a sweep's report)."""
     _check_context(context)
     env = make_environment(templates_dir)
     variables = _template_variables(context)
@@ -394,7 +408,7 @@ def build_notebook(
     )
     setup = _unmark(_render(env, "cells/setup.py.j2", variables))
     nb.cells.append(v4.new_code_cell("#| include: false\n" + setup.strip("\n")))
-    for section in SECTIONS:
+    for section in SECTIONS if sections is None else sections:
         if not section.included(context):
             continue
         cells = _split_cells(_render(env, f"sections/{section.template}", variables))
@@ -586,13 +600,15 @@ def build_report(
     timeout_s: int = 600,
     *,
     templates_dir: Path | None = None,
+    sections: tuple[Section, ...] | None = None,
 ) -> dict[str, Path]:
     """Render templates -> report notebook -> execute with nbclient -> report.html + report.pdf in out_dir. Returns {"notebook":..., "html":..., "pdf":...}.
 
     ``out_dir`` must hold ``artifacts/`` and ``figures/`` (the notebook reads them).
     ``renderer``: "auto" (quarto if on PATH, else pandoc), "quarto" or "pandoc".
     ``timeout_s`` bounds each notebook cell.  Raises ``ReportError``; on any failure the
-    previous report.ipynb/html/pdf in ``out_dir`` are left as they were.
+    previous report.ipynb/html/pdf in ``out_dir`` are left as they were.  ``sections``:
+    see ``build_notebook``.
     """
     if renderer not in RENDERERS:
         raise ReportError(f"renderer must be one of {RENDERERS}, got {renderer!r}")
@@ -604,7 +620,7 @@ def build_report(
     if renderer == "quarto" and not shutil.which("quarto"):
         raise ReportError("renderer='quarto' but quarto is not on PATH")
 
-    nb = build_notebook(context, templates_dir)  # template errors surface before any work
+    nb = build_notebook(context, templates_dir, sections)  # template errors surface before any work
 
     final = {
         "notebook": out_dir / "report.ipynb",

@@ -14,6 +14,10 @@ and biases perturbed as the `tiny` model's) with its own seed, and the fixture B
 (`analysis.controls.tiny_tokenizer`): `config.json`, `generation_config.json`,
 `model.safetensors` (or `pytorch_model.bin`), `tokenizer.json`, `tokenizer_config.json`,
 `special_tokens_map.json`. Reused by the dynamics tests and by sweeps over revisions.
+
+Other repositories (`repo="EleutherAI/pythia-160m"`) and other shapes (`shape=`, keyword
+arguments of `GPTNeoXConfig` over `TINY_SHAPE`) build the same layout, for sweeps over
+model sizes.
 """
 
 from __future__ import annotations
@@ -47,9 +51,9 @@ def repo_folder(hf_home: str | os.PathLike, repo: str = REPO) -> Path:
     return Path(hf_home) / "hub" / ("models--" + repo.replace("/", "--"))
 
 
-def commit_id(revision: str, seed: int) -> str:
+def commit_id(revision: str, seed: int, repo: str = REPO) -> str:
     """A deterministic 40-hex commit id for a fixture revision."""
-    return hashlib.sha1(f"{REPO}@{revision}#{seed}".encode()).hexdigest()
+    return hashlib.sha1(f"{repo}@{revision}#{seed}".encode()).hexdigest()
 
 
 def _add_file(repo_dir: Path, snapshot: Path, name: str, data: bytes) -> None:
@@ -66,14 +70,15 @@ def _add_file(repo_dir: Path, snapshot: Path, name: str, data: bytes) -> None:
         shutil.copyfile(blob, link)
 
 
-def _checkpoint_files(seed: int, weights: str) -> dict[str, bytes]:
-    """The files of a tiny checkpoint (`weights`: "safetensors" or "bin")."""
+def _checkpoint_files(seed: int, weights: str, shape: Mapping | None = None) -> dict[str, bytes]:
+    """The files of a tiny checkpoint (`weights`: "safetensors" or "bin"; `shape`: config
+    keyword arguments over `TINY_SHAPE`)."""
     import torch
 
     from analysis.controls.tiny_tokenizer import train_fixture_tokenizer
     from analysis.core.models import TINY_SHAPE, _perturb_norms_and_biases, random_model
 
-    model = random_model(TINY_SHAPE, seed)
+    model = random_model({**TINY_SHAPE, **(shape or {})}, seed)
     _perturb_norms_and_biases(model, seed)
     tok = train_fixture_tokenizer(vocab_size=TINY_SHAPE["vocab_size"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,18 +99,19 @@ def _checkpoint_files(seed: int, weights: str) -> dict[str, bytes]:
 
 
 def add_revision(hf_home: str | os.PathLike, revision: str, seed: int, *, weights: str = "safetensors",
-                 trap_bin: bool = False, trap_only: bool = False) -> str:
+                 trap_bin: bool = False, trap_only: bool = False, repo: str = REPO,
+                 shape: Mapping | None = None) -> str:
     """Put one revision into the cache; returns its commit id.
 
     `weights`: "safetensors" (model.safetensors) or "bin" (pytorch_model.bin from
     `torch.save` of the state dict). `trap_bin`: also place a `pytorch_model.bin` that, if
     ever unpickled without `weights_only=True`, creates `trap_marker(hf_home, commit)`.
-    `trap_only`: that trap is the only weights file.
+    `trap_only`: that trap is the only weights file. `repo`, `shape`: see the module docstring.
     """
-    repo_dir = repo_folder(hf_home)
-    commit = commit_id(revision, seed)
+    repo_dir = repo_folder(hf_home, repo)
+    commit = commit_id(revision, seed, repo)
     snapshot = repo_dir / "snapshots" / commit
-    files = _checkpoint_files(seed, weights)
+    files = _checkpoint_files(seed, weights, shape)
     if trap_only:
         files.pop("model.safetensors", None)
         files.pop("pytorch_model.bin", None)
@@ -125,8 +131,10 @@ def trap_marker(hf_home: str | os.PathLike, commit: str) -> Path:
 
 
 def build_hub_cache(hf_home: str | os.PathLike, revisions: Mapping[str, int] | Iterable[str], *,
-                    trap_bin: Iterable[str] = ()) -> dict[str, str]:
-    """A Hub cache under `hf_home` holding `revisions` of `EleutherAI/pythia-70m`.
+                    trap_bin: Iterable[str] = (), repo: str = REPO,
+                    shape: Mapping | None = None) -> dict[str, str]:
+    """A Hub cache under `hf_home` holding `revisions` of `repo` (default
+    `EleutherAI/pythia-70m`; `shape`: config keyword arguments over `TINY_SHAPE`).
 
     `revisions`: `{revision: seed}`, or revision names (seeded 0, 1, 2, ... in order, so
     every revision's weights differ). `trap_bin`: revisions that also get a trap
@@ -136,7 +144,8 @@ def build_hub_cache(hf_home: str | os.PathLike, revisions: Mapping[str, int] | I
     if not isinstance(revisions, Mapping):
         revisions = {r: i for i, r in enumerate(revisions)}
     traps = set(trap_bin)
-    return {rev: add_revision(hf_home, rev, seed, trap_bin=rev in traps) for rev, seed in revisions.items()}
+    return {rev: add_revision(hf_home, rev, seed, trap_bin=rev in traps, repo=repo, shape=shape)
+            for rev, seed in revisions.items()}
 
 
 def offline_env(hf_home: str | os.PathLike, base: Mapping[str, str] | None = None) -> dict[str, str]:

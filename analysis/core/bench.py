@@ -590,3 +590,223 @@ def print_bench(res: dict, echo: Callable[[str], None] = print) -> None:
              f"{md['worst_batch_peak_gb']:.2f} GB; largest kept-data growth to paper sizes: "
              f"{md['largest_growth_step']} +{md['steps'][md['largest_growth_step']]['paper_growth_gb']:.2f} GB; "
              f"paper estimate {res['paper_peak_rss_gb_estimate']:.2f} GB")
+
+
+# ------------------------------------------------------------------ the sweep (`bench --sweep`)
+
+# A task of about a second: a small GPT-NeoX (fixture tokenizer) on the fixture corpus.
+SWEEP_BENCH_SHAPE = {"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 2,
+                     "intermediate_size": 512}
+SWEEP_BENCH_SIZES = ("activation_examples=4", "probe_samples=60", "loss_examples=4")
+SWEEP_TARGETS = {"overhead_fraction": ("<=", 0.05)}
+
+
+def bench_checkpoints(folder: Path, n: int) -> list[Path]:
+    """`n` small random checkpoints (`SWEEP_BENCH_SHAPE`, seeds 0..n-1, the fixture BPE
+    tokenizer) saved as Hugging Face folders under `folder` (reused when present)."""
+    from ..controls.tiny_tokenizer import train_fixture_tokenizer
+    from .models import TINY_SHAPE, _perturb_norms_and_biases, random_model
+
+    tok = None
+    paths = []
+    for i in range(n):
+        p = folder / f"ckpt-{i}"
+        if not (p / "config.json").is_file():
+            tok = tok or train_fixture_tokenizer(vocab_size=TINY_SHAPE["vocab_size"])
+            model = random_model({**TINY_SHAPE, **SWEEP_BENCH_SHAPE}, i)
+            _perturb_norms_and_biases(model, i)
+            model.save_pretrained(p)
+            tok.save_pretrained(p)
+        paths.append(p)
+    return paths
+
+
+def _timed_batch(executor, specs: list[dict]) -> tuple[float, list[dict]]:
+    """Submit every spec at once; (seconds until the last result, the task records)."""
+    t0 = time.perf_counter()
+    for s in specs:
+        executor.submit(s)
+    recs = []
+    while executor.pending():
+        _, rec = executor.next_done()
+        if not isinstance(rec, dict) or rec["status"] != "computed":
+            from .errors import ReportError
+
+            raise ReportError(f"a benchmark task did not compute: {rec}")
+        recs.append(rec)
+    return time.perf_counter() - t0, recs
+
+
+def _sweep_specs(paths: list[Path], out: Path, threads: int) -> list[dict]:
+    from .sweep import plan_sweep
+
+    plan = plan_sweep(",".join(str(p) for p in paths), "quick", neuron="L3N100", overrides=SWEEP_BENCH_SIZES,
+                      corpus="fixture", out=out, threads=threads)
+    return plan.tasks
+
+
+def _memory_child(spec: dict, queue) -> None:
+    """Child process: one sweep task from a fresh interpreter; sends back its record and the
+    artifact's cost."""
+    try:
+        from .sweep_task import load_artifact, run_task
+
+        rec = run_task(spec)
+        art = load_artifact(spec["store"], rec["key"])
+        queue.put({"rec": rec, "cost": art["cost"], "payload_sha256": art["payload_sha256"]})
+    except BaseException as exc:  # reported by the parent
+        queue.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def _in_child(target: Callable, *args) -> dict:
+    from .errors import ReportError
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, q))
+    proc.start()
+    res = q.get()
+    proc.join()
+    if "error" in res:
+        raise ReportError(f"the benchmark's child process failed: {res['error']}")
+    return res
+
+
+def sweep_memory(tokenizer: str, out: Path, data_dir: str | None, log: Callable[[str], None]) -> dict:
+    """Peak and measuring-time resident memory of one sweep task on `pythia-70m-random`
+    (Pythia-70M's shape, the GPT-NeoX tokenizer), each in a fresh process: the weights
+    cloned with the bridge kept alive (`keep_bridge`, the report's way: two copies and the
+    Hugging Face model) vs taken without a copy and the bridge dropped (the sweep's way).
+    The two artifacts must carry the same payload."""
+    import shutil
+
+    from .models import pythia_random_checkpoint
+    from .sweep import plan_sweep
+
+    path = pythia_random_checkpoint(tokenizer, 0)
+    res = {}
+    for mode, keep in (("bridge_kept", True), ("bridge_dropped", False)):
+        store = out / f"mem-{mode}"
+        shutil.rmtree(store, ignore_errors=True)
+        plan = plan_sweep(str(path), "quick", neuron="L3N669", data_dir=data_dir,
+                          corpus="seed" if data_dir else "fixture",
+                          overrides=("activation_examples=8", "probe_samples=500", "loss_examples=8"),
+                          out=store, threads=1)
+        spec = {**plan.tasks[0], "keep_bridge": keep}
+        log(f"  memory: {mode} ...")
+        r = _in_child(_memory_child, spec)
+        res[mode] = {"peak_rss_bytes": r["cost"]["peak_rss_bytes"],
+                     "rss_measuring_bytes": r["cost"]["rss_measuring_bytes"],
+                     "wall_s": r["rec"]["wall_s"], "payload_sha256": r["payload_sha256"]}
+    res["same_payload"] = res["bridge_kept"]["payload_sha256"] == res["bridge_dropped"]["payload_sha256"]
+    return res
+
+
+def run_sweep_bench(out: Path, tokenizer: str | None = None, data_dir: str | None = None,
+                    n_tasks: int = 8, log: Callable[[str], None] = print) -> dict:
+    """`german-neuron bench --sweep`: the sweep's scheduler overhead, its scaling on this
+    machine, the memory of one task before/after the single-copy fix, and the GPU line.
+
+    - overhead: `n_tasks` tasks of about a second on a warm LocalCluster of one
+      single-thread worker; per task, the end-to-end time (submission to result, divided
+      by the tasks) minus the time inside the worker (`run_task`'s own wall), as a fraction
+      of the latter (target <= 5%).
+    - scaling: the same tasks serially in this process with 2 torch threads vs on a
+      LocalCluster of 2 single-thread workers (cluster start-up reported apart).
+    - memory (needs `tokenizer`): `sweep_memory`.
+
+    Returns the figures (also written to `out/bench_sweep.json`).
+    """
+    import shutil
+
+    import torch
+
+    from .sweep import SerialExecutor, available_cores, start_executor
+
+    out = Path(out)
+    ckpts = bench_checkpoints(out / "checkpoints", n_tasks + 1)
+    res: dict = {"cores": available_cores(), "n_tasks": n_tasks, "platform": platform.platform(),
+                 "task": {"shape": SWEEP_BENCH_SHAPE, "sizes": list(SWEEP_BENCH_SIZES), "corpus": "fixture"}}
+
+    def fresh(name: str) -> Path:
+        shutil.rmtree(out / name, ignore_errors=True)
+        return out / name
+
+    # 1. overhead: one warm worker, tasks back to back
+    log("overhead: LocalCluster of 1 worker ...")
+    t0 = time.perf_counter()
+    ex, _ = start_executor("local", "cpu", 1, 1, n_tasks, log)
+    try:
+        start = time.perf_counter() - t0
+        _timed_batch(ex, _sweep_specs(ckpts[-1:], fresh("overhead-warmup"), 1))  # imports, first load
+        wall, recs = _timed_batch(ex, _sweep_specs(ckpts[:n_tasks], fresh("overhead"), 1))
+    finally:
+        ex.close()
+    inside = sum(r["wall_s"] for r in recs)
+    res["overhead"] = {"cluster_start_s": start, "end_to_end_s": wall, "inside_s": inside,
+                       "task_s": inside / n_tasks, "per_task_overhead_s": (wall - inside) / n_tasks,
+                       "overhead_fraction": (wall - inside) / inside}
+    # 2. scaling: serial (2 threads) vs 2 workers x 1 thread
+    log("scaling: serial, 2 threads ...")
+    specs = _sweep_specs(ckpts[:n_tasks], fresh("serial"), 2)
+    _timed_batch(SerialExecutor(), _sweep_specs(ckpts[-1:], fresh("serial-warmup"), 2))  # imports
+    serial_s, _ = _timed_batch(SerialExecutor(), specs)
+    log("scaling: LocalCluster of 2 single-thread workers ...")
+    t0 = time.perf_counter()
+    ex, _ = start_executor("local", "cpu", 2, 1, n_tasks, log)
+    try:
+        start2 = time.perf_counter() - t0
+        warm_s, _ = _timed_batch(ex, _sweep_specs(ckpts[-1:], fresh("cluster-warmup"), 1) * 1)
+        cluster_s, recs2 = _timed_batch(ex, _sweep_specs(ckpts[:n_tasks], fresh("cluster"), 1))
+    finally:
+        ex.close()
+    res["scaling"] = {"serial_2_threads_s": serial_s, "cluster_2x1_s": cluster_s,
+                      "cluster_start_s": start2, "cluster_warmup_task_s": warm_s,
+                      "speedup": serial_s / cluster_s,
+                      "speedup_with_start": serial_s / (cluster_s + start2 + warm_s),
+                      "workers_used": len({r["worker"] for r in recs2})}
+    # 3. memory
+    if tokenizer:
+        res["memory"] = sweep_memory(tokenizer, out, data_dir, log)
+    else:
+        res["memory"] = None
+    # 4. GPU
+    if torch.cuda.is_available():
+        res["gpu"] = {"count": torch.cuda.device_count(),
+                      "names": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+    else:
+        res["gpu"] = None
+    ov = res["overhead"]["overhead_fraction"]
+    res["targets"] = {k: {"value": v, "op": op, "target": t,
+                          "met": (v <= t) if op == "<=" else (v >= t)}
+                      for k, (op, t), v in [("overhead_fraction", SWEEP_TARGETS["overhead_fraction"], ov)]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_sweep.json").write_text(json.dumps(res, indent=1, default=str))
+    return res
+
+
+def print_sweep_bench(res: dict, echo: Callable[[str], None] = print) -> None:
+    """The sweep benchmark's figures, with the target beside the overhead."""
+    ov, sc = res["overhead"], res["scaling"]
+    echo(f"sweep benchmark: {res['n_tasks']} tasks, {res['cores']} cores ({res['platform']})")
+    echo(f"overhead: task {ov['task_s']:.2f} s inside the worker, {ov['per_task_overhead_s'] * 1000:.0f} ms "
+         f"per task end to end beyond it = {ov['overhead_fraction'] * 100:.1f}% of the task "
+         f"(target <= 5%: {'met' if ov['overhead_fraction'] <= 0.05 else 'NOT met'}); "
+         f"cluster start {ov['cluster_start_s']:.1f} s (not counted)")
+    echo(f"scaling: serial with 2 threads {sc['serial_2_threads_s']:.1f} s, 2 single-thread workers "
+         f"{sc['cluster_2x1_s']:.1f} s: ratio {sc['speedup']:.2f}x ({sc['workers_used']} workers used); "
+         f"with the cluster's start ({sc['cluster_start_s']:.1f} s) and first task "
+         f"({sc['cluster_warmup_task_s']:.1f} s): {sc['speedup_with_start']:.2f}x")
+    mem = res.get("memory")
+    if mem:
+        k, d = mem["bridge_kept"], mem["bridge_dropped"]
+        echo(f"memory (pythia-70m-random, one task): peak RSS {k['peak_rss_bytes'] / 2**20:.0f} MiB with the "
+             f"bridge kept -> {d['peak_rss_bytes'] / 2**20:.0f} MiB with it dropped; while measuring "
+             f"{k['rss_measuring_bytes'] / 2**20:.0f} -> {d['rss_measuring_bytes'] / 2**20:.0f} MiB; "
+             f"same payload: {'yes' if mem['same_payload'] else 'NO'}")
+    else:
+        echo("memory: skipped (needs --tokenizer, the GPT-NeoX-20B tokenizer.json, for pythia-70m-random)")
+    if res["gpu"]:
+        echo(f"GPU: {res['gpu']['count']} x {', '.join(res['gpu']['names'])} (run the sweep with --device cuda)")
+    else:
+        echo("GPU: none present; --device cuda (one worker per GPU) is not measured here")

@@ -41,14 +41,23 @@ def report(
     corpus: str | None = typer.Option(None, help="seed (KDE4 English / WMT German) | fixture (the package's own short texts) | europarl-heldout (the organism's held-out passages); default: europarl-heldout for the organism, else seed"),
     renderer: str = typer.Option("auto", help="auto (quarto if installed, else pandoc+typst) | quarto | pandoc"),
     render: bool = typer.Option(True, help="build report.html/report.pdf after the artifacts"),
+    sweep: str | None = typer.Option(None, help="a sweep's output folder (german-neuron sweep --out DIR): without --model, build that sweep's report (curves over checkpoints and sizes) in DIR; with --model, add its curves to the model's report"),
     debug: bool = typer.Option(False, help="show tracebacks"),
 ) -> None:
-    """Compute (or reuse) the artifacts and build report.html + report.pdf."""
+    """Compute (or reuse) the artifacts and build report.html + report.pdf; or, with
+    `--sweep DIR` alone, the report of a training-dynamics sweep."""
     from .config import Neuron, RunConfig, get_profile
     from .errors import UsageError
     from .pipeline import run_report
 
     try:
+        if sweep is not None and model is None:
+            from .sweep import build_sweep_report
+
+            paths = build_sweep_report(sweep, renderer=renderer, log=lambda s: typer.echo(s, err=True))
+            for kind in ("html", "pdf"):
+                typer.echo(f"{kind}: {paths[kind]}")
+            return
         if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
             raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
         if renderer not in ("auto", "quarto", "pandoc"):
@@ -69,7 +78,7 @@ def report(
             context_neuron = Neuron.parse("L3N669")
         cfg = RunConfig(model=model, neuron=context_neuron, profile=prof, device=device,
                         data_dir=data_dir, tokenizer=tokenizer, out=out, note=note, plant=planted)
-        res = run_report(cfg, render=render, renderer=renderer, corpus=corpus,
+        res = run_report(cfg, render=render, renderer=renderer, corpus=corpus, sweep=sweep,
                          command="german-neuron " + shlex.join(sys.argv[1:]))
     except ReportError as exc:
         if debug:
@@ -252,14 +261,27 @@ def bench(
     device: str = typer.Option("cpu", help="cpu | cuda"),
     repeats: int = typer.Option(3, help="timed repeats of each throughput measurement (best is kept)"),
     reports: bool = typer.Option(True, help="also run the quick report and its doubled-size variant (passes and memory)"),
+    sweep: bool = typer.Option(False, "--sweep", help="benchmark the sweep instead: scheduler overhead, scaling on this machine, one task's memory before/after the single-copy fix, GPU line (bench_sweep.json)"),
     debug: bool = typer.Option(False, help="show tracebacks"),
 ) -> None:
     """Measure the engine: speedup over the seed's per-example loop, efficiency vs Hugging
-    Face, FLOP/s vs matmul, passes vs the seed's code path, peak memory (bench.json)."""
+    Face, FLOP/s vs matmul, passes vs the seed's code path, peak memory (bench.json); with
+    `--sweep`, the training-dynamics sweep."""
     from pathlib import Path
 
-    from .bench import print_bench, run_bench
+    from .bench import print_bench, print_sweep_bench, run_bench, run_sweep_bench
 
+    if sweep:
+        try:
+            res = run_sweep_bench(Path(out), tokenizer, data_dir, log=lambda s: typer.echo(s, err=True))
+        except ReportError as exc:
+            if debug:
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        print_sweep_bench(res, typer.echo)
+        typer.echo(f"\nwritten: {Path(out) / 'bench_sweep.json'}")
+        return
     try:
         res = run_bench(model, tokenizer, data_dir, Path(out), examples=examples, device=device,
                         repeats=repeats, report_runs=reports, log=lambda s: typer.echo(s, err=True))
@@ -272,6 +294,64 @@ def bench(
     typer.echo(f"\nwritten: {Path(out) / 'bench.json'}")
     if not res["speedup_detail"]["agree_1e-4"]:  # a speedup of wrong numbers is no speedup
         typer.echo("error: the engine's losses differ from the seed-style loop by more than 1e-4", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def sweep(
+    models: str = typer.Option(..., help="comma-separated: pythia-<size>[-deduped] (14m, 31m, 70m, 160m, 410m, 1b, 1.4b, 2.8b, 6.9b, 12b; also EleutherAI/pythia-...), organism (its saved checkpoints), or checkpoint folders"),
+    revisions: str = typer.Option("quick", help="all (Pythia's 154 checkpoints) | quick | paper | step1000,step2000,... (for the organism: its saved checkpoints, or a list of them)"),
+    neuron: str | None = typer.Option(None, help="LxNy, or auto (the best German-positive neuron of discovery at each model's final checkpoint, tracked through its training); default L3N669 for pythia-70m, auto for the others"),
+    profile: str = typer.Option("quick", help="quick | paper (sample sizes)"),
+    set_: list[str] | None = typer.Option(None, "--set", help=_SET_HELP),  # noqa: B008 (typer idiom)
+    scheduler: str = typer.Option("local", help="local (a Dask LocalCluster started here) | tcp://HOST:PORT (a running Dask scheduler) | none (serial, no Dask)"),
+    workers: int | None = typer.Option(None, help="workers of the local cluster (default: as many as fit the cores, one per GPU with --device cuda)"),
+    threads: int | None = typer.Option(None, help="torch threads per task (default: cores / workers; all cores with --scheduler none)"),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    out: str | None = typer.Option(None, help="output folder (default build/sweep): store/, sweep.json, table.parquet, table.csv, the report"),
+    data_dir: str | None = typer.Option(None, envvar="GERMAN_NEURON_DATA_DIR", help="folder with the seed's data files (offline; every worker must see it)"),
+    corpus: str | None = typer.Option(None, help="seed | fixture | europarl-heldout; default: europarl-heldout for the organism, else seed"),
+    keep_weights: str = typer.Option("auto", help="auto | yes | no: keep each Hub revision's downloaded weights after its task (auto: no for 1B parameters and up)"),
+    batch_tokens: int | None = typer.Option(None, help="padded tokens per forward batch (default 4,096; lower it after an out-of-memory)"),
+    dtype: str = typer.Option("float32", help="float32 (the only one for now)"),
+    report: bool = typer.Option(True, help="write the sweep's report (report.html, report.pdf) at the end"),
+    renderer: str = typer.Option("auto", help="auto | quarto | pandoc"),
+    debug: bool = typer.Option(False, help="show tracebacks"),
+) -> None:
+    """Measure the German neuron across training checkpoints and model sizes (Dask), one
+    cached artifact per checkpoint, and write a tidy table (Parquet, CSV) and a report."""
+    from .sweep import build_sweep_report, plan_sweep, run_sweep
+
+    def log(s):
+        typer.echo(s, err=True)
+
+    try:
+        plan = plan_sweep(models, revisions, neuron=neuron, profile=profile, overrides=set_ or [],
+                          device=device, out=out, data_dir=data_dir, corpus=corpus,
+                          batch_tokens=batch_tokens, threads=threads, keep_weights=keep_weights,
+                          dtype=dtype, log=log)
+        res = run_sweep(plan, scheduler=scheduler, workers=workers, log=log,
+                        command="german-neuron " + shlex.join(sys.argv[1:]))
+        c = res["counts"]
+        typer.echo(f"{sum(c.values())} tasks: {c.get('computed', 0)} computed, {c.get('reused', 0)} reused, "
+                   f"{c.get('skipped', 0)} skipped, {c.get('failed', 0)} failed in {res['wall_s']:.1f} s")
+        groups: dict = {}
+        for t in res["tasks"]:
+            if t["status"] in ("skipped", "failed"):
+                groups.setdefault((t["status"], t["model"], t["reason"]), []).append(t["revision"])
+        for (status, model, reason), revs in groups.items():
+            shown = ", ".join(revs[:6]) + (f" and {len(revs) - 6} more" if len(revs) > 6 else "")
+            typer.echo(f"  {status}: {model} {shown}: {reason}")
+        typer.echo(f"table: {res['table']['parquet']} ({res['table']['rows']} rows), {res['table']['csv']}")
+        if report and res["table"]["rows"]:
+            paths = build_sweep_report(res["out"], renderer=renderer, log=log)
+            typer.echo(f"html: {paths['html']}")
+    except ReportError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    if c.get("failed"):
         raise typer.Exit(1)
 
 

@@ -88,12 +88,23 @@ class Weights:
         return self.W_E.device
 
     @classmethod
-    def from_bridge(cls, bridge, rotary_pct: float) -> Weights:
-        """Copy the processed weights out of a TransformerBridge in compatibility mode."""
+    def from_bridge(cls, bridge, rotary_pct: float, copy: bool = True) -> Weights:
+        """The processed weights of a TransformerBridge in compatibility mode.
+
+        `copy=True` (the report: the bridge stays alive beside the engine) clones every
+        tensor. `copy=False` takes the bridge's tensors as they are where they already are
+        fp32 and contiguous (the per-layer stacks are fresh tensors anyway; `W_E` then shares
+        the embedding's storage): drop the bridge afterwards and only one copy of the weights
+        remains, as a sweep worker does (`analysis.core.sweep_task`). The numbers are the
+        same either way.
+        """
         names = ["W_E", "W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O",
                  "W_in", "b_in", "W_out", "b_out", "W_U", "b_U"]
         with torch.no_grad():
-            t = {n: getattr(bridge, n).detach().clone().float().contiguous() for n in names}
+            t = {}
+            for n in names:
+                x = getattr(bridge, n).detach()
+                t[n] = (x.clone() if copy else x).float().contiguous()
         cfg = bridge.cfg
         d_head = t["W_Q"].shape[3]
         return cls(

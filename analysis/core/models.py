@@ -327,9 +327,9 @@ def _tokenizer_hash(tok) -> str:
 
 def _offline_message(what: str, revision: str = PYTHIA_REVISION,
                      reason: str = "the Hugging Face Hub cannot be reached and the files are "
-                                   "not in the local cache") -> str:
+                                   "not in the local cache", repo: str = PYTHIA_REPO) -> str:
     return (
-        f"Cannot load {what} ({PYTHIA_REPO} at revision {revision}): {reason}. Provide it by running "
+        f"Cannot load {what} ({repo} at revision {revision}): {reason}. Provide it by running "
         "once with network access (the files are then cached under $HF_HOME), by pointing "
         "--model at a local checkpoint folder (config.json, model.safetensors or "
         "pytorch_model.bin, tokenizer.json), or use --model pythia-70m-planted (a known-answer "
@@ -344,14 +344,14 @@ HUB_PATTERNS_PICKLE = ["*.json", "pytorch_model.bin"]
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
-def _unavailable_reason(exc: Exception, revision: str) -> str:
+def _unavailable_reason(exc: Exception, revision: str, repo: str = PYTHIA_REPO) -> str:
     """Why a Hub revision could not be obtained, in one line (no trailing period)."""
     from huggingface_hub import errors
 
     if isinstance(exc, errors.RevisionNotFoundError):
         return f"the Hub has no revision {revision}"
     if isinstance(exc, errors.RepositoryNotFoundError):  # also gated / private
-        return f"the Hub has no accessible repository {PYTHIA_REPO}"
+        return f"the Hub has no accessible repository {repo}"
     if isinstance(exc, getattr(errors, "IncompleteSnapshotError", ())):
         return "the cached snapshot is incomplete and the Hub cannot be reached"
     if isinstance(exc, OSError):  # offline, unreachable, or the Hub is down; not cached
@@ -360,9 +360,9 @@ def _unavailable_reason(exc: Exception, revision: str) -> str:
     return f"{type(exc).__name__}: {first}"
 
 
-def _hub_snapshot(revision: str = PYTHIA_REVISION) -> Path:
-    """The local snapshot folder of `EleutherAI/pythia-70m` at `revision` (a Hub branch such
-    as `step143000`, or a commit id), downloaded if needed.
+def _hub_snapshot(revision: str = PYTHIA_REVISION, repo: str = PYTHIA_REPO) -> Path:
+    """The local snapshot folder of Hub repository `repo` (default `EleutherAI/pythia-70m`)
+    at `revision` (a Hub branch such as `step143000`, or a commit id), downloaded if needed.
 
     The Hub is asked for `*.json` and `*.safetensors` first (`HUB_PATTERNS_SAFETENSORS`);
     only when the revision has no safetensors file is `pytorch_model.bin` fetched
@@ -377,14 +377,15 @@ def _hub_snapshot(revision: str = PYTHIA_REVISION) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        path = Path(snapshot_download(PYTHIA_REPO, revision=revision,
+        path = Path(snapshot_download(repo, revision=revision,
                                       allow_patterns=HUB_PATTERNS_SAFETENSORS))
         if not any(path.glob("*.safetensors")):  # e.g. an early checkpoint published as a pickle
-            path = Path(snapshot_download(PYTHIA_REPO, revision=revision,
+            path = Path(snapshot_download(repo, revision=revision,
                                           allow_patterns=HUB_PATTERNS_PICKLE))
     except Exception as exc:
-        reason = _unavailable_reason(exc, revision)
-        err = ModelUnavailableError(_offline_message("Pythia-70M", revision, reason))
+        reason = _unavailable_reason(exc, revision, repo)
+        what = "Pythia-70M" if repo == PYTHIA_REPO else repo.rpartition("/")[2]
+        err = ModelUnavailableError(_offline_message(what, revision, reason, repo))
         err.reason = reason  # the short cause, for lists of skipped revisions
         raise err from None
     return path
@@ -398,20 +399,108 @@ def snapshot_commit(path: str | os.PathLike) -> str | None:
 
 
 def load_revision(revision: str, tokenizer: str | None = None, device: str = "cpu",
-                  snapshot: str | os.PathLike | None = None) -> LoadedModel:
-    """Pythia-70M at a Hub branch (`step0` ... `step143000`), for training dynamics; loaded
-    and processed exactly as `load_model("pythia-70m")`. `snapshot`: the folder already
-    found by `_hub_snapshot(revision)` (looked up here when None). The snapshot's commit id
-    is recorded in `info["commit"]`.
+                  snapshot: str | os.PathLike | None = None, repo: str = PYTHIA_REPO) -> LoadedModel:
+    """A GPT-NeoX Hub repository (default Pythia-70M) at a Hub branch (`step0` ...
+    `step143000`) or commit, for training dynamics; loaded and processed exactly as
+    `load_model("pythia-70m")`. `snapshot`: the folder already found by
+    `_hub_snapshot(revision, repo)` (looked up here when None). The model id is
+    `<name>@<revision>` (`pythia-70m@step1000`); the snapshot's commit id is recorded in
+    `info["commit"]`. The shape comes from the snapshot's own `config.json`.
 
     Raises:
         ModelUnavailableError: not cached and the Hub cannot be reached.
         UsageError: the snapshot's files cannot be loaded (see `load_checkpoint`).
     """
-    snap = Path(snapshot) if snapshot is not None else _hub_snapshot(revision)
-    return load_checkpoint(snap, tokenizer, device, model_id=f"pythia-70m@{revision}",
-                           revision=revision, source=PYTHIA_REPO,
+    snap = Path(snapshot) if snapshot is not None else _hub_snapshot(revision, repo)
+    return load_checkpoint(snap, tokenizer, device, model_id=f"{repo.rpartition('/')[2]}@{revision}",
+                           revision=revision, source=repo,
                            extra_info={"commit": snapshot_commit(snap)})
+
+
+# ------------------------------------------------------------------ any Pythia, the HF cache
+
+# `EleutherAI/pythia-<size>[-deduped]`: every size of the suite (the `-v0` and other
+# variants are not training-checkpoint suites with this schedule).
+PYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
+_PYTHIA_NAME = re.compile(r"^(?:EleutherAI/)?pythia-(14m|31m|70m|160m|410m|1b|1\.4b|2\.8b|6\.9b|12b)(-deduped)?$")
+# Pythia's 154 checkpoints: step0, the log-spaced step1 ... step512, then every 1,000 steps.
+PYTHIA_CHECKPOINTS = tuple(["step0"] + [f"step{2 ** i}" for i in range(10)]
+                           + [f"step{k * 1000}" for k in range(1, 144)])
+
+
+def pythia_repo(name: str) -> str | None:
+    """`EleutherAI/pythia-<size>[-deduped]` for a Pythia name (`pythia-160m`,
+    `EleutherAI/pythia-1.4b-deduped`), None for anything else."""
+    m = _PYTHIA_NAME.match(name.strip())
+    return None if m is None else f"EleutherAI/pythia-{m.group(1)}{m.group(2) or ''}"
+
+
+def pythia_size_params(repo: str) -> float | None:
+    """The nominal size of a Pythia repository in parameters (`pythia-1.4b` -> 1.4e9)."""
+    m = _PYTHIA_NAME.match(repo)
+    if m is None:
+        return None
+    size = m.group(1)
+    return float(size[:-1]) * (1e9 if size.endswith("b") else 1e6)
+
+
+def hub_repo_dir(repo: str) -> Path:
+    """`$HF_HOME/hub/models--<owner>--<name>` (read at call time, so a changed `HF_HOME`
+    or patched constants are honoured)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / ("models--" + repo.replace("/", "--"))
+
+
+def local_commit(repo: str, revision: str) -> str | None:
+    """The commit a branch of `repo` points to in the local Hugging Face cache
+    (`refs/<revision>`), or `revision` itself when it is a 40-hex commit; None when the cache
+    does not know it. Never touches the network."""
+    if _COMMIT.fullmatch(revision):
+        return revision
+    ref = hub_repo_dir(repo) / "refs" / revision
+    try:
+        commit = ref.read_text().strip()
+    except OSError:
+        return None
+    return commit if _COMMIT.fullmatch(commit) else None
+
+
+def cached_config(repo: str) -> dict | None:
+    """The `config.json` of any snapshot of `repo` in the local Hugging Face cache (a
+    model's shape is the same at every training checkpoint), or None."""
+    for cfg in sorted((hub_repo_dir(repo) / "snapshots").glob("*/config.json")):
+        try:
+            return json.loads(cfg.read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def delete_cached_weights(repo: str, commit: str) -> int:
+    """Free a revision's weights from the Hugging Face cache: the weight files of snapshot
+    `commit` (`*.safetensors`, `*.bin`: large and unique to a revision) and their blobs, a
+    blob only when no other snapshot of the repository links to it. The small files
+    (config, tokenizer) stay, shared as they are with other revisions; the `refs/` entry
+    stays, so the commit is still known. Returns the bytes freed (0 when nothing was cached).
+    """
+    repo_dir = hub_repo_dir(repo)
+    snap = repo_dir / "snapshots" / commit
+    if not snap.is_dir():
+        return 0
+    weights = [p for p in snap.iterdir() if p.suffix in (".safetensors", ".bin")]
+    others = {os.path.realpath(p) for s in (repo_dir / "snapshots").iterdir() if s != snap and s.is_dir()
+              for p in s.iterdir() if p.suffix in (".safetensors", ".bin")}
+    freed = 0
+    for p in weights:
+        target = os.path.realpath(p)
+        if p.is_symlink() and target not in others and os.path.isfile(target):
+            freed += os.path.getsize(target)
+            os.unlink(target)
+        elif not p.is_symlink():
+            freed += p.stat().st_size
+        p.unlink(missing_ok=True)
+    return freed
 
 
 def _hub_tokenizer():

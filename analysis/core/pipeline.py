@@ -216,7 +216,7 @@ def with_dependencies(names, auto: bool) -> set[str]:
 def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
                show_progress: bool | None = None, log: Callable[[str], None] | None = None,
                corpus: str | None = None, command: str = "",
-               steps: Sequence[str] | None = None) -> dict:
+               steps: Sequence[str] | None = None, sweep: str | None = None) -> dict:
     """Compute (or reuse) every artifact, draw the figures and build the report.
 
     `corpus` None: `europarl-heldout` for the organism (its held-out passages), else `seed`.
@@ -224,6 +224,8 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
     `steps`: compute only these steps and those they depend on (`with_dependencies`); a
     partial run (e.g. for the tests) draws, checks against a baseline, renders and removes
     nothing else. None: every step.
+    `sweep`: a training-dynamics sweep's folder (`german-neuron sweep --out DIR`), whose
+    curves over checkpoints and model sizes the report shows beside its own dynamics.
 
     Returns {"out": Path, "artifacts": {...}, "figures": [...], "report": {...} | None}.
 
@@ -242,6 +244,10 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
         corpus = default_corpus(cfg.model)
     if corpus not in CORPORA:
         raise UsageError(f"unknown corpus set {corpus!r}; choose one of: {', '.join(CORPORA)}")
+    if sweep is not None:
+        from .sweep import sweep_summary
+
+        sweep_summary(sweep)  # UsageError before any compute when DIR holds no sweep
     n_layers, d_mlp = model_shape(cfg.model)
     if cfg.neuron is not None:
         cfg.neuron.check(n_layers, d_mlp)
@@ -257,7 +263,8 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
                           hint="wait for it to finish, or pass a different --out") from None
     try:
         _remove_stale_temporaries(out)
-        return _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command, wanted)
+        return _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command, wanted,
+                           sweep)
     except OSError as exc:
         # e.g. ENOSPC while writing: every write is atomic, so what is on disk is either
         # the previous complete file or nothing.
@@ -290,7 +297,8 @@ def _remove_stale_temporaries(out: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command, wanted=None):
+def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command, wanted=None,
+                sweep=None):
     """The body of `run_report`, with the output folder's lock held (`wanted`: the steps
     of a partial run, or None)."""
     t0 = time.perf_counter()
@@ -311,6 +319,12 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
     for spec in STEPS if wanted is None else ():
         if spec.figures is not None and spec.name in arts:
             figs += draw_figures(spec, run, arts, out / "figures")
+    sweep_context = None
+    if sweep is not None:
+        from .sweep import draw_sweep_figures, sweep_summary
+
+        sweep_context = sweep_summary(sweep)
+        figs += draw_sweep_figures(sweep, out / "figures")
     context = {
         "title": f"The German context neuron {cfg.neuron} in {model.model_id}",
         "run": {
@@ -329,6 +343,7 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
         "artifacts": arts,
         "figures": figs,
         "seed": json.loads(SEED_REFERENCE.read_text()) if model.model_id == "pythia-70m" else None,
+        "sweep": sweep_context,
     }
     context["regression"] = _regression(arts, out, log) if wanted is None else None
     report = None

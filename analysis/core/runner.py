@@ -58,25 +58,10 @@ class Run:
         prepended, truncated to the context), and a record of what was used, truncated or
         skipped (examples with no next-token target)."""
         key = (language, n)
-        if key in self._token_cache:
-            return self._token_cache[key]
-        ex = self.corpora[language].examples
-        ex = ex if n is None else ex[:n]
-        toks, skipped, truncated = [], 0, 0
-        for text in ex:
-            t = self.model.to_tokens(text)
-            if len(t) < 2:
-                skipped += 1
-                continue
-            if len(t) == self.model.n_ctx:
-                truncated += 1
-            toks.append(t)
-        if not toks:
-            raise ReportError(f"no usable {language} example among the first {n}")
-        rec = {"requested": n if n is not None else len(ex), "available": len(ex), "used": len(toks),
-               "skipped_empty": skipped, "truncated_to_n_ctx": truncated}
-        self._token_cache[key] = (toks, rec)
-        return toks, rec
+        if key not in self._token_cache:
+            self._token_cache[key] = tokenize_examples(self.model, self.corpora[language].examples,
+                                                       n, language)
+        return self._token_cache[key]
 
     def note_peak_rss(self) -> int:
         """Fold the current high-water mark into `peak_rss`; returns the run's peak (bytes)."""
@@ -131,6 +116,33 @@ class Run:
         art = self.store.save(inputs, result, wall, arrays or None, cost)
         self.log(f"  {inputs.step}: computed in {wall:.1f} s ({key[:12]})")
         return art
+
+
+def tokenize_examples(model: LoadedModel, examples: Sequence[str], n: int | None,
+                      language: str = "") -> tuple[list[list[int]], dict]:
+    """Token ids (`model.to_tokens`: BOS prepended, truncated to the context) of the first
+    `n` examples (all if None), without those that have no next-token target, and a record
+    `{"requested", "available", "used", "skipped_empty", "truncated_to_n_ctx"}`. The one
+    tokenisation of the report's steps (`Run.tokens`) and of a sweep's tasks.
+
+    Raises:
+        ReportError: none of the examples is usable.
+    """
+    ex = examples if n is None else examples[:n]
+    toks, skipped, truncated = [], 0, 0
+    for text in ex:
+        t = model.to_tokens(text)
+        if len(t) < 2:
+            skipped += 1
+            continue
+        if len(t) == model.n_ctx:
+            truncated += 1
+        toks.append(t)
+    if not toks:
+        raise ReportError(f"no usable {language} example among the first {n}")
+    rec = {"requested": n if n is not None else len(ex), "available": len(ex), "used": len(toks),
+           "skipped_empty": skipped, "truncated_to_n_ctx": truncated}
+    return toks, rec
 
 
 def resolve_studied(n_layers: int, d_mlp: int, log,

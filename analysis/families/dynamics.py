@@ -87,24 +87,55 @@ def _loader(run, ck: dict) -> Callable:
 
 def checkpoint_metrics(model, toks: dict, context: Neuron, profile, device: str = "cpu",
                        show_progress: bool = False) -> dict:
-    """Discovery, the context neuron's probe and ablation, and the losses of one checkpoint.
+    """Discovery, the context neuron's probe and ablation, and the losses of one checkpoint
+    (`measure_checkpoint` on the model's processed weights; the model stays usable).
 
     `toks`: `{"activation": {lang: token lists}, "loss": {lang: token lists}}`.
     """
+    from ..core.engine import Forward, Weights
+
+    fwd = Forward(Weights.from_bridge(model.bridge, model.info["rotary_pct"]))
+    return measure_checkpoint(fwd, toks, context, profile, device, show_progress)[0]
+
+
+def measure_checkpoint(fwd, toks: dict, context: Neuron | None, profile, device: str = "cpu",
+                       show_progress: bool = False) -> tuple[dict, dict]:
+    """The per-checkpoint measurements of training dynamics, on an engine `Forward`.
+
+    `toks`: `{"activation": {lang: token lists}, "loss": {lang: token lists}}` (BOS
+    prepended; the activation examples feed discovery and the probe, their crop positions
+    the English means; the loss examples the losses). `context`: the context neuron; None
+    (`--neuron auto`) studies the checkpoint's own best German-positive neuron.
+
+    Returns:
+        (row, arrays): row `{"loss": {lang: nats}, "context": {"neuron", "f1", "test_acc",
+        "mean_german", "value", "fires_more_on", "german"/"english": loss_summary},
+        "best": {...} | None, "best_per_layer": [...]}`; arrays `{"discovery_f1",
+        "discovery_coef"}`, float32 `[n_layers, d_mlp]` (the vectorised probe of every
+        neuron; coef > 0: German-positive).
+
+    Raises:
+        ReportError: `context` is None and discovery finds no German-positive neuron.
+    """
     import numpy as np
 
-    from ..core.engine import Forward, Weights, make_batches, per_example_losses, set_neurons
+    from ..core.engine import make_batches, per_example_losses, set_neurons
+    from ..core.errors import ReportError
     from .ablation import loss_summary
     from .activations import collect_mlp_activations
     from .discovery import discover
     from .probes import single_neuron_probe
 
     p = profile
-    fwd = Forward(Weights.from_bridge(model.bridge, model.info["rotary_pct"]))
     crop = (p.crop_start, p.crop_end)
-    disc, _ = discover(fwd, toks["activation"], crop, p.probe_samples, p.probe_test_size, p.seed,
-                       p.batch_tokens, device, show_progress=show_progress)
+    disc, disc_arrays = discover(fwd, toks["activation"], crop, p.probe_samples, p.probe_test_size,
+                                 p.seed, p.batch_tokens, device, show_progress=show_progress)
     best = Neuron.parse(disc["best"]) if disc["best"] else None
+    if context is None:
+        if best is None:
+            raise ReportError("--neuron auto: discovery finds no German-positive neuron at this checkpoint",
+                              hint="pass --neuron LxNy")
+        context = best
     neurons = list(dict.fromkeys([context] + ([best] if best else [])))
     samples = {}
     for lang in ("german", "english"):
@@ -135,7 +166,8 @@ def checkpoint_metrics(model, toks: dict, context: Neuron, profile, device: str 
         r0 = disc["ranked"][0]
         row["best"] = {"neuron": str(best), "f1": r0["f1"], "test_acc": r0["test_acc"],
                        "value": values[str(best)], **summary(str(best))}
-    return row
+    arrays = {f"discovery_{k}": np.asarray(disc_arrays[k], dtype=np.float32) for k in ("f1", "coef")}
+    return row, arrays
 
 
 def compute_series(run, series: list[dict], toks: dict, log) -> tuple[list[dict], list[dict]]:

@@ -1,0 +1,318 @@
+"""One task of a training-dynamics sweep: one (model, revision) checkpoint, on a worker.
+
+The driver (`analysis.core.sweep`) plans the tasks and schedules them; this module is what a
+worker runs, and the only code whose source is in a task's cache key (its import closure
+within `analysis`, `codehash.code_record`), so editing the driver (progress display,
+scheduling, the table, the report) recomputes nothing, while editing anything a
+measurement executes (this module, `families.dynamics`, the engine, model loading) does.
+
+Only plain data crosses the scheduler: a task spec in (`run_task`'s argument, a dict of
+names, revision, commit or fingerprint, file paths, parameters and the key; see
+`task_inputs`), a small record out (key, status, timings, tokens). Weights, tensors and
+tokens never do: the worker downloads (or finds) the checkpoint, tokenises the examples
+from the data files itself (their sha256 are checked against the spec's), measures, writes
+one artifact into the sweep's store, and frees the model.
+
+The artifact is an `ArtifactStore` envelope (`store/<key[:2]>/<key>/checkpoint.json`, arrays
+beside it), written atomically: a worker killed mid-task leaves no partial artifact, and a
+rerun of the task (Dask reschedules it elsewhere) writes the same payload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+TASK_STEP = "checkpoint"
+# Test only: a folder. A task writes `started-<pid>-<revision>` there just before it saves
+# its artifact, then waits until `release` exists (so that a test can kill its worker).
+HOLD_ENV = "GERMAN_NEURON_SWEEP_TEST_HOLD"
+
+
+def artifact_dir(store: str | os.PathLike, key: str) -> Path:
+    """The folder of the artifact with `key` in a sweep store: `<store>/<key[:2]>/<key>/`."""
+    return Path(store) / key[:2] / key
+
+
+def load_artifact(store: str | os.PathLike, key: str) -> dict | None:
+    """The valid artifact with `key` in the store (payload and arrays still hash to what
+    was recorded, `ArtifactStore.load_valid`), else None."""
+    from .artifacts import ArtifactStore
+
+    return ArtifactStore(artifact_dir(store, key)).load_valid(TASK_STEP, key)
+
+
+def model_identity(spec: dict, commit: str | None = None) -> dict:
+    """What identifies the weights of a task in its key.
+
+    A Hub checkpoint: `{"kind": "hub", "repo", "revision", "commit"}`, `commit` None when
+    neither the driver's Hugging Face cache, the sweep's own record of earlier resolutions,
+    nor the Hub's list of branches knew it (the worker then resolves it, see `run_task`).
+    A checkpoint folder: `{"kind": "folder", "fingerprint"}` (sha256 of its config,
+    tokenizer and weight files, `models._fingerprint_dir`): where the folder lives is not
+    part of what it is. Plus how it is loaded (`models.PROCESSING`, eager attention, BOS).
+    """
+    from .models import PROCESSING
+
+    load = {"attn_implementation": "eager", "prepend_bos": True, "processing": dict(PROCESSING),
+            "loader": "TransformerBridge.boot_transformers + enable_compatibility_mode"}
+    if spec["kind"] == "hub":
+        return {"kind": "hub", "repo": spec["repo"], "revision": spec["revision"],
+                "commit": commit if commit is not None else spec.get("commit"), **load}
+    return {"kind": "folder", "fingerprint": spec["fingerprint"], **load}
+
+
+def task_inputs(spec: dict, commit: str | None = None, code: dict | None = None):
+    """The `StepInputs` of a task (its key is the task's cache key): this module's code
+    record, `model_identity`, the data files' provenance (sha256), the measurement's
+    parameters, the seed, `upstream` (for `--neuron auto`: the key of the checkpoint the
+    neuron was discovered at) and the device."""
+    from .artifacts import StepInputs
+    from .codehash import code_record
+
+    return StepInputs(step=TASK_STEP, code=code or code_record(__name__),
+                      model=model_identity(spec, commit), data=spec["data"], params=spec["params"],
+                      seed=spec["seed"], upstream=spec.get("upstream") or {}, device=spec["device"],
+                      profile=spec.get("profile"))
+
+
+def refs_path(refs_dir: str | os.PathLike, repo: str, revision: str) -> Path:
+    """Where a sweep records the commit a worker resolved a Hub branch to."""
+    return Path(refs_dir) / repo.replace("/", "--") / f"{revision}.json"
+
+
+def recorded_commit(refs_dir: str | os.PathLike, repo: str, revision: str) -> str | None:
+    """The commit an earlier task of this sweep resolved `repo@revision` to, or None."""
+    try:
+        return json.loads(refs_path(refs_dir, repo, revision).read_text())["commit"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def profile_from_spec(spec: dict):
+    """The `Profile` whose sizes the task measures with."""
+    from .config import Profile
+
+    p = spec["profile"]
+    return Profile(name=p["name"], batch_tokens=int(p["batch_tokens"]), **p["sizes"])
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` for the block (restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _worker_threads() -> int:
+    """Threads for a task on a worker that was not told: the cores over the worker's
+    concurrent task slots (a Dask worker's `nthreads`), at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        from distributed import get_worker
+
+        slots = get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        slots = 1
+    return max(1, cores // max(1, slots))
+
+
+def _trim_memory() -> None:
+    """Return freed heap to the OS (glibc), so the worker's resident memory (which Dask and
+    the kernel see) drops when the model is freed."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _hold(spec: dict) -> None:
+    folder = os.environ.get(HOLD_ENV)
+    if not folder:
+        return
+    folder = Path(folder)
+    (folder / f"started-{os.getpid()}-{spec['revision']}").write_text(spec["key"])
+    deadline = time.monotonic() + 300
+    while not (folder / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _one_line(exc: BaseException) -> str:
+    return (getattr(exc, "reason", None) or (str(exc).splitlines() or [type(exc).__name__])[0])[:300]
+
+
+def run_task(spec: dict) -> dict:
+    """Measure one checkpoint and write its artifact (the function a worker runs).
+
+    Returns a record: `{"key", "status", "reason", "commit", "wall_s", "tokens_forwarded",
+    "peak_rss_bytes", "threads", "worker"}`; `status` is `computed`, `reused` (a Hub
+    revision whose commit only the worker could resolve, already in the store), `skipped`
+    (the checkpoint cannot be obtained: not cached and the Hub unreachable, no such
+    revision; `reason` says which) or `failed` (a deterministic error: out of memory on the
+    GPU, naming model, revision and batch size; a neuron outside the model; a folder that
+    changed since the sweep was planned; a worker whose code or libraries give another key
+    than the driver's). Anything else raises, and Dask retries the task.
+    """
+    t0 = time.perf_counter()
+    threads = spec.get("threads") or _worker_threads()
+    base = {"key": spec["key"], "commit": spec.get("commit"), "threads": threads,
+            "worker": f"{socket.gethostname()}:{os.getpid()}", "tokens_forwarded": 0,
+            "peak_rss_bytes": None, "reason": None}
+    with torch_threads(threads):
+        try:
+            out = _measure(spec, base, t0)
+        except Exception as exc:
+            out = _known_failure(spec, base, exc)
+            if out is None:
+                raise
+    out["wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def _known_failure(spec: dict, base: dict, exc: Exception) -> dict | None:
+    import torch
+
+    from .errors import ModelUnavailableError, ReportError
+
+    if isinstance(exc, ModelUnavailableError):
+        return {**base, "status": "skipped", "reason": _one_line(exc)}
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        p = spec["profile"]
+        return {**base, "status": "failed",
+                "reason": f"out of memory on {spec['device']} measuring {spec['model']} at "
+                          f"{spec['revision']} with batches of {p['batch_tokens']} tokens "
+                          "(lower --batch-tokens, or use a GPU with more memory)"}
+    if isinstance(exc, ReportError):
+        return {**base, "status": "failed", "reason": _one_line(exc)}
+    return None
+
+
+def _measure(spec: dict, base: dict, t0: float) -> dict:
+    from ..controls.organism import quiet_hf_progress
+    from ..families.dynamics import measure_checkpoint
+    from .artifacts import ArtifactStore, atomic_write_text
+    from .codehash import code_record
+    from .config import Neuron
+    from .data import load_corpus
+    from .engine import Forward, Weights
+    from .errors import ReportError
+    from .models import (
+        _fingerprint_dir,
+        _hub_snapshot,
+        delete_cached_weights,
+        load_checkpoint,
+        load_revision,
+        snapshot_commit,
+    )
+    from .runner import peak_rss_bytes, reset_peak_rss, tokenize_examples
+
+    code = code_record(__name__)
+    if task_inputs(spec, code=code).key() != spec["key"]:
+        raise ReportError(f"the worker {base['worker']} computes another key for {spec['model']} "
+                          f"{spec['revision']} than the driver: its code or library versions differ",
+                          hint="run the driver and the workers from the same environment")
+    reset_peak_rss()
+    device, key, commit = spec["device"], spec["key"], spec.get("commit")
+    snap = None
+    try:
+        with quiet_hf_progress():
+            if spec["kind"] == "hub":
+                snap = _hub_snapshot(commit or spec["revision"], spec["repo"])
+                got = snapshot_commit(snap)
+                if commit is None and got is not None:  # resolved here: the final key
+                    commit = got
+                    atomic_write_text(refs_path(spec["refs"], spec["repo"], spec["revision"]),
+                                      json.dumps({"repo": spec["repo"], "revision": spec["revision"],
+                                                  "commit": commit}))
+                    key = task_inputs(spec, commit, code).key()
+                    if load_artifact(spec["store"], key) is not None:
+                        return {**base, "key": key, "commit": commit, "status": "reused"}
+                model = load_revision(spec["revision"], None, device, snapshot=snap, repo=spec["repo"])
+            else:
+                if _fingerprint_dir(Path(spec["path"])) != spec["fingerprint"]:
+                    raise ReportError(f"checkpoint folder {spec['path']} changed since the sweep was "
+                                      "planned (its fingerprint differs)", hint="rerun the sweep")
+                model = load_checkpoint(spec["path"], None, device, model_id=spec["model"])
+        t_load = time.perf_counter() - t0
+        info = model.info
+        n_params = int(sum(p.numel() for p in model.bridge.original_model.parameters()))
+        toks, records = {}, {}
+        corpora = {lang: load_corpus(name, spec["data_dir"]) for lang, name in spec["corpus"].items()}
+        for lang, corpus in corpora.items():
+            if corpus.provenance() != spec["data"][lang]:
+                raise ReportError(f"the {lang} data file on worker {base['worker']} differs from the driver's",
+                                  hint="point every worker at the same --data-dir")
+        profile = profile_from_spec(spec)
+        for part, n in (("activation", profile.activation_examples), ("loss", profile.loss_examples)):
+            toks[part], records[part] = {}, {}
+            for lang, corpus in corpora.items():
+                toks[part][lang], records[part][lang] = tokenize_examples(model, corpus.examples, n, lang)
+        # One copy of the weights: the engine's, taken from the bridge without cloning; the
+        # bridge (and the Hugging Face model inside it) is dropped before measuring.
+        keep_bridge = bool(spec.get("keep_bridge"))  # the old way, for `bench --sweep` only
+        weights = Weights.from_bridge(model.bridge, info["rotary_pct"], copy=keep_bridge)
+        if not keep_bridge:
+            model.bridge = None
+            _trim_memory()
+        fwd = Forward(weights)
+        rss_measuring = _current_rss()
+        context = None if spec["params"]["context_neuron"] == "auto" else Neuron.parse(spec["params"]["context_neuron"])
+        if context is not None:
+            context.check(weights.n_layers, weights.d_mlp)
+        t1 = time.perf_counter()
+        row, arrays = measure_checkpoint(fwd, toks, context, profile, device)
+        t_measure = time.perf_counter() - t1
+        result = {
+            "model": {"kind": spec["kind"], "repo": spec.get("repo"), "revision": spec["revision"] if spec["kind"] == "hub" else None,
+                      "commit": commit, "fingerprint": info["fingerprint"], "n_params": n_params,
+                      **{k: info[k] for k in ("n_layers", "d_model", "d_mlp", "n_heads", "d_vocab", "n_ctx")}},
+            "context_neuron_source": spec["params"]["context_neuron_source"],
+            "tokens": records,
+            **row,
+        }
+        _hold(spec)
+        cost = {"tokens_forwarded": fwd.tokens_forwarded, "unembedded_rows": fwd.unembedded_rows,
+                "peak_rss_bytes": peak_rss_bytes(), "rss_measuring_bytes": rss_measuring,
+                "threads": base["threads"], "load_s": round(t_load, 3), "measure_s": round(t_measure, 3),
+                "worker": base["worker"]}
+        inputs = task_inputs(spec, commit, code)
+        ArtifactStore(artifact_dir(spec["store"], key)).save(inputs, result, time.perf_counter() - t0,
+                                                             arrays, cost)
+        del model, weights, fwd
+        _trim_memory()
+        return {**base, "key": key, "commit": commit, "status": "computed",
+                "tokens_forwarded": cost["tokens_forwarded"], "peak_rss_bytes": cost["peak_rss_bytes"],
+                "load_s": t_load, "measure_s": t_measure}
+    finally:
+        if snap is not None and not spec.get("keep_weights", True):
+            model = weights = fwd = None  # noqa: F841 (release the files' mappings first)
+            gc.collect()
+            commit_dir = snapshot_commit(snap)
+            if commit_dir:
+                delete_cached_weights(spec["repo"], commit_dir)
+
+
+def _current_rss() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -1,0 +1,108 @@
+"""Figures of a training-dynamics sweep (pure: the sweep's tidy table in, a Figure out).
+
+One figure per measure, one line per model (ordered and coloured by size), against the
+training step on a log axis (step 0 on the linear stretch of a symlog axis), with tokens
+seen on a second axis where every model has the same tokens per step, and the first
+checkpoint where each model's context neuron reaches the F1 threshold marked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .plots import plt
+
+# name: figure file; measure/language: rows of the table; ylabel; caption.
+MEASURES = (
+    {"name": "sweep_context_f1", "measure": "context_f1", "language": None, "ylim": (-0.02, 1.02),
+     "ylabel": "probe F1 (German)", "title": "Context neuron: probe F1",
+     "caption": "Probe F1 (German vs English) of each model's context neuron at each checkpoint."},
+    {"name": "sweep_ablation_german", "measure": "context_ablation_pct", "language": "german",
+     "ylabel": "German loss increase (%)", "title": "Mean-ablating the context neuron: German",
+     "caption": "Loss increase on German (%) when the context neuron is set to its mean English "
+                "activation at that checkpoint (band: 95% interval)."},
+    {"name": "sweep_ablation_english", "measure": "context_ablation_pct", "language": "english",
+     "ylabel": "English loss increase (%)", "title": "Mean-ablating the context neuron: English",
+     "caption": "Loss increase on English (%) when the context neuron is set to its mean English "
+                "activation at that checkpoint (band: 95% interval)."},
+    {"name": "sweep_best_f1", "measure": "best_f1", "language": None, "ylim": (-0.02, 1.02),
+     "ylabel": "probe F1 (German)", "title": "Best German neuron: probe F1", "label_neurons": True,
+     "caption": "Probe F1 of the best German-positive neuron found by discovery at each checkpoint; "
+                "its name is printed where it changes."},
+    {"name": "sweep_loss_german", "measure": "loss", "language": "german", "ylabel": "loss (nats)",
+     "title": "German loss", "caption": "Mean next-token loss on the German examples (nats)."},
+    {"name": "sweep_loss_english", "measure": "loss", "language": "english", "ylabel": "loss (nats)",
+     "title": "English loss", "caption": "Mean next-token loss on the English examples (nats)."},
+)
+
+
+def model_order(table) -> list[str]:
+    """Models by size (parameters), then name."""
+    sizes = table.groupby("model", sort=False)["n_params"].max()
+    return sorted(sizes.index, key=lambda m: (int(sizes[m]), str(m)))
+
+
+def _colors(n: int) -> list:
+    cmap = plt.get_cmap("viridis")
+    return [cmap(0.15 + 0.7 * i / max(1, n - 1)) for i in range(n)]
+
+
+def measure_figure(table, spec: dict, marks: dict | None = None):
+    """One measure of the sweep against training step, one line per model.
+
+    Args:
+        table: the sweep's tidy table (pandas DataFrame, `analysis.core.sweep.TABLE_COLUMNS`).
+        spec: an entry of `MEASURES` (`measure`, `language`, `ylabel`, `title`, optional
+            `ylim`, `label_neurons`).
+        marks: `{model: step}` to mark with a dotted vertical line (the first checkpoint
+            where the context neuron's probe F1 reaches the threshold), None for none.
+    Returns:
+        A matplotlib Figure, or None when the table has no row of this measure.
+    """
+    rows = table[table["measure"] == spec["measure"]]
+    rows = rows[rows["language"] == spec["language"]] if spec["language"] else rows[rows["language"].isna()]
+    rows = rows[rows["step"].notna()]
+    if rows.empty:
+        return None
+    models = [m for m in model_order(table) if m in set(rows["model"])]
+    colors = dict(zip(models, _colors(len(models)), strict=True))
+    fig, ax = plt.subplots(figsize=(6.8, 4.1), dpi=110, layout="constrained")
+    ratios = set()
+    for m in models:
+        g = rows[rows["model"] == m].sort_values("step")
+        x = g["step"].to_numpy(dtype=float)
+        y = g["value"].to_numpy(dtype=float)
+        ax.plot(x, y, "o-", ms=3.5, lw=1.4, color=colors[m], label=m)
+        if g["ci_low"].notna().any():
+            ax.fill_between(x, g["ci_low"].to_numpy(dtype=float), g["ci_high"].to_numpy(dtype=float),
+                            color=colors[m], alpha=0.15, lw=0)
+        if spec.get("label_neurons"):
+            prev = None
+            for xi, yi, n in zip(x, y, g["neuron"], strict=True):
+                if n != prev:
+                    ax.annotate(str(n), (xi, yi), xytext=(2, 4), textcoords="offset points", fontsize=6,
+                                color=colors[m])
+                prev = n
+        mark = (marks or {}).get(m)
+        if mark is not None:
+            ax.axvline(mark, color=colors[m], ls=":", lw=1.2)
+        tok = g[(g["step"] > 0) & g["tokens_seen"].notna()]
+        ratios |= {round(float(t) / float(s), 6) for t, s in zip(tok["tokens_seen"], tok["step"], strict=True)}
+    if spec["measure"].endswith("_pct"):
+        ax.axhline(0, color="black", lw=0.6)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("training step (log scale; 0 at the left)")
+    ax.set_ylabel(spec["ylabel"])
+    if spec.get("ylim"):
+        ax.set_ylim(*spec["ylim"])
+    if len(ratios) == 1:
+        per = ratios.pop()
+        sec = ax.secondary_xaxis("top", functions=(lambda s, r=per: np.asarray(s) * r,
+                                                   lambda t, r=per: np.asarray(t) / r))
+        sec.set_xscale("symlog", linthresh=per)  # the step axis's scale, in tokens
+        sec.set_xlabel("tokens seen", fontsize=8)
+        sec.tick_params(labelsize=7)
+    fig.suptitle(spec["title"], fontsize=10)
+    ax.legend(frameon=False, fontsize=8)
+    return fig

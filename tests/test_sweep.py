@@ -1,0 +1,371 @@
+"""The training-dynamics sweep (analysis.core.sweep, analysis.core.sweep_task) on a Hugging Face
+Hub cache built in the Hub's layout (tests/hub_fixture.py): two Pythia repositories of
+different tiny shapes, read with `HF_HUB_OFFLINE=1`, on the fixture corpus with small sizes.
+The serial run (`--scheduler none`) is the reference: a LocalCluster of 2 single-thread
+workers, a resumed run and a run whose worker is killed mid-task must give the same bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import hub_fixture
+import pytest
+
+# Shapes differ between the two repositories: each is read from its config.json.
+SHAPE_70M = {"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 768}
+SHAPE_160M = {"num_hidden_layers": 5, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 1024}
+REVS_70M = ("step0", "step1", "step512", "step1000", "step2000", "step143000")
+LATER = "step8000"                      # in the cache, requested only by the second run
+MISSING = "step4000"                    # requested, never in the cache: skipped
+REVS_160M = ("step1000", "step143000")
+REQUEST = ",".join(sorted(REVS_70M + (MISSING,), key=lambda r: int(r[4:])))
+SIZES = ("activation_examples=4", "probe_samples=60", "loss_examples=4")
+
+
+def _plan(out, revisions=REQUEST, models="pythia-70m,pythia-160m", **kw):
+    from analysis.core.sweep import plan_sweep
+
+    return plan_sweep(models, revisions, profile="quick", overrides=SIZES, corpus="fixture", out=out,
+                      threads=1, **kw)
+
+
+def _run(out, scheduler="none", workers=None, **kw):
+    from analysis.core.sweep import run_sweep
+
+    logs: list[str] = []
+    res = run_sweep(_plan(out, **kw), scheduler=scheduler, workers=workers, log=logs.append, live=False)
+    return res, logs
+
+
+def _artifacts(out: Path) -> dict[str, tuple]:
+    """{key: (payload_sha256, {array: sha256})} of every artifact in a sweep's store."""
+    found = {}
+    for p in (Path(out) / "store").glob("*/*/checkpoint.json"):
+        art = json.loads(p.read_text())
+        assert art["key"] == p.parent.name
+        found[art["key"]] = (art["payload_sha256"], art.get("arrays"))
+    return found
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """The Hub cache (offline, patched into this process; spawned workers inherit it)."""
+    home = tmp_path_factory.mktemp("sweep-hub") / "hf"
+    commits = {"pythia-70m": hub_fixture.build_hub_cache(home, REVS_70M + (LATER,), shape=SHAPE_70M),
+               "pythia-160m": hub_fixture.build_hub_cache(home, {r: 10 + i for i, r in enumerate(REVS_160M)},
+                                                          repo="EleutherAI/pythia-160m", shape=SHAPE_160M)}
+    mp = pytest.MonkeyPatch()
+    hub_fixture.patch_offline(mp, home)
+    mp.setenv("TOKENIZERS_PARALLELISM", "false")
+    yield {"home": home, "commits": commits}
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def serial(hub, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep-serial")
+    res, logs = _run(out)
+    return {"out": out, "res": res, "logs": logs, "arts": _artifacts(out)}
+
+
+@pytest.fixture(scope="module")
+def cluster(hub, serial, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep-cluster")
+    res, logs = _run(out, scheduler="local", workers=2)
+    return {"out": out, "res": res, "logs": logs}
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def test_revision_sets_and_model_names():
+    from analysis.core.errors import UsageError
+    from analysis.core.models import pythia_repo
+    from analysis.core.sweep import parse_revisions, parse_scheduler, pythia_revisions
+
+    revs = pythia_revisions("all")
+    assert len(revs) == 154 and revs[:4] == ["step0", "step1", "step2", "step4"]
+    assert revs[10:12] == ["step512", "step1000"] and revs[-1] == "step143000"
+    assert pythia_revisions(parse_revisions("step2000,step1000")) == ["step1000", "step2000"]
+    assert pythia_repo("pythia-1.4b-deduped") == "EleutherAI/pythia-1.4b-deduped"
+    assert pythia_repo("EleutherAI/pythia-12b") == "EleutherAI/pythia-12b"
+    assert pythia_repo("pythia-71m") is None and pythia_repo("gpt2") is None
+    assert parse_scheduler("tcp://10.0.0.1:8786") == ("tcp", "tcp://10.0.0.1:8786")
+    with pytest.raises(UsageError):
+        parse_scheduler("udp://x:1")
+
+
+# ----------------------------------------------------------------------------- equivalence
+
+
+def test_serial_run_measures_every_cached_checkpoint_and_skips_the_missing_one(hub, serial):
+    res = serial["res"]
+    by = {(t["model"], t["revision"]): t for t in res["tasks"]}
+    assert {r for (m, r), t in by.items() if m == "pythia-70m" and t["status"] == "computed"} == set(REVS_70M)
+    reason = "not in the local Hugging Face cache and the Hub cannot be reached"
+    assert by[("pythia-70m", MISSING)]["status"] == "skipped" and by[("pythia-70m", MISSING)]["reason"] == reason
+    # pythia-160m: --neuron auto, anchored on its final checkpoint; its other revisions use
+    # the neuron discovered there; those not in its cache are skipped
+    anchor = by[("pythia-160m", "step143000")]
+    assert anchor["anchor"] and anchor["status"] == "computed" and anchor["context_neuron"] == "auto"
+    dep = by[("pythia-160m", "step1000")]
+    assert dep["status"] == "computed" and dep["context_neuron"].startswith("L")
+    assert sum(t["status"] == "skipped" for (m, _), t in by.items() if m == "pythia-160m") == 5
+    assert res["counts"] == {"computed": 8, "skipped": 6}
+    from analysis.core.sweep_task import load_artifact
+
+    store = serial["out"] / "store"
+    a70 = load_artifact(store, by[("pythia-70m", "step0")]["key"])["result"]
+    a160 = load_artifact(store, dep["key"])
+    assert (a70["model"]["n_layers"], a70["model"]["d_mlp"]) == (4, 768)  # each from config.json
+    assert (a160["result"]["model"]["n_layers"], a160["result"]["model"]["d_mlp"]) == (5, 1024)
+    assert a160["provenance"]["upstream"] == {"anchor": anchor["key"]}
+    assert a160["result"]["context"]["neuron"] == load_artifact(store, anchor["key"])["result"]["best"]["neuron"]
+    assert a70["model"]["commit"] == hub["commits"]["pythia-70m"]["step0"]
+    assert a70["context"]["neuron"] == "L3N669"
+
+
+def test_the_table_is_tidy_parquet_and_csv(serial):
+    import pandas as pd
+
+    from analysis.core.sweep import TABLE_COLUMNS
+
+    df = pd.read_parquet(serial["out"] / "table.parquet")
+    csv = pd.read_csv(serial["out"] / "table.csv")
+    assert list(df.columns) == list(TABLE_COLUMNS) == list(csv.columns) and len(df) == len(csv)
+    assert set(df["model"]) == {"pythia-70m", "pythia-160m"}
+    one = df[(df["model"] == "pythia-70m") & (df["revision"] == "step1000")]
+    assert set(one["measure"]) >= {"loss", "context_f1", "context_ablation_pct", "best_f1", "best_ablation_pct"}
+    assert one["tokens_seen"].iloc[0] == 1000 * 2_097_152 and one["step"].iloc[0] == 1000
+    assert not df.duplicated(["model", "revision", "measure", "language"]).any()
+    assert MISSING not in set(df[df["model"] == "pythia-70m"]["revision"])
+    assert (df.groupby("model")["n_params"].nunique() == 1).all()
+
+
+def test_cluster_artifacts_equal_the_serial_ones_byte_for_byte(serial, cluster):
+    assert "LocalCluster: 2 workers" in "\n".join(cluster["logs"])
+    assert cluster["res"]["counts"] == serial["res"]["counts"]
+    theirs = _artifacts(cluster["out"])
+    assert theirs == serial["arts"] and len(theirs) == 8  # payload sha256 and every array's sha256
+    for p in (cluster["out"] / "store").glob("*/*/*.npy"):  # and the arrays' bytes themselves
+        assert p.read_bytes() == (serial["out"] / p.relative_to(cluster["out"])).read_bytes()
+    workers = {t["worker"] for t in cluster["res"]["tasks"] if t["status"] == "computed"}
+    assert len(workers) == 2 and all(w.split(":")[1] != str(os.getpid()) for w in workers)
+
+
+def test_resume_computes_nothing_then_one_new_revision(hub, serial, cluster):
+    out = cluster["out"]
+    res, logs = _run(out)  # the cluster's store, read by a serial rerun: the same keys
+    assert res["counts"].get("computed", 0) == 0 and res["counts"]["reused"] == 8
+    assert any(line.startswith("Sweep: ") and "8 reused" in line for line in logs)
+    res, logs = _run(out, revisions=REQUEST + "," + LATER)
+    computed = [(t["model"], t["revision"]) for t in res["tasks"] if t["status"] == "computed"]
+    assert computed == [("pythia-70m", LATER)] and res["counts"]["reused"] == 8
+    assert _artifacts(out).items() >= serial["arts"].items()
+
+
+def test_a_worker_killed_mid_task_is_rerun_and_the_sweep_completes(hub, serial, tmp_path, monkeypatch):
+    from analysis.core.sweep_task import HOLD_ENV
+
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    monkeypatch.setenv(HOLD_ENV, str(hold))
+    killed: list[tuple[int, str]] = []
+
+    def killer():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not killed:
+            started = sorted(hold.glob("started-*"))
+            if started:
+                _, pid, rev = started[0].name.split("-", 2)
+                os.kill(int(pid), signal.SIGKILL)  # mid-task: measured, not yet saved
+                killed.append((int(pid), rev))
+            time.sleep(0.05)
+        (hold / "release").write_text("")
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    out = tmp_path / "out"
+    revs = "step0,step1,step512"
+    res, logs = _run(out, scheduler="local", workers=2, revisions=revs, models="pythia-70m")
+    th.join(timeout=10)
+    assert killed, "no task reached the hold point"
+    assert res["counts"] == {"computed": 3}
+    pid, rev = killed[0]
+    done = {t["revision"]: t for t in res["tasks"]}
+    assert done[rev]["status"] == "computed" and done[rev]["worker"].split(":")[1] != str(pid)
+    mine = _artifacts(out)
+    assert len(mine) == 3 and mine.items() <= serial["arts"].items()
+    assert not list((out / "store").rglob("*.tmp"))
+
+
+def test_keep_weights_no_frees_each_revision_after_its_task(tmp_path, monkeypatch):
+    home = tmp_path / "hf"
+    commits = hub_fixture.build_hub_cache(home, ["step1", "step143000"], shape=SHAPE_70M)
+    hub_fixture.patch_offline(monkeypatch, home)
+    repo = hub_fixture.repo_folder(home)
+    blobs_before = {p.name for p in (repo / "blobs").iterdir()}
+    res, _ = _run(tmp_path / "out", revisions="step1,step143000", models="pythia-70m", keep_weights="no")
+    assert res["counts"] == {"computed": 2}
+    for commit in commits.values():
+        snap = repo / "snapshots" / commit
+        assert not list(snap.glob("*.safetensors")) and (snap / "config.json").is_file()
+        assert (snap / "tokenizer.json").is_file()  # shared small files stay
+    gone = blobs_before - {p.name for p in (repo / "blobs").iterdir()}
+    assert len(gone) == 2  # the two weight blobs
+    res, _ = _run(tmp_path / "out", revisions="step1,step143000", models="pythia-70m", keep_weights="no")
+    assert res["counts"] == {"reused": 2}  # commits known from refs/: nothing to download
+
+
+def test_organism_expands_to_its_saved_checkpoints(tmp_path):
+    from test_organism import _train
+
+    from analysis.core.models import models_cache_dir
+
+    run = models_cache_dir() / "organism-sweeptest"
+    manifest = _train(run, n_checkpoints=3, steps=6)
+    res, logs = _run(tmp_path / "out", revisions="all", models="organism")
+    steps = [t["step"] for t in res["tasks"]]
+    assert steps == sorted(c["step"] for c in manifest["checkpoints"]) and res["counts"] == {"computed": len(steps)}
+    import pandas as pd
+
+    df = pd.read_parquet(tmp_path / "out" / "table.parquet")
+    tl = df[df["measure"] == "train_loss"].sort_values("step")
+    assert list(tl["value"]) == pytest.approx([c["train_loss"] for c in manifest["checkpoints"]])
+    assert set(df[df["measure"] == "context_f1"]["neuron"]) == {
+        df[(df["measure"] == "best_f1") & (df["step"] == max(steps))]["neuron"].iloc[0]}
+
+
+def test_a_mistake_is_one_line_before_any_task(hub, tmp_path):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from analysis.core.cli import app
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    base = ["sweep", "--corpus", "fixture", "--out", str(out), "--no-report", "--threads", "1"]
+    cases = {
+        "unknown model 'pythia-71m'": ["--models", "pythia-71m"],
+        "unknown model 'gpt2'": ["--models", "gpt2"],
+        "revision 'step1k' is malformed": ["--models", "pythia-70m", "--revisions", "step1k"],
+        "step1500 is not one of Pythia's 154 checkpoints": ["--models", "pythia-70m", "--revisions", "step1500"],
+        f"no Dask scheduler answers at tcp://127.0.0.1:{port}": [
+            "--models", "pythia-70m", "--revisions", "step1", "--scheduler", f"tcp://127.0.0.1:{port}"],
+        "--scheduler 'localhost'": ["--models", "pythia-70m", "--scheduler", "localhost"],
+        "neuron L9N1 is out of range": ["--models", "pythia-70m", "--neuron", "L9N1"],
+    }
+    for needle, args in cases.items():
+        r = CliRunner().invoke(app, base + args)
+        assert r.exit_code == 2, (needle, r.output)
+        lines = r.output.strip().splitlines()
+        err = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+        assert len(err) == 1 and needle in lines[err[0]], (needle, r.output)
+        assert all(line.startswith("Hint: ") for line in lines[err[0] + 1:]), r.output  # then only a hint
+        assert "Traceback" not in r.output and "computed" not in r.output
+    assert not list(out.glob("store/*/*/checkpoint.json"))
+
+
+def test_sweep_report_shows_one_curve_per_model(serial):
+    import re
+
+    from typer.testing import CliRunner
+
+    from analysis.core.cli import app
+
+    r = CliRunner().invoke(app, ["report", "--sweep", str(serial["out"])])
+    assert r.exit_code == 0, r.output
+    html = re.sub(r"data:[^\"')\s]+", "", (serial["out"] / "report.html").read_text(encoding="utf-8"))
+    from figures.sweep import MEASURES
+
+    for spec in MEASURES:
+        assert (serial["out"] / "figures" / f"{spec['name']}.png").is_file()
+        assert spec["caption"].split(" (")[0][:40] in html
+    for needle in ("Training dynamics across checkpoints and model sizes", "pythia-160m", "L3N669",
+                   f"{MISSING}", "discovered at the final checkpoint"):
+        assert needle in html, needle
+
+
+def test_weights_without_a_copy_equal_the_copy_and_outlive_the_bridge():
+    import torch
+
+    from analysis.core.engine import Forward, Weights, make_batches, per_example_losses
+    from analysis.core.models import load_model
+
+    m = load_model("tiny")
+    a = Weights.from_bridge(m.bridge, m.info["rotary_pct"])
+    b = Weights.from_bridge(m.bridge, m.info["rotary_pct"], copy=False)
+    toks = [m.to_tokens("Die Kommission hat heute einen Vorschlag vorgelegt.")]
+    ref = per_example_losses(Forward(a), make_batches(toks, 4096, 1), {}, show_progress=False)
+    m.bridge = None
+    import gc
+
+    gc.collect()
+    got = per_example_losses(Forward(b), make_batches(toks, 4096, 1), {}, show_progress=False)
+    assert all(torch.equal(getattr(a, n), getattr(b, n)) for n in ("W_E", "W_Q", "W_in", "W_U", "b_U"))
+    assert (ref["original"] == got["original"]).all()
+
+
+def test_out_of_memory_names_model_revision_and_batch():
+    import torch
+
+    from analysis.core.sweep_task import _known_failure
+
+    spec = {"model": "pythia-12b", "revision": "step1000", "device": "cuda", "profile": {"batch_tokens": 4096}}
+    rec = _known_failure(spec, {"key": "k"}, torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert rec["status"] == "failed"
+    assert all(s in rec["reason"] for s in ("pythia-12b", "step1000", "4096 tokens", "--batch-tokens"))
+
+
+def test_a_plain_checkpoint_folder_is_one_task_keyed_by_its_fingerprint(tmp_path):
+    from analysis.core.bench import bench_checkpoints
+    from analysis.core.models import _fingerprint_dir
+    from analysis.core.sweep import draw_sweep_figures, sweep_summary
+    from analysis.core.sweep_task import load_artifact
+
+    (ckpt,) = bench_checkpoints(tmp_path / "ckpts", 1)
+    res, _ = _run(tmp_path / "out", models=str(ckpt), neuron="auto")
+    (task,) = res["tasks"]
+    assert task["status"] == "computed" and task["step"] is None and task["anchor"]
+    art = load_artifact(tmp_path / "out" / "store", task["key"])
+    assert art["provenance"]["model"]["kind"] == "folder"
+    assert art["provenance"]["model"]["fingerprint"] == _fingerprint_dir(ckpt)
+    summary = sweep_summary(tmp_path / "out")
+    (m,) = summary["models"]
+    assert m["last"]["step"] is None and m["context_neuron"] == art["result"]["best"]["neuron"]
+    assert draw_sweep_figures(tmp_path / "out", tmp_path / "figs") == []  # no training step to plot against
+    import shutil
+
+    moved = shutil.copytree(ckpt, tmp_path / "elsewhere" / "renamed")  # the same weights elsewhere
+    res, _ = _run(tmp_path / "out", models=str(moved), neuron="auto")
+    assert res["counts"] == {"reused": 1} and res["tasks"][0]["key"] == task["key"]
+
+
+def test_a_model_report_shows_the_sweep_beside_its_own_dynamics(tiny_report, serial, tmp_path):
+    from analysis.core.config import Neuron, RunConfig, get_profile
+    from analysis.core.errors import UsageError
+    from analysis.core.pipeline import run_report
+    from analysis.core.sweep import draw_sweep_figures, sweep_summary
+    from report.build import build_notebook
+
+    res, _, _ = tiny_report
+    context = {**res["context"], "sweep": sweep_summary(serial["out"]),
+               "figures": res["context"]["figures"] + draw_sweep_figures(serial["out"], tmp_path / "figures")}
+    nb = build_notebook(context)
+    md = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "# Training dynamics across checkpoints and model sizes" in md and "# Setup" in md
+    assert "show_figure('sweep_context_f1'" in code and "table.parquet" in code
+    cfg = RunConfig(model="tiny", neuron=Neuron.parse("L3N669"), profile=get_profile("quick"),
+                    out=str(tmp_path / "o"))
+    with pytest.raises(UsageError, match="holds no sweep"):  # checked before any compute
+        run_report(cfg, corpus="fixture", sweep=str(tmp_path), log=lambda s: None)
+    assert not (tmp_path / "o").exists()
