@@ -228,7 +228,8 @@ def test_hub_report_names_the_snapshot_in_every_artifact(hub_report):
 # Captions (a distinctive part) of the tables that show the seed's printed value beside ours.
 SEED_TABLES = ("Single-neuron logistic-regression probes", "mean-ablated on its own",
                "all German neurons except the context neuron", "one component",
-               "unigrams of each language", "with L3N669 mean-ablated", "Weird tokens excluded")
+               "unigrams of each language", "with L3N669 mean-ablated", "Weird tokens excluded",
+               "The three numbers that carry the finding")
 
 
 @pytest.mark.slow
