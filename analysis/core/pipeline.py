@@ -311,12 +311,16 @@ def precision_context(info: dict) -> dict:
     (`regression.precision_policy`: its file and the largest differences from float32 it
     measured, per metric family)."""
     from . import regression as reg
+    from .errors import ReportError
 
     out = {k: info.get(k) for k in ("dtype", "matmul", "tf32", "tf32_effective", "precision_note")}
     out["dtype"] = out["dtype"] or "float32"
     out["policy"] = None
     if reg.precision_label(out["dtype"], bool(out["tf32_effective"])) != reg.REFERENCE_PRECISION:
-        out["policy"] = reg.policy_summary()
+        try:
+            out["policy"] = reg.policy_summary()
+        except ReportError as exc:  # the numbers stand; the report says the bounds are unknown
+            out["policy"] = {"path": reg.display_path(reg.PRECISION_POLICY), "error": str(exc).splitlines()[0]}
     return out
 
 
