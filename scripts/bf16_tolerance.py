@@ -178,6 +178,7 @@ def build_policy(runs: dict, factor: float, counts: dict) -> dict:
 
 
 def print_run(label: str, r: dict) -> None:
+    """Every metric of one configuration: float32, bfloat16, difference (stdout)."""
     m32, m16 = r["float32"]["metrics"], r["bfloat16"]["metrics"]
     print(f"\n## {label}: float32 {r['float32']['wall_s']} s, bfloat16 {r['bfloat16']['wall_s']} s")
     print(f"{'metric':<62} {'float32':>14} {'bfloat16':>14} {'difference':>12}")
@@ -186,6 +187,7 @@ def print_run(label: str, r: dict) -> None:
 
 
 def markdown(policy: dict) -> str:
+    """docs/BF16.md: the policy's families, the checks, every measured metric."""
     fams, runs = policy["families"], policy["runs"]
     lines = [
         "# bfloat16 vs float32: measured differences and the tolerance policy", "",

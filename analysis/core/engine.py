@@ -238,7 +238,8 @@ class Forward:
 
     def matmul(self, a: Tensor, B: Tensor) -> Tensor:
         """`a @ B` for `B` a weight (or a product of weights) in this pass's precision:
-        `product(operand(a) @ B)`, float32 out."""
+        `product(operand(a) @ B)`. `a`: float32 `[..., k]`; `B`: `[k, m]` as stored in `self.w`
+        (bf16 when native); returns float32 `[..., m]`."""
         return self.product(self.operand(a) @ B)
 
     def embed(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:

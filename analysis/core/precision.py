@@ -80,6 +80,7 @@ def torch_dtype(name: str):
 
 
 def is_cuda(device: str) -> bool:
+    """Whether a `--device` value names a CUDA device (`cuda`, `cuda:1`)."""
     return str(device).startswith("cuda")
 
 
