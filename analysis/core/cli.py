@@ -27,6 +27,13 @@ _SET_HELP = ("override one size of the profile, NAME=VALUE (repeatable), e.g. --
              "loss_examples=200; names: " + ", ".join(settable_sizes()))
 
 
+_DTYPE_HELP = ("float32 (the reference, default) | bfloat16: the model is loaded in float32, then "
+               "the forward's matmuls run in bf16 (losses and statistics stay float32); numbers "
+               "differ from float32 within baselines/tolerance/bf16.json")
+_TF32_HELP = ("on | off (default): TF32 for float32 matmuls on CUDA; no effect on CPU or with "
+              "bfloat16 (recorded as such)")
+
+
 @app.command()
 def report(
     model: str | None = typer.Option(None, help="pythia-70m | pythia-70m-planted | pythia-70m-random | tiny | organism | PATH to a HF GPT-NeoX checkpoint folder; default: pythia-70m if it can be loaded, else the organism (trained first if none is cached)"),
@@ -37,6 +44,8 @@ def report(
     profile: str = typer.Option("quick", help="quick | paper (sample sizes)"),
     set_: list[str] | None = typer.Option(None, "--set", help=_SET_HELP),  # noqa: B008 (typer idiom)
     device: str = typer.Option("cpu", help="cpu | cuda"),
+    dtype: str = typer.Option("float32", help=_DTYPE_HELP),
+    tf32: str = typer.Option("off", help=_TF32_HELP),
     out: str | None = typer.Option(None, help="output folder (default build/<model-id>/)"),
     corpus: str | None = typer.Option(None, help="seed (KDE4 English / WMT German) | fixture (the package's own short texts) | europarl-heldout (the organism's held-out passages); default: europarl-heldout for the organism, else seed"),
     renderer: str = typer.Option("auto", help="auto (quarto if installed, else pandoc+typst) | quarto | pandoc"),
@@ -60,6 +69,9 @@ def report(
             return
         if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
             raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
+        from .precision import parse_dtype, parse_tf32
+
+        dtype, tf32_on = parse_dtype(dtype), parse_tf32(tf32)  # before any default-model work
         if renderer not in ("auto", "quarto", "pandoc"):
             raise UsageError(f"unknown renderer {renderer!r}; choose auto, quarto or pandoc")
         from ..controls.organism import is_organism, resolve_default_model
@@ -77,7 +89,8 @@ def report(
             # the seed's neuron; the organism and the planted control find their own
             context_neuron = Neuron.parse("L3N669")
         cfg = RunConfig(model=model, neuron=context_neuron, profile=prof, device=device,
-                        data_dir=data_dir, tokenizer=tokenizer, out=out, note=note, plant=planted)
+                        data_dir=data_dir, tokenizer=tokenizer, out=out, note=note, plant=planted,
+                        dtype=dtype, tf32=tf32_on)
         res = run_report(cfg, render=render, renderer=renderer, corpus=corpus, sweep=sweep,
                          command="german-neuron " + shlex.join(sys.argv[1:]))
     except ReportError as exc:
@@ -313,7 +326,8 @@ def sweep(
     corpus: str | None = typer.Option(None, help="seed | fixture | europarl-heldout; default: europarl-heldout for the organism, else seed"),
     keep_weights: str = typer.Option("auto", help="auto | yes | no: keep each Hub revision's downloaded weights after its task (auto: no for 1B parameters and up)"),
     batch_tokens: int | None = typer.Option(None, help="padded tokens per forward batch (default 4,096; lower it after an out-of-memory)"),
-    dtype: str = typer.Option("float32", help="float32 (the only one for now)"),
+    dtype: str = typer.Option("float32", help=_DTYPE_HELP),
+    tf32: str = typer.Option("off", help=_TF32_HELP),
     report: bool = typer.Option(True, help="write the sweep's report (report.html, report.pdf) at the end"),
     renderer: str = typer.Option("auto", help="auto | quarto | pandoc"),
     debug: bool = typer.Option(False, help="show tracebacks"),
@@ -329,7 +343,7 @@ def sweep(
         plan = plan_sweep(models, revisions, neuron=neuron, profile=profile, overrides=set_ or [],
                           device=device, out=out, data_dir=data_dir, corpus=corpus,
                           batch_tokens=batch_tokens, threads=threads, keep_weights=keep_weights,
-                          dtype=dtype, log=log)
+                          dtype=dtype, tf32=tf32, log=log)
         res = run_sweep(plan, scheduler=scheduler, workers=workers, log=log,
                         command="german-neuron " + shlex.join(sys.argv[1:]))
         c = res["counts"]

@@ -233,7 +233,8 @@ class RunConfig:
     `plant`: the neuron planted in `pythia-70m-planted` (`--plant`; None: L3N669); only
     that model accepts it. `studied`: the neurons the per-neuron steps study besides the
     context neuron (the seed's German neurons; the CLI never changes it, a test may
-    narrow it to save time).
+    narrow it to save time). `dtype`: the forward's matmul dtype, `float32` (the reference)
+    or `bfloat16`; `tf32`: TF32 for float32 matmuls on CUDA (see `analysis.core.precision`).
     """
 
     model: str
@@ -247,3 +248,5 @@ class RunConfig:
     note: str | None = None
     neuron_discovered: bool = False
     plant: Neuron | None = None
+    dtype: str = "float32"
+    tf32: bool = False

@@ -10,7 +10,10 @@ it can do what the bridge's own forward cannot do cheaply:
   unpadded per-example pass up to float rounding);
 * stop at the last layer an analysis needs (no unembedding for activation statistics);
 * restart an ablated pass from the cached residual stream at the ablated layer;
-* compute the next-token loss in row chunks without materialising a whole batch's logits.
+* compute the next-token loss in row chunks without materialising a whole batch's logits;
+* run its matmuls in bfloat16 (`--dtype bfloat16`, `Weights.to_precision`) while the
+  residual stream, LayerNorm, softmax, GELU, log-sum-exp and losses stay float32
+  (`analysis.core.precision` says why and how).
 
 Interventions are keyed by the hook names TransformerLens writes
 (`blocks.3.mlp.hook_post`, `blocks.5.mlp.hook_pre`, `blocks.4.hook_resid_pre`, ...):
@@ -23,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -86,6 +89,33 @@ class Weights:
     @property
     def device(self) -> torch.device:
         return self.W_E.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The storage dtype (float32, or bfloat16 for native bf16 matmuls)."""
+        return self.W_E.dtype
+
+    def to_precision(self, dtype: str, native: bool) -> Weights:
+        """These weights rounded to `dtype` (`float32`: `self`, unchanged).
+
+        For `bfloat16`, every tensor is rounded to bf16 once, here; `native` keeps bf16
+        tensors (torch's bf16 GEMMs, CUDA), otherwise float32 tensors holding the bf16 values
+        (the CPU emulation, `precision.matmul_mode`). The float32 tensors are not kept: drop
+        `self` and one copy remains.
+
+        Raises:
+            UsageError: a dtype `precision.parse_dtype` refuses.
+        """
+        from .precision import REFERENCE_DTYPE, parse_dtype
+
+        if parse_dtype(dtype) == REFERENCE_DTYPE:
+            return self
+        names = [f.name for f in fields(self) if isinstance(getattr(self, f.name), Tensor)]
+        with torch.no_grad():
+            cast = {n: getattr(self, n).to(torch.bfloat16) for n in names}
+            if not native:
+                cast = {n: t.float() for n, t in cast.items()}
+        return replace(self, **cast)
 
     @classmethod
     def from_bridge(cls, bridge, rotary_pct: float, copy: bool = True) -> Weights:
@@ -164,9 +194,23 @@ def _fuse(w: Weights) -> list[_Fused]:
 class Forward:
     """A hook-named forward over `Weights`; every method is a pure function of its inputs."""
 
-    def __init__(self, w: Weights):
-        self.w = w
-        self._fused = _fuse(w)
+    def __init__(self, w: Weights, dtype: str = "float32", native: bool | None = None):
+        """`w`: float32 weights (`Weights.from_bridge`). `dtype`: `float32` (the reference:
+        every operation in float32, exactly as before bfloat16 existed) or `bfloat16` (the
+        matmuls in bf16, the rest in float32; see `analysis.core.precision`). `native`: run
+        torch's bf16 GEMMs on bf16 tensors; None: on CUDA only (elsewhere the bf16 rounding
+        is emulated around float32 GEMMs).
+
+        Raises:
+            UsageError: a dtype `precision.parse_dtype` refuses.
+        """
+        from .precision import REFERENCE_DTYPE, parse_dtype
+
+        self.dtype = parse_dtype(dtype)
+        native = w.device.type == "cuda" if native is None else bool(native)
+        self.mode = "float32" if self.dtype == REFERENCE_DTYPE else ("native" if native else "emulated")
+        self.w = w.to_precision(self.dtype, native)
+        self._fused = _fuse(self.w)
         self._rope: tuple[int, Tensor, Tensor] | None = None
         self.tokens_forwarded = 0  # tokens x layers / n_layers, for the pass counters
         self.unembedded_rows = 0
@@ -177,8 +221,30 @@ class Forward:
             self._rope = (max(n_pos, 128), cos, sin)
         return self._rope[1][:n_pos], self._rope[2][:n_pos]
 
+    def operand(self, x: Tensor) -> Tensor:
+        """`x` as a matmul operand against the weights: itself in float32; rounded to bf16
+        in bfloat16 (a bf16 tensor when native, float32 holding bf16 values when emulated)."""
+        if self.mode == "float32":
+            return x
+        x = x.to(torch.bfloat16)
+        return x if self.mode == "native" else x.float()
+
+    def product(self, y: Tensor) -> Tensor:
+        """A matmul's result as the rest of the pass uses it: float32, rounded to bf16
+        first in bfloat16 (what a bf16 GEMM returns), so every later operation is float32."""
+        if self.mode == "float32":
+            return y
+        return y.float() if self.mode == "native" else y.to(torch.bfloat16).float()
+
+    def matmul(self, a: Tensor, B: Tensor) -> Tensor:
+        """`a @ B` for `B` a weight (or a product of weights) in this pass's precision:
+        `product(operand(a) @ B)`. `a`: float32 `[..., k]`; `B`: `[k, m]` as stored in `self.w`
+        (bf16 when native); returns float32 `[..., m]`."""
+        return self.product(self.operand(a) @ B)
+
     def embed(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
-        return self.w.W_E[tokens]
+        # A lookup, not a matmul: the bf16 embedding row, upcast so the residual stays float32.
+        return self.product(self.w.W_E[tokens])
 
     def block(self, layer: int, resid: Float[Tensor, "batch pos d_model"], edits: Edits | None = None,
               capture: dict | None = None) -> Float[Tensor, "batch pos d_model"]:
@@ -199,9 +265,13 @@ class Forward:
         b, n, d = resid.shape
         h, e = w.n_heads, w.d_head
         f = self._fused[layer]
+        # `op`/`out` are identities in float32; in bfloat16 they round each matmul's operands
+        # and product to bf16 and hand float32 on, so only the matmuls see bf16.
+        op, out = self.operand, self.product
         x = layer_norm_pre(resid, w.eps).reshape(b * n, d)
+        xm = op(x)
         # Q, K, V in one matmul; views [batch, pos, head, d_head] into that buffer.
-        qkv = torch.addmm(f.b_qkv, x, f.W_qkv).view(b, n, 3, h, e)
+        qkv = out(torch.addmm(f.b_qkv, xm, f.W_qkv)).view(b, n, 3, h, e)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if w.rotary_dim:
             cos, sin = self._rope_for(n)
@@ -209,17 +279,17 @@ class Forward:
             _apply_rotary_(k, cos, sin, w.rotary_dim)
         # Explicit softmax attention (eager, fp32), as the bridge's eager path.
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, h, pos, e]
-        scores = torch.matmul(q, k.transpose(-1, -2)).div_(math.sqrt(e))
+        scores = out(torch.matmul(op(q), op(k).transpose(-1, -2))).div_(math.sqrt(e))
         causal = torch.ones(n, n, dtype=torch.bool, device=resid.device).triu(1)
         pattern = scores.masked_fill_(causal, float("-inf")).softmax(-1)
-        z = torch.matmul(pattern, v).transpose(1, 2).reshape(b * n, h * e)
-        attn_out = torch.addmm(w.b_O[layer], z, f.W_O).view(b, n, d)
+        z = out(torch.matmul(op(pattern), op(v))).transpose(1, 2).reshape(b * n, h * e)
+        attn_out = out(torch.addmm(w.b_O[layer], op(z), f.W_O)).view(b, n, d)
         attn_out = hook("hook_attn_out", attn_out)
-        pre = torch.addmm(w.b_in[layer], x, w.W_in[layer]).view(b, n, -1)
+        pre = out(torch.addmm(w.b_in[layer], xm, w.W_in[layer])).view(b, n, -1)
         pre = hook("mlp.hook_pre", pre)
         post = F.gelu(pre)
         post = hook("mlp.hook_post", post)
-        mlp_out = torch.addmm(w.b_out[layer], post.reshape(b * n, -1), w.W_out[layer]).view(b, n, d)
+        mlp_out = out(torch.addmm(w.b_out[layer], op(post.reshape(b * n, -1)), w.W_out[layer])).view(b, n, d)
         mlp_out = hook("hook_mlp_out", mlp_out)
         resid = resid + attn_out + mlp_out
         self.tokens_forwarded += b * n / w.n_layers
@@ -242,8 +312,10 @@ class Forward:
         return resid
 
     def logits(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        """Logits (float32; bf16-rounded in bfloat16) of the final residual stream."""
         x = layer_norm_pre(resid, self.w.eps)
-        return torch.addmm(self.w.b_U, x.reshape(-1, x.shape[-1]), self.w.W_U).view(*x.shape[:-1], -1)
+        lg = torch.addmm(self.w.b_U, self.operand(x.reshape(-1, x.shape[-1])), self.w.W_U)
+        return self.product(lg).view(*x.shape[:-1], -1)
 
     def token_losses(self, resid: Float[Tensor, "batch pos d_model"], tokens: Int[Tensor, "batch pos"],
                      lengths: Int[Tensor, "batch"], chunk_rows: int = LOSS_CHUNK_ROWS) -> Float[Tensor, "batch pos_minus_1"]:
@@ -257,12 +329,13 @@ class Forward:
         valid = torch.arange(n - 1, device=resid.device)[None, :] < (lengths[:, None] - 1)
         rows = resid[:, :-1][valid]
         targets = tokens[:, 1:][valid]
-        out = torch.empty(rows.shape[0], device=resid.device, dtype=resid.dtype)
+        # float32 whatever the matmul dtype: `logits` hands float32 to the log-sum-exp.
+        out = torch.empty(rows.shape[0], device=resid.device, dtype=torch.float32)
         for s in range(0, rows.shape[0], chunk_rows):
             lg = self.logits(rows[s:s + chunk_rows])
             out[s:s + chunk_rows] = torch.logsumexp(lg, -1) - lg.gather(-1, targets[s:s + chunk_rows, None])[:, 0]
         self.unembedded_rows += rows.shape[0]
-        losses = torch.zeros(b, n - 1, device=resid.device, dtype=resid.dtype)
+        losses = torch.zeros(b, n - 1, device=resid.device, dtype=torch.float32)
         losses[valid] = out
         return losses
 
@@ -373,7 +446,9 @@ def shortcut_losses(fwd: Forward, resid: Float[Tensor, "batch pos d_model"], tok
     s: its RMS scale). An edit that adds `δ = Δpost @ W_out[last, idx]` to the final residual
     gives `logits' = (s/s')·(logits − b_U) + (Δpost @ (W_out[last, idx] W_U) − mean(δ)·1ᵀW_U)/s' + b_U`
     with `s'` the recomputed scale of `r_c + δ − mean(δ)`: a rank-k update, exact up to
-    float rounding (tested against the full pass in tests/test_engine.py).
+    float rounding (tested against the full pass in tests/test_engine.py). In bfloat16 the
+    matmuls here (`δ`, `W_out W_U`, the unembedding) are rounded as the full pass's are
+    (`Forward.matmul`); the rest, the log-sum-exp included, is float32.
 
     Returns:
         (original `[batch, pos-1]`, [edited `[batch, pos-1]` per delta]) losses in nats,
@@ -387,33 +462,35 @@ def shortcut_losses(fwd: Forward, resid: Float[Tensor, "batch pos d_model"], tok
     targets = tokens[:, 1:][valid]
     rc = rows - rows.mean(-1, keepdim=True)
     scale = (rc.pow(2).mean(-1, keepdim=True) + w.eps).sqrt()
-    colsum = w.W_U.sum(0)  # 1ᵀ W_U, [d_vocab]
+    # 1ᵀ W_U, [d_vocab]: a statistic, so float32 (without copying a bf16 W_U)
+    colsum = w.W_U.sum(0) if fwd.mode == "float32" else w.W_U.sum(0, dtype=torch.float32)
+    b_U = w.b_U.float()  # the edited logits' addmm mixes it with float32 operands
     prepared = []
     for idx, d in deltas:
         a = d[:, :-1][valid]  # [rows, k]
         wo = w.W_out[last, idx]  # [k, d_model]
-        delta = a @ wo
+        delta = fwd.matmul(a, wo)
         m = delta.mean(-1, keepdim=True)
         rc2 = rc + delta - m
         scale2 = (rc2.pow(2).mean(-1, keepdim=True) + w.eps).sqrt()
-        basis = torch.cat([wo @ w.W_U, colsum[None]], 0)  # [k+1, d_vocab]
+        basis = torch.cat([fwd.product(wo @ w.W_U), colsum[None]], 0)  # [k+1, d_vocab]
         coef = torch.cat([a, -m], -1) / scale2  # [rows, k+1]
         prepared.append((scale / scale2, coef, basis))
-    base = torch.empty(rows.shape[0], device=resid.device, dtype=resid.dtype)
+    base = torch.empty(rows.shape[0], device=resid.device, dtype=torch.float32)
     edited = [torch.empty_like(base) for _ in deltas]
     for s0 in range(0, rows.shape[0], chunk_rows):
         sl = slice(s0, s0 + chunk_rows)
-        z = (rc[sl] / scale[sl]) @ w.W_U  # logits − b_U
+        z = fwd.matmul(rc[sl] / scale[sl], w.W_U)  # logits − b_U
         tgt = targets[sl, None]
-        lg = z + w.b_U
+        lg = z + b_U
         base[sl] = torch.logsumexp(lg, -1) - lg.gather(-1, tgt)[:, 0]
         for k, (ratio, coef, basis) in enumerate(prepared):
-            x = torch.addmm(w.b_U, coef[sl], basis).addcmul_(z, ratio[sl])
+            x = torch.addmm(b_U, coef[sl], basis).addcmul_(z, ratio[sl])
             edited[k][sl] = torch.logsumexp(x, -1) - x.gather(-1, tgt)[:, 0]
     fwd.unembedded_rows += rows.shape[0]
 
     def place(v):
-        t = torch.zeros(b, n - 1, device=resid.device, dtype=resid.dtype)
+        t = torch.zeros(b, n - 1, device=resid.device, dtype=torch.float32)
         t[valid] = v
         return t
 

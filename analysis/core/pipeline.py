@@ -105,6 +105,8 @@ def _regression(arts: dict, out: Path, log) -> dict:
     result["baseline"]["path"] = reg.display_path(path)
     reg.write_result(out, result)
     log(f"  regression: {result['n_checked']} metrics vs {path.name}, {result['n_failed']} outside tolerance")
+    if result["precision"]["policy"]:
+        log(f"  regression: {result['precision']['sentence']}")
     return result
 
 
@@ -236,6 +238,10 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
     """
     from filelock import FileLock, Timeout
 
+    from .precision import matmul_precision, parse_dtype, parse_tf32
+
+    parse_dtype(cfg.dtype)  # a one-line UsageError before any compute
+    parse_tf32(cfg.tf32)
     log = log or (lambda s: print(s, file=sys.stderr))
     show_progress = sys.stderr.isatty() if show_progress is None else show_progress
     if corpus is None:
@@ -263,8 +269,9 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
                           hint="wait for it to finish, or pass a different --out") from None
     try:
         _remove_stale_temporaries(out)
-        return _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command, wanted,
-                           sweep)
+        with matmul_precision(cfg.tf32):  # TF32 (CUDA float32 matmuls) as asked, restored after
+            return _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
+                               wanted, sweep)
     except OSError as exc:
         # e.g. ENOSPC while writing: every write is atomic, so what is on disk is either
         # the previous complete file or nothing.
@@ -297,6 +304,26 @@ def _remove_stale_temporaries(out: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def precision_context(info: dict) -> dict:
+    """What the report's Setup section says about the run's precision: the model record's
+    `dtype`, `matmul`, `tf32`, `tf32_effective`, `precision_note`, and, when the numbers are
+    not float32's (bfloat16, or TF32 in effect), the tolerance policy they are held to
+    (`regression.precision_policy`: its file and the largest differences from float32 it
+    measured, per metric family)."""
+    from . import regression as reg
+    from .errors import ReportError
+
+    out = {k: info.get(k) for k in ("dtype", "matmul", "tf32", "tf32_effective", "precision_note")}
+    out["dtype"] = out["dtype"] or "float32"
+    out["policy"] = None
+    if reg.precision_label(out["dtype"], bool(out["tf32_effective"])) != reg.REFERENCE_PRECISION:
+        try:
+            out["policy"] = reg.policy_summary()
+        except ReportError as exc:  # the numbers stand; the report says the bounds are unknown
+            out["policy"] = {"path": reg.display_path(reg.PRECISION_POLICY), "error": str(exc).splitlines()[0]}
+    return out
+
+
 def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command, wanted=None,
                 sweep=None):
     """The body of `run_report`, with the output folder's lock held (`wanted`: the steps
@@ -304,6 +331,8 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
     t0 = time.perf_counter()
     run = open_run(cfg, corpus, out / "artifacts", log, show_progress)
     model = run.model
+    if model.info.get("dtype", "float32") != "float32" or cfg.tf32:
+        log(f"  precision: {model.info['precision_note']}")
     log(f"Steps (profile {cfg.profile.label}) -> {out}/artifacts")
     arts: dict[str, dict] = {}
     for spec in STEPS:
@@ -334,6 +363,7 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
             "is_pythia": model.model_id == "pythia-70m", "neuron": str(cfg.neuron),
             "profile": cfg.profile.name, "profile_label": cfg.profile.label,
             "overrides": dict(cfg.profile.overrides), "sizes": cfg.profile.sizes(), "device": cfg.device,
+            "precision": precision_context(model.info),
             "corpus": corpus, "command": command,
             "is_organism": "organism" in model.info, "banner": cfg.note,
             "is_planted": bool(model.info.get("plant")), "plant": model.info.get("plant"),

@@ -23,6 +23,16 @@ run on another neuron, corpus or profile has no baseline (`select_baseline` says
 nothing is checked. A configuration value of null means "any" (the seed's baseline: any
 `pythia-70m` weights of revision `step143000`, any seed, since the seed's probe split was
 unseeded and its tolerance covers that sampling noise).
+
+Precision is not a field a baseline must match: it selects the tolerances. Every committed
+baseline is float32 (a baseline without `dtype` in its configuration is float32). A run whose
+precision differs from its baseline's (`--dtype bfloat16`, or `--tf32 on` where it takes
+effect) is compared with the baseline's tolerance widened by the precision policy
+(`baselines/tolerance/bf16.json`, `precision_policy`): per metric family (losses in nats,
+percent increases, proportions, activation means, logit values, counts) a tolerance derived
+from the float32-vs-bfloat16 differences measured by `scripts/bf16_tolerance.py`; the table
+and the report's appendix name the policy. A baseline recorded from a run of the same
+precision is preferred when there is one.
 """
 
 from __future__ import annotations
@@ -234,7 +244,8 @@ def load_baseline(path: Path) -> dict:
 
 # What defines a run's numbers, in the order reasons are given. `profile` (the name) is
 # recorded but not compared: its sizes are.
-CONFIG_FIELDS = ("model", "revision", "fingerprint", "context_neuron", "corpus", "profile", "sizes", "seed")
+CONFIG_FIELDS = ("model", "revision", "fingerprint", "context_neuron", "corpus", "profile", "sizes", "seed",
+                 "dtype", "tf32")
 COMPARED = ("model", "revision", "fingerprint", "context_neuron", "corpus", "sizes", "seed")
 REQUIRED = ("model", "fingerprint", "context_neuron", "corpus", "profile", "sizes", "seed")
 LABELS = {"model": "model", "revision": "revision", "fingerprint": "weights fingerprint",
@@ -244,8 +255,10 @@ LABELS = {"model": "model", "revision": "revision", "fingerprint": "weights fing
 
 def run_configuration(arts: Mapping[str, dict]) -> dict:
     """The configuration a run's numbers were computed with, from its artifacts' provenance:
-    `model.id`, `model.revision`, `model.fingerprint`, `seed`, and `run` (context neuron,
-    corpus, profile and its sizes; see `analysis.core.runner.Run.configuration`).
+    `model.id`, `model.revision`, `model.fingerprint`, `seed`, `run` (context neuron,
+    corpus, profile and its sizes; see `analysis.core.runner.Run.configuration`), and the
+    precision: `dtype` (`model.dtype`; float32 for artifacts made before it was a choice) and
+    `tf32` (`model.tf32_effective`: whether TF32 changed any number; False when unrecorded).
 
     A field no artifact records is None; one on which the artifacts disagree (a folder
     holding artifacts of more than one run) is None too, its values listed in
@@ -259,7 +272,9 @@ def run_configuration(arts: Mapping[str, dict]) -> dict:
         values = {"model": model.get("id"), "revision": model.get("revision"),
                   "fingerprint": model.get("fingerprint"), "seed": prov.get("seed"),
                   "context_neuron": run.get("context_neuron"), "corpus": run.get("corpus"),
-                  "profile": run.get("profile"), "sizes": run.get("sizes")}
+                  "profile": run.get("profile"), "sizes": run.get("sizes"),
+                  "dtype": model.get("dtype") or REFERENCE_DTYPE,
+                  "tf32": bool(model.get("tf32_effective", False))}
         if values["context_neuron"] == "auto":
             values["context_neuron"] = None
         for f, v in values.items():
@@ -369,9 +384,12 @@ def select_baseline(arts: Mapping[str, dict], candidates: Iterable[Path] | None 
     paths = sorted(candidates if candidates is not None else BASELINES.glob("*.json"))
     loaded = [(p, load_baseline(p)) for p in paths]
 
-    def rank(item):
+    mine = precision_label(have.get("dtype"), have.get("tf32"))
+
+    def rank(item):  # same model, then same precision (its own tolerances), then same profile
         b = item[1]
-        return (b.get("model") != have.get("model"), b.get("profile") != have.get("profile"))
+        return (b.get("model") != have.get("model"), baseline_precision(b) != mine,
+                b.get("profile") != have.get("profile"))
 
     loaded.sort(key=rank)
     for p, b in loaded:
@@ -389,6 +407,111 @@ def select_baseline(arts: Mapping[str, dict], candidates: Iterable[Path] | None 
     name = baseline_name(b, p)
     return {"applies": False, "path": p, "baseline": b, "reasons": applies(b, arts, name)[1],
             "sentence": no_baseline_sentence(arts, b, name)}
+
+
+# ------------------------------------------------------------ precision policy
+
+REFERENCE_DTYPE = "float32"
+REFERENCE_PRECISION = "float32"
+PRECISION_POLICY = BASELINES / "tolerance" / "bf16.json"
+# Metric families of the precision policy, each with one unit (see `metric_family`).
+FAMILY_UNITS = {"loss": "nats", "percent_increase": "percentage points",
+                "proportion": "fraction (F1, accuracy)", "activation": "activation units",
+                "logit": "logits", "count": "tokens"}
+
+
+def precision_label(dtype: str | None, tf32: bool | None = False) -> str:
+    """`float32`, `float32+tf32` (TF32 in effect) or `bfloat16`; `mixed` when `dtype` is
+    None (artifacts of more than one precision)."""
+    if dtype is None:
+        return "mixed"
+    return f"{dtype}+tf32" if dtype == REFERENCE_DTYPE and tf32 else dtype
+
+
+def baseline_precision(baseline: Mapping) -> str:
+    """A baseline's precision: its configuration's `dtype` and `tf32` (a baseline recorded
+    before precision was a choice is float32)."""
+    c = baseline.get("configuration") or {}
+    return precision_label(c.get("dtype") or REFERENCE_DTYPE, bool(c.get("tf32")))
+
+
+def run_precision(arts: Mapping[str, dict]) -> str:
+    """The precision of the run of `arts` (`precision_label`; `mixed` when its artifacts
+    disagree)."""
+    have = run_configuration(arts)
+    if {"dtype", "tf32"} & set(have["conflicts"]):
+        return "mixed"
+    return precision_label(have.get("dtype"), have.get("tf32"))
+
+
+def metric_family(name: str) -> str:
+    """The policy family of a metric name (`flatten_metrics`): `percent_increase` (and its
+    interval bounds; component patching), `proportion` (F1, accuracies, their bounds),
+    `activation` (mean activations), `logit` (DLA, unigram logit differences), `count`
+    (weird-token counts), else `loss` (original and ablated losses, nats)."""
+    if ".percent_increase" in name:
+        return "percent_increase"
+    last = name.rsplit(".", 1)[-1]
+    if last.split("_ci_")[0] in ("f1", "train_acc", "test_acc"):
+        return "proportion"
+    if last in ("mean_english", "mean_german") or name.startswith("activations."):
+        return "activation"
+    if name.startswith(("dla.", "unigrams.")):
+        return "logit"
+    if name.startswith("weird_tokens."):
+        return "count"
+    return "loss"
+
+
+def precision_policy(path: Path | None = None) -> dict:
+    """The committed precision policy (`baselines/tolerance/bf16.json`): `families` `{family:
+    {"abs", "rel", "max_measured", "unit", ...}}`, how it was measured and on what.
+
+    Raises:
+        ReportError: the file is missing or not a policy."""
+    from .errors import ReportError
+
+    path = Path(path) if path is not None else PRECISION_POLICY
+    hint = "restore it from git, or measure it again: PYTHONPATH=. python scripts/bf16_tolerance.py --write"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise ReportError(f"the precision policy {path} is missing or not JSON", hint=hint) from None
+    if not isinstance(data, dict) or set(FAMILY_UNITS) - set(data.get("families") or {}):
+        raise ReportError(f"{path} is not a precision policy with families {', '.join(FAMILY_UNITS)}",
+                          hint=hint)
+    data["path"] = display_path(path)
+    return data
+
+
+def policy_tolerance(policy: Mapping, name: str, value: float) -> float:
+    """What the precision policy adds to a metric's tolerance: its family's `abs + rel ×
+    |value|` (value: the baseline's)."""
+    fam = policy["families"][metric_family(name)]
+    return float(fam.get("abs", 0.0)) + float(fam.get("rel", 0.0)) * abs(value)
+
+
+def precision_comparison(baseline: Mapping, arts: Mapping[str, dict], policy: Mapping | None = None) -> dict:
+    """`{"run", "baseline", "policy", "sentence"}`: the two precisions, and when they differ
+    the policy file that widens the tolerances (its display path) and one sentence saying
+    so; `policy` and `sentence` None when they are the same."""
+    run, base = run_precision(arts), baseline_precision(baseline)
+    if run == base:
+        return {"run": run, "baseline": base, "policy": None, "sentence": None}
+    path = (policy or {}).get("path") or display_path(PRECISION_POLICY)
+    return {"run": run, "baseline": base, "policy": path,
+            "sentence": f"run in {run}, baseline in {base}: each tolerance is the baseline's plus "
+                        f"the precision policy's for its metric family ({path})"}
+
+
+def policy_summary(path: Path | None = None) -> dict:
+    """The policy as the report's Setup section states it: its path and, per family, the
+    largest float32-vs-bfloat16 difference measured and the tolerance added."""
+    pol = precision_policy(path)
+    return {"path": pol["path"], "measured_on": pol.get("measured_on"),
+            "families": {f: {k: v for k, v in pol["families"][f].items()
+                             if k in ("abs", "rel", "max_measured", "max_measured_metric", "unit")}
+                         for f in FAMILY_UNITS}}
 
 
 def not_applicable_result(selection: Mapping, arts: Mapping[str, dict]) -> dict:
@@ -442,24 +565,29 @@ def baseline_target(new: Mapping, directory: Path | None = None) -> Path:
     re-record after a library upgrade regenerated the random weights' files), else
     `<model>-<profile>.json` when that name is free, else
     `<model>-<profile>-<neuron>-<corpus>.json`: never over a baseline recorded for another
-    configuration.
+    configuration or precision (a bfloat16 baseline's names end in `-bfloat16`).
 
     Raises:
         ValueError: that last name too holds a baseline for another configuration."""
     directory = Path(directory) if directory is not None else BASELINES
     cfg = new["configuration"]
 
+    prec = baseline_precision(new)
+
     def same(b: Mapping) -> bool:
         c = b.get("configuration") or {}
-        return all(c.get(f) == cfg.get(f) for f in COMPARED if f != "fingerprint")
+        return (all(c.get(f) == cfg.get(f) for f in COMPARED if f != "fingerprint")
+                and baseline_precision(b) == prec)
 
     for p in sorted(directory.glob("*.json")):
         if same(load_baseline(p)):
             return p
-    plain = directory / f"{new['model']}-{new['profile']}.json"
+    # a bfloat16 baseline never takes the float32 one's name
+    suffix = "" if prec == REFERENCE_PRECISION else f"-{prec}"
+    plain = directory / f"{new['model']}-{new['profile']}{suffix}.json"
     if not plain.exists():
         return plain
-    alt = directory / f"{new['model']}-{new['profile']}-{cfg['context_neuron']}-{cfg['corpus']}.json"
+    alt = directory / f"{new['model']}-{new['profile']}-{cfg['context_neuron']}-{cfg['corpus']}{suffix}.json"
     if alt.exists():
         raise ValueError(f"{alt} holds a baseline for another configuration; move it aside first")
     return alt
@@ -474,24 +602,34 @@ def data_checksums(arts: Mapping[str, dict]) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def compare(baseline: Mapping, arts: Mapping[str, dict]) -> dict:
+def compare(baseline: Mapping, arts: Mapping[str, dict], policy: Mapping | None = None) -> dict:
     """Rows (metric, baseline, current, difference, tolerance, status) and a verdict.
 
     Status: `ok`, `FAIL` (outside tolerance), `missing` (in the baseline, not computed: a
     failure), `new` (computed, not in the baseline: listed, not a failure).
-    Only meaningful when the baseline `applies` to the run (callers check that first)."""
+    Only meaningful when the baseline `applies` to the run (callers check that first).
+
+    When the run's precision differs from the baseline's (`precision_label`), each
+    tolerance is the baseline's plus the precision policy's for the metric's family
+    (`policy`, default `precision_policy()`); `result["precision"]` says which policy and
+    why, and each row's `policy_tolerance` the part it added."""
     current = flatten_metrics(arts)
+    prec = precision_comparison(baseline, arts, policy)
+    pol = prec["policy"] and (policy if policy is not None else precision_policy())
     rows = []
     for name, b in baseline["metrics"].items():
         c = current.get(name)
+        extra = policy_tolerance(pol, name, b["value"]) if pol else 0.0
+        tol = b["tolerance"] + extra
         if c is None:
             rows.append({"metric": name, "baseline": b["value"], "current": None, "difference": None,
-                         "tolerance": b["tolerance"], "status": "missing", "section": b.get("section")})
+                         "tolerance": tol, "policy_tolerance": extra, "status": "missing",
+                         "section": b.get("section")})
             continue
         diff = c["value"] - b["value"]
-        ok = abs(diff) <= b["tolerance"]
+        ok = abs(diff) <= tol
         rows.append({"metric": name, "baseline": b["value"], "current": c["value"], "difference": diff,
-                     "tolerance": b["tolerance"], "status": "ok" if ok else "FAIL",
+                     "tolerance": tol, "policy_tolerance": extra, "status": "ok" if ok else "FAIL",
                      "section": b.get("section")})
     for name in sorted(set(current) - set(baseline["metrics"])):
         rows.append({"metric": name, "baseline": None, "current": current[name]["value"],
@@ -507,7 +645,7 @@ def compare(baseline: Mapping, arts: Mapping[str, dict]) -> dict:
     failed = [r["metric"] for r in rows if r["status"] in ("FAIL", "missing")]
     return {"applies": True, "baseline": {"model": baseline.get("model"), "profile": baseline.get("profile"),
                          "source": baseline.get("source")},
-            "rows": rows, "n_checked": sum(r["status"] in ("ok", "FAIL") for r in rows),
+            "precision": prec, "rows": rows, "n_checked": sum(r["status"] in ("ok", "FAIL") for r in rows),
             "n_failed": len(failed), "failed": failed, "passed": not failed}
 
 
@@ -517,7 +655,11 @@ def print_table(result: dict, console=None, only_problems: bool = False) -> None
 
     # Full metric names even when piped (CI logs, closing notes): no truncation.
     console = console or Console(width=None if sys.stdout.isatty() else 200)
-    t = Table(title=f"Regression check against {result['baseline']['model']}-{result['baseline']['profile']}")
+    title = f"Regression check against {result['baseline']['model']}-{result['baseline']['profile']}"
+    prec = result.get("precision") or {}
+    if prec.get("policy"):
+        title += f" ({prec['sentence']})"
+    t = Table(title=title)
     for col in ("metric", "baseline", "current", "difference", "tolerance", "status"):
         t.add_column(col, justify="left" if col in ("metric", "status") else "right",
                      no_wrap=col == "metric")

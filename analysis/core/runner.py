@@ -164,25 +164,35 @@ def open_run(cfg: RunConfig, corpus: str, artifacts_dir: Path, log: Callable[[st
     weights, studied neurons) shapes every step's result: the cache key of every step
     covers this module's import closure (`codehash.RUN_CONTEXT`).
 
+    Precision (`cfg.dtype`, `cfg.tf32`): the model is loaded in float32 either way; the
+    engine's weights are then cast for the forward (`engine.Forward`), and the precision's
+    record (`precision.record`: dtype, matmul mode, TF32 requested and effective) is merged
+    into `model.info`, so every step's cache key and provenance carry it.
+
     Studied neurons: the seed's German neurons that exist in the model, plus, for
     `pythia-70m-planted`, the planted neuron (so that its probe and ablation rows exist
     whatever `--neuron` says and whatever discovery finds).
 
     Raises:
         DataError: a corpus file is missing or does not match its checksum.
-        UsageError / ModelUnavailableError: see `models.load_model`.
+        UsageError / ModelUnavailableError: see `models.load_model`; a dtype
+            `precision.parse_dtype` refuses.
     """
+    from .precision import record as precision_record
+
+    prec = precision_record(cfg.dtype, cfg.tf32, cfg.device)  # refuses a bad dtype before loading
     corpora = {lang: load_corpus(name, cfg.data_dir) for lang, name in CORPORA[corpus].items()}
     log(f"Loading {cfg.model} on {cfg.device} ...")
     model = load_model(cfg.model, cfg.tokenizer, cfg.device, cfg.profile.seed,
                        plant=cfg.plant, data_dir=cfg.data_dir)
+    model.info = {**model.info, **prec}
     weights = Weights.from_bridge(model.bridge, model.info["rotary_pct"])
     studied = resolve_studied(model.info["n_layers"], model.info["d_mlp"], log, tuple(cfg.studied))
     if model.info.get("plant"):  # the known-answer control: the planted neuron is always studied
         planted = Neuron.parse(model.info["plant"]["neuron"])
         if planted not in studied:
             studied = (*studied, planted)
-    return Run(cfg, model, Forward(weights), corpora, ArtifactStore(artifacts_dir),
+    return Run(cfg, model, Forward(weights, cfg.dtype), corpora, ArtifactStore(artifacts_dir),
                studied, log, show_progress, data_dir=cfg.data_dir, corpus=corpus)
 
 

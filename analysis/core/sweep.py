@@ -380,15 +380,15 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
                out: str | os.PathLike | None = None, data_dir: str | None = None,
                corpus: str | None = None, batch_tokens: int | None = None,
                threads: int | None = None, keep_weights: str = "auto", dtype: str = "float32",
-               log: Callable[[str], None] = lambda s: None) -> SweepPlan:
+               tf32: str | bool = "off", log: Callable[[str], None] = lambda s: None) -> SweepPlan:
     """Validate the request and plan every task (see the module docstring). Nothing is
     downloaded here but, online, a Pythia model's config.json when it is not cached.
 
     Raises:
         UsageError: bad `--models`, `--revisions`, `--neuron` (malformed, or outside a
             model whose config.json is known), `--profile`/`--set`, `--corpus`,
-            `--keep-weights`, `--batch-tokens`, `--threads`, `--device`, or `--dtype` (only
-            float32 for now).
+            `--keep-weights`, `--batch-tokens`, `--threads`, `--device`, `--dtype` (float32 or
+            bfloat16) or `--tf32` (on or off).
         DataError: a data file is missing or has the wrong checksum.
     """
     from .codehash import code_record
@@ -398,8 +398,9 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
 
     if device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
         raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
-    if dtype != "float32":
-        raise UsageError(f"--dtype {dtype}: the sweep measures in float32 only for now")
+    from .precision import parse_dtype, parse_tf32, precision_note, tf32_effective
+
+    dtype, tf32 = parse_dtype(dtype), parse_tf32(tf32)
     if keep_weights not in ("auto", "yes", "no"):
         raise UsageError(f"--keep-weights {keep_weights!r}: choose auto, yes or no")
     if threads is not None and threads < 1:
@@ -459,7 +460,7 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
             "activation_examples": prof.activation_examples, "loss_examples": prof.loss_examples,
             "crop": [prof.crop_start, prof.crop_end], "n_per_language": prof.probe_samples,
             "test_size": prof.probe_test_size, "split_seed": prof.seed,
-            "batch_tokens": prof.batch_tokens, "dtype": dtype,
+            "batch_tokens": prof.batch_tokens, "dtype": dtype, "tf32": tf32,
             "ablation": "mean (English mean at that checkpoint, hook_post)",
         }
         base[e.name] = {
@@ -500,7 +501,9 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
                     "keep_weights": base[e.name]["keep_weights"],
                     "corpus": base[e.name]["corpus"], "data": base[e.name]["data"]} for e in entries],
         "revisions": rev_choice, "profile": base[entries[0].name]["profile"],
-        "device": device, "dtype": dtype, "threads": threads, "data_dir": data_dir,
+        "device": device, "dtype": dtype, "tf32": tf32,
+        "tf32_effective": tf32_effective(dtype, tf32, device),
+        "precision_note": precision_note(dtype, tf32, device), "threads": threads, "data_dir": data_dir,
     }
     return SweepPlan(out=out, models=entries, tasks=tasks, deferred=deferred, settings=settings,
                      base=base, code=code)

@@ -79,7 +79,7 @@ def task_inputs(spec: dict, commit: str | None = None, code: dict | None = None)
     return StepInputs(step=TASK_STEP, code=code or code_record(__name__),
                       model=model_identity(spec, commit), data=spec["data"], params=spec["params"],
                       seed=spec["seed"], upstream=spec.get("upstream") or {}, device=spec["device"],
-                      profile=spec.get("profile"))
+                      run={"profile": spec.get("profile")})
 
 
 def refs_path(refs_dir: str | os.PathLike, repo: str, revision: str) -> Path:
@@ -219,6 +219,7 @@ def _measure(spec: dict, base: dict, t0: float) -> dict:
         load_revision,
         snapshot_commit,
     )
+    from .precision import matmul_precision
     from .runner import peak_rss_bytes, reset_peak_rss, tokenize_examples
 
     code = code_record(__name__)
@@ -269,13 +270,18 @@ def _measure(spec: dict, base: dict, t0: float) -> dict:
         if not keep_bridge:
             model.bridge = None
             _trim_memory()
-        fwd = Forward(weights)
+        # bfloat16: the engine keeps only its bf16 copy (`Weights.to_precision`); the float32
+        # tensors go with `weights`.
+        fwd = Forward(weights, spec["params"].get("dtype", "float32"))
+        weights = fwd.w
+        _trim_memory()
         rss_measuring = _current_rss()
         context = None if spec["params"]["context_neuron"] == "auto" else Neuron.parse(spec["params"]["context_neuron"])
         if context is not None:
             context.check(weights.n_layers, weights.d_mlp)
         t1 = time.perf_counter()
-        row, arrays = measure_checkpoint(fwd, toks, context, profile, device)
+        with matmul_precision(bool(spec["params"].get("tf32", False))):
+            row, arrays = measure_checkpoint(fwd, toks, context, profile, device)
         t_measure = time.perf_counter() - t1
         result = {
             "model": {"kind": spec["kind"], "repo": spec.get("repo"), "revision": spec["revision"] if spec["kind"] == "hub" else None,

@@ -72,7 +72,7 @@ def accumulated_dla(stack: Sequence[Tensor], final: Tensor, W_U: Tensor, tokens:
     """
     n = tokens.shape[1]
     scale = final_ln_scale(final, eps)[:, :-1]
-    answers = W_U.T[tokens[:, 1:]]  # [batch, pos-1, d_model]
+    answers = W_U.T[tokens[:, 1:]].float()  # [batch, pos-1, d_model]; float32 of bf16 weights
     valid = (torch.arange(n - 1, device=tokens.device)[None, :] < (lengths[:, None] - 1)).to(final.dtype)
     denom = (lengths - 1).clamp(min=1).to(final.dtype)
     out = []

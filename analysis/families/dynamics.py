@@ -86,15 +86,16 @@ def _loader(run, ck: dict) -> Callable:
 
 
 def checkpoint_metrics(model, toks: dict, context: Neuron, profile, device: str = "cpu",
-                       show_progress: bool = False) -> dict:
+                       show_progress: bool = False, dtype: str = "float32") -> dict:
     """Discovery, the context neuron's probe and ablation, and the losses of one checkpoint
     (`measure_checkpoint` on the model's processed weights; the model stays usable).
 
-    `toks`: `{"activation": {lang: token lists}, "loss": {lang: token lists}}`.
+    `toks`: `{"activation": {lang: token lists}, "loss": {lang: token lists}}`. `dtype`: the
+    forward's matmul dtype (the run's `--dtype`, `analysis.core.precision`).
     """
     from ..core.engine import Forward, Weights
 
-    fwd = Forward(Weights.from_bridge(model.bridge, model.info["rotary_pct"]))
+    fwd = Forward(Weights.from_bridge(model.bridge, model.info["rotary_pct"]), dtype)
     return measure_checkpoint(fwd, toks, context, profile, device, show_progress)[0]
 
 
@@ -189,7 +190,7 @@ def compute_series(run, series: list[dict], toks: dict, log) -> tuple[list[dict]
             skipped.append({"label": ck["label"], "reason": str(exc).splitlines()[0]})
             continue
         log(f"  dynamics: {ck['label']} ({i}/{len(series)})")
-        m = checkpoint_metrics(model, toks, run.context, run.profile, run.cfg.device)
+        m = checkpoint_metrics(model, toks, run.context, run.profile, run.cfg.device, dtype=run.cfg.dtype)
         source = ({"revision": ck["revision"], "commit": model.info.get("commit")}
                   if "revision" in ck else {})
         rows.append({"step": ck["step"], "tokens_seen": ck["tokens_seen"], "label": ck["label"],

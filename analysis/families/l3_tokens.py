@@ -150,7 +150,7 @@ def run_step(run, arts: dict) -> dict:
             "neuron_direction": {
                 "definition": "W_out[layer, neuron] @ W_U × (German mean − English mean); no "
                               "LayerNorm",
-                "norm_w_out": float(run.fwd.w.W_out[ctx.layer, ctx.index].norm()),
+                "norm_w_out": float(run.fwd.w.W_out[ctx.layer, ctx.index].float().norm()),
                 "summary": summary(nd_diff),
                 **neuron_direction_lists(nd_diff, TOP_K, to_str),
                 "filter": "seed filter_garbage_tokens within the top "

@@ -265,8 +265,9 @@ def weird_tokens(W_U: Tensor, W_E: Tensor, w_u_threshold: float = W_U_THRESHOLD,
     """Token ids whose unembedding column norm exceeds `w_u_threshold` or whose embedding
     row norm is below `w_e_threshold` (seed `get_weird_tokens`; `W_U` is
     `[d_model, d_vocab]`, `W_E` is `[d_vocab, d_model]`)."""
-    w_u_norm = W_U.norm(dim=0)
-    w_e_norm = W_E.norm(dim=1)
+    # float32 norms of (possibly bf16) weights: a bf16 norm would move the thresholds' cut
+    w_u_norm = W_U.float().norm(dim=0)
+    w_e_norm = W_E.float().norm(dim=1)
     by_u = w_u_norm > w_u_threshold
     by_e = w_e_norm < w_e_threshold
 
@@ -294,8 +295,9 @@ def neuron_unembed(W_out: Tensor, W_U: Tensor, neuron: Neuron, mean_active: floa
                    mean_inactive: float) -> Tensor:
     """Direct logit effect of the neuron moving from `mean_inactive` to `mean_active`
     (seed `get_neuron_unembed`: `unembed(W_out[l, n] * active) - unembed(W_out[l, n] * inactive)`;
-    the bias cancels, no final LayerNorm). `[d_vocab]`."""
-    return (W_out[neuron.layer, neuron.index] * (mean_active - mean_inactive)) @ W_U
+    the bias cancels, no final LayerNorm). `[d_vocab]`, float32 (of bf16 weights in a
+    bfloat16 run: a statistic of the weights, not a forward matmul)."""
+    return (W_out[neuron.layer, neuron.index].float() * (mean_active - mean_inactive)) @ W_U.float()
 
 
 def add_to_neurons(indices: Sequence[int], delta: float) -> Edit:
