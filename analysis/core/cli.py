@@ -5,6 +5,7 @@ nox's `report` session only wraps this entry point.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -16,6 +17,19 @@ from .errors import ReportError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Reproducible report on the German context neuron (L3N669) in Pythia-70M.")
+
+
+@contextlib.contextmanager
+def one_line_errors(debug: bool):
+    """A `ReportError` raised inside becomes `error: <cause>` (with its hint) on stderr and the
+    error's exit code; with `--debug` the traceback is kept."""
+    try:
+        yield
+    except ReportError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
 
 
 @app.callback()
@@ -59,7 +73,7 @@ def report(
     from .errors import UsageError
     from .pipeline import run_report
 
-    try:
+    with one_line_errors(debug):
         if sweep is not None and model is None:
             from .sweep import build_sweep_report
 
@@ -93,11 +107,6 @@ def report(
                         dtype=dtype, tf32=tf32_on)
         res = run_report(cfg, render=render, renderer=renderer, corpus=corpus, sweep=sweep,
                          command="german-neuron " + shlex.join(sys.argv[1:]))
-    except ReportError as exc:
-        if debug:
-            raise
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
     if res["report"]:
         for kind in ("html", "pdf"):
             typer.echo(f"{kind}: {res['report'][kind]}")
@@ -127,17 +136,12 @@ def organism(
     """Train the positive control: a small GPT-NeoX on English + German Europarl (CPU, seeded)."""
     from ..controls.organism import OrganismConfig, replace, train_europarl
 
-    try:
+    with one_line_errors(debug):
         cfg = replace(OrganismConfig(), steps=steps, n_layers=layers, d_model=d_model, d_mlp=d_mlp,
                       n_heads=heads, seq_len=seq_len, batch_size=batch_size, lr=lr, warmup_steps=warmup,
                       german_fraction=german_fraction, train_per_language=train_per_language, seed=seed)
         folder, manifest = train_europarl(cfg, tokenizer, data_dir, out=out, force=force,
                                           max_seconds=max_minutes * 60, show_progress=sys.stderr.isatty())
-    except ReportError as exc:
-        if debug:
-            raise
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
     final = manifest["final"]
     typer.echo(f"wall time {manifest['wall_time_s']:.1f} s, {manifest['tokens_per_s']:,.0f} tokens/s, "
                f"{manifest['steps_done']} steps, {manifest['tokens_seen']:,} tokens, "
@@ -285,24 +289,14 @@ def bench(
     from .bench import print_bench, print_sweep_bench, run_bench, run_sweep_bench
 
     if sweep:
-        try:
+        with one_line_errors(debug):
             res = run_sweep_bench(Path(out), tokenizer, data_dir, log=lambda s: typer.echo(s, err=True))
-        except ReportError as exc:
-            if debug:
-                raise
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(exc.exit_code) from None
         print_sweep_bench(res, typer.echo)
         typer.echo(f"\nwritten: {Path(out) / 'bench_sweep.json'}")
         return
-    try:
+    with one_line_errors(debug):
         res = run_bench(model, tokenizer, data_dir, Path(out), examples=examples, device=device,
                         repeats=repeats, report_runs=reports, log=lambda s: typer.echo(s, err=True))
-    except ReportError as exc:
-        if debug:
-            raise
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
     print_bench(res, typer.echo)
     typer.echo(f"\nwritten: {Path(out) / 'bench.json'}")
     if not res["speedup_detail"]["agree_1e-4"]:  # a speedup of wrong numbers is no speedup
@@ -339,7 +333,7 @@ def sweep(
     def log(s):
         typer.echo(s, err=True)
 
-    try:
+    with one_line_errors(debug):
         plan = plan_sweep(models, revisions, neuron=neuron, profile=profile, overrides=set_ or [],
                           device=device, out=out, data_dir=data_dir, corpus=corpus,
                           batch_tokens=batch_tokens, threads=threads, keep_weights=keep_weights,
@@ -360,11 +354,6 @@ def sweep(
         if report and res["table"]["rows"]:
             paths = build_sweep_report(res["out"], renderer=renderer, log=log)
             typer.echo(f"html: {paths['html']}")
-    except ReportError as exc:
-        if debug:
-            raise
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
     if c.get("failed"):
         raise typer.Exit(1)
 
