@@ -168,14 +168,18 @@ def _report(root: Path, out: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.slow
-def test_the_engine_edit_recomputes_every_loss_and_the_regression_check_reports_it(pkg, tmp_path):
+def test_the_engine_edit_recomputes_every_loss_and_the_regression_check_reports_it(pkg, tmp_path, tiny_report):
     """The maintainer's scenario of issue 11: run, multiply the chunked loss by 1.01, rerun
     into the same folder. Every step must be recomputed (none 'cached'), the regression
-    check against the committed baseline must see the change, and `diff` must name the file."""
+    check against the committed baseline must see the change, and `diff` must name the file.
+
+    The first run starts from the shared `tiny` report's artifacts: the unedited copy hashes
+    like the checkout, so every step must be read back ('cached'), none recomputed."""
     out = tmp_path / "A"
+    shutil.copytree(tiny_report[0]["out"] / "artifacts", out / "artifacts")
     first = _report(pkg, out)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert ": computed" not in first.stderr and ": cached (" in first.stderr, first.stderr[-3000:]
     assert "0 outside tolerance" in first.stderr, first.stderr[-2000:]
     shutil.copytree(out, tmp_path / "A0")
     edit(pkg / "analysis/core/engine.py", *ENGINE_EDIT)
@@ -219,3 +223,65 @@ def test_a_rerun_reuses_every_artifact_and_figure_and_redraws_only_what_is_missi
     assert "  figures dla: drawn" in text and png.is_file()
     assert all(f"  figures {s}: cached (" in text for s in drawn if s != "dla")
     assert [f["name"] for f in again["figures"]] == [f["name"] for f in res["figures"]]
+
+
+# ------------------------------------------------------------------ generated models (issue 18)
+
+# One edit per generator, each a change of what it builds (not of a comment).
+GENERATOR_EDITS = {
+    "random init": ("analysis/core/models.py", "cfg._attn_implementation = \"eager\"",
+                    "cfg._attn_implementation = \"eager\"\n    cfg.initializer_range = 0.03"),
+    "perturbation": ("analysis/core/models.py", "p.copy_(0.02 * torch.randn", "p.copy_(0.03 * torch.randn"),
+    "plant": ("analysis/controls/planted.py", "CLASS_PRE_ACTIVATION = 4.0", "CLASS_PRE_ACTIVATION = 4.5"),
+    "organism training": ("analysis/controls/organism.py", "betas=(0.9, 0.95)", "betas=(0.9, 0.98)"),
+    "tiny tokenizer": ("analysis/controls/tiny_tokenizer.py", "add_prefix_space=False", "add_prefix_space=True"),
+}
+GENERATED = """
+import json
+from analysis.core.models import tiny_checkpoint
+print(json.dumps({"tiny": str(tiny_checkpoint())}))
+"""
+
+
+def _tiny_folder(root: Path, store: Path) -> Path:
+    env = {**os.environ, "PYTHONPATH": str(root), "GERMAN_NEURON_MODEL_STORE": str(store)}
+    r = subprocess.run([sys.executable, "-c", GENERATED], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return Path(json.loads(r.stdout)["tiny"])
+
+
+def test_editing_any_generator_changes_the_generator_code_hash(tmp_path):
+    """The generator code hash, part of every generated checkpoint's key
+    (`models.generated_key`: tiny, pythia-70m-random, the plant) and of the organism's
+    config hash, changes with an edit of any generator: random init, perturbation, plant,
+    organism training, tiny tokenizer. (That the key is built from it, and a new key means
+    a rebuilt model, is the next test.)"""
+    from analysis.core.models import generator_code_sha256
+
+    before = generator_code_sha256(root=copy_package(tmp_path / "base"))
+    assert before == generator_code_sha256()  # the copy hashes like the checkout
+    seen = {before}
+    for what, (rel, old, new) in GENERATOR_EDITS.items():
+        pkg = copy_package(tmp_path / what.replace(" ", "-"))
+        edit(pkg / rel, old, new)
+        seen.add(generator_code_sha256(root=pkg))
+        assert len(seen) == 2 + list(GENERATOR_EDITS).index(what), what
+
+
+def test_an_edited_generator_rebuilds_the_model_instead_of_reading_the_store(pkg, tmp_path):
+    """`tiny` built from the copy, then `_perturb_norms_and_biases` edited: the same store
+    now gives another folder, with other weights."""
+    from safetensors.numpy import load_file
+
+    store = tmp_path / "store"
+    first = _tiny_folder(pkg, store)
+    stamp = (first / "config.json").stat().st_mtime_ns
+    assert _tiny_folder(pkg, store) == first  # unchanged code: read from the store, not rebuilt
+    assert (first / "config.json").stat().st_mtime_ns == stamp
+    edit(pkg / "analysis/core/models.py", *GENERATOR_EDITS["perturbation"][1:])
+    edited = _tiny_folder(pkg, store)
+    assert edited != first and edited.parent == first.parent == store
+    a, b = (load_file(next(p.glob("*.safetensors"))) for p in (first, edited))
+    name = next(k for k in a if k.endswith("attention.dense.bias"))
+    assert not (a[name] == b[name]).all()

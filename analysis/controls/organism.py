@@ -146,9 +146,14 @@ def _texts_sha(texts: Sequence[str]) -> str:
 
 
 def config_hash(cfg: OrganismConfig, tokenizer_sha: str, data: Mapping) -> str:
-    """The organism's identity: config, tokenizer, training text, library versions."""
+    """The organism's identity: config, tokenizer, training text, library versions and the
+    code that trains it (`models.generator_code_sha256`: this module and everything it
+    runs), so an edit of the training loop trains a new organism instead of reusing one."""
+    from ..core.models import generator_code_sha256
+
     blob = json.dumps({"config": asdict(cfg), "tokenizer": tokenizer_sha, "data": data,
-                       "libraries": _libraries(), "schema": SCHEMA}, sort_keys=True)
+                       "libraries": _libraries(), "schema": SCHEMA,
+                       "code": generator_code_sha256()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -249,6 +249,16 @@ def models_cache_dir() -> Path:
     return Path(os.environ.get("GERMAN_NEURON_CACHE") or platformdirs.user_cache_dir("german-neuron")) / "models"
 
 
+def model_store_dir() -> Path:
+    """Where generated checkpoints (`tiny`, `pythia-70m-random`, `pythia-70m-planted`) are
+    kept, each in a folder named by its content key (`generated_key`): `$GERMAN_NEURON_MODEL_STORE`
+    when set, else `models_cache_dir()`. A folder is reused only under the key of the code,
+    inputs and libraries that built it, so one store can serve every run and test run
+    (the test suite points it at the user's store to build each model once per machine)."""
+    env = os.environ.get("GERMAN_NEURON_MODEL_STORE")
+    return Path(env) if env else models_cache_dir()
+
+
 def _materialise(name: str, build, key: str) -> Path:
     """Save a generated checkpoint once under the cache (atomically: a folder is renamed
     into place only when complete), so that every model is loaded the same way.
@@ -259,7 +269,7 @@ def _materialise(name: str, build, key: str) -> Path:
     import shutil
     import tempfile
 
-    target = models_cache_dir() / f"{name}-{key[:16]}"
+    target = model_store_dir() / f"{name}-{key[:16]}"
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -281,11 +291,34 @@ def _materialise(name: str, build, key: str) -> Path:
     return target
 
 
-def _random_key(shape: dict, seed: int, tokenizer_hash: str, extra: str = "") -> str:
+# The module whose code builds the generated checkpoints: its closure of project imports
+# (`codehash.closure`) holds the random initialisation and perturbation (this module), the
+# tiny tokenizer, the plant and the organism's training (`analysis.controls`, reached
+# through `load_model`), and what they read (`core.data`, `core.config`, ...).
+GENERATOR_MODULE = "analysis.core.models"
+
+
+def generator_code_sha256(module: str = GENERATOR_MODULE, root: Path | None = None) -> str:
+    """sha256 of the source of every project module the generated checkpoints' builders can
+    run (the closure of `module`'s imports within `analysis`, as the steps' keys use) and of
+    the package resources (the fixture text the tiny tokenizer is trained on). Editing any
+    of them, e.g. the `0.02` of `_perturb_norms_and_biases`, gives every generated model a
+    new key, so it is rebuilt rather than read from a store filled by older code.
+    Over-approximates (a loader's docstring counts too): at worst a rebuild."""
+    from .codehash import ROOT, code_record
+
+    return code_record(module, root or ROOT, context=())["sha256"]
+
+
+def generated_key(shape: dict, seed: int, tokenizer_hash: str, extra: str = "") -> str:
+    """The content key of a generated checkpoint: shape, seed, tokenizer, the builder's
+    own inputs (`extra`), the generator code (`generator_code_sha256`) and the versions of
+    the libraries that draw and save the weights."""
     import transformers
 
     blob = json.dumps({"shape": shape, "seed": seed, "tok": tokenizer_hash, "extra": extra,
-                       "torch": torch.__version__, "transformers": transformers.__version__},
+                       "code": generator_code_sha256(), "torch": torch.__version__,
+                       "transformers": transformers.__version__},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -302,7 +335,7 @@ def tiny_checkpoint(seed: int = 0) -> Path:
         _perturb_norms_and_biases(model, seed)
         return model, tok
 
-    return _materialise("tiny", build, _random_key(TINY_SHAPE, seed, _tokenizer_hash(tok), "perturbed"))
+    return _materialise("tiny", build, generated_key(TINY_SHAPE, seed, _tokenizer_hash(tok), "perturbed"))
 
 
 def pythia_random_checkpoint(tokenizer: str | None, seed: int = 0) -> Path:
@@ -317,7 +350,7 @@ def pythia_random_checkpoint(tokenizer: str | None, seed: int = 0) -> Path:
     return _materialise(
         "pythia-70m-random",
         lambda: (random_model(PYTHIA_70M_SHAPE, seed), tok),
-        _random_key(PYTHIA_70M_SHAPE, seed, _tokenizer_hash(tok)),
+        generated_key(PYTHIA_70M_SHAPE, seed, _tokenizer_hash(tok)),
     )
 
 
