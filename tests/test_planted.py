@@ -99,7 +99,13 @@ def test_plant_neuron_reads_and_writes_what_it_records():
     """On a small random GPT-NeoX with non-trivial LayerNorms: the planted neuron's
     pre-activation is exactly `scale · (ŵ·x̂ − threshold)` (the LayerNorm's affine part
     divided out) and its output column is the recorded write."""
-    from analysis.controls.planted import fisher_direction, german_token_weights, plant_neuron
+    from analysis.controls.planted import (
+        fisher_direction,
+        german_token_weights,
+        grid_step,
+        plant_neuron,
+        snap_to_grid,
+    )
     from analysis.core.config import Neuron
     from analysis.core.models import TINY_SHAPE, _perturb_norms_and_biases, random_model
 
@@ -122,10 +128,19 @@ def test_plant_neuron_reads_and_writes_what_it_records():
         pre = layer.mlp.dense_h_to_4h(layer.post_attention_layernorm(x))[:, 17].double().numpy()
     ŵ = fisher_direction(X_de, X_en)
     expected = rec["input"]["scale"] * (X_en[:5] @ ŵ - rec["input"]["threshold_projection"])
-    assert np.allclose(pre, expected, atol=1e-3)
+    # The written values are snapped to a grid (cross-machine determinism): each entry moves
+    # by at most half a step, which bounds how far the pre-activation and the column move.
+    w_in = layer.mlp.dense_h_to_4h.weight[17].detach().double().numpy()
+    b_in = float(layer.mlp.dense_h_to_4h.bias[17].detach())
+    assert np.array_equal(snap_to_grid(w_in), w_in) and snap_to_grid(np.array([b_in]))[0] == b_in
+    with torch.no_grad():
+        x_ln = layer.post_attention_layernorm(x).double().numpy()
+    slack = 0.5 * grid_step(w_in) * np.abs(x_ln).sum(1) + 0.5 * grid_step(np.array([b_in]))
+    assert np.all(np.abs(pre - expected) <= slack + 1e-4 * np.abs(expected))  # + float32 and record rounding
     out_col = layer.mlp.dense_4h_to_h.weight[:, 17].detach().double()
-    assert np.isclose(float(out_col.norm()), rec["output"]["scale"], rtol=1e-5)
-    assert abs(float(out_col.mean())) < 1e-6  # centred: the final LayerNorm would remove the mean
+    step = grid_step(out_col.numpy())
+    assert abs(float(out_col.norm()) - rec["output"]["scale"]) <= 0.5 * step * d ** 0.5 + 1e-5 * rec["output"]["scale"]
+    assert abs(float(out_col.mean())) <= 0.5 * step  # centred (the final LayerNorm would remove the mean), up to the grid
     assert rec["input"]["mean_activation"]["german"] > 1.0 > abs(rec["input"]["mean_activation"]["english"])
 
 
@@ -172,7 +187,6 @@ def planted_default(shared_inputs, tmp_path_factory):
     return res
 
 
-@pytest.mark.slow
 def test_default_plant_is_recovered(planted_default):
     """Targets (issue 12): rank 1 among German-positive neurons, probe F1 ≥ 0.8, German loss
     +≥ 1% when mean-ablated and English less than a third of that, ≥ 5 of the top 20 boosted
@@ -188,15 +202,16 @@ def test_default_plant_is_recovered(planted_default):
     en = rows["English loss change"]["measured"]
     assert de >= 1.0 and abs(en) < de / 3
     assert arts["ablation"]["result"]["context"]["german"]["percent_increase"] == de
-    tok = next(row for row in r["rows"] if row["check"].startswith("top 20 boosted"))
-    assert tok["measured"] >= 5 and len(r["boosted"]) == 20
+    tok = next(row for row in r["rows"] if "loss rises most" in row["check"])
+    assert tok["measured"] >= 5 and len(r["helped"]) == 20
+    # read from the model's losses: each helped token's loss rises on average when ablated
+    assert all(t["value"] > 0 and t["count"] >= 5 for t in r["helped"])
     assert r["passed"] and r["n_passed"] == r["n_checked"] == 6
     # the self-check's boosted tokens are those of the l3_tokens step (same neuron here)
     assert [t["token_id"] for t in r["boosted"]] == \
         [t["token_id"] for t in arts["l3_tokens"]["result"]["neuron_direction"]["boosted"][:20]]
 
 
-@pytest.mark.slow
 def test_the_report_calls_it_a_known_answer_control(planted_default):
     """The summary's banner and its "planted → recovered" table (template only: the
     notebook is built from this run's context, not executed)."""
@@ -210,11 +225,10 @@ def test_the_report_calls_it_a_known_answer_control(planted_default):
             "the report should recover it.") in md
     assert "Pipeline check, not the finding" not in md
     assert "Planted → recovered. The answer is known here: L3N669 was planted" in md
-    assert "6 of the 6 checks below pass: the report recovers the planted neuron" in md
+    assert "6 of the 6 checks that ran pass: the report recovers the planted neuron." in md
     assert 'pc = load("planted")' in code
 
 
-@pytest.mark.slow
 def test_plant_is_recorded_and_fitted_on_text_the_report_never_reads(planted_default):
     from analysis.controls.planted import FIT_DATASETS, FIT_PASSAGES
     from analysis.core.data import split_indices
@@ -234,22 +248,21 @@ def test_plant_is_recorded_and_fitted_on_text_the_report_never_reads(planted_def
     assert arts["planted"]["result"]["scales"]["output"] == plant["output"]["scale"]
 
 
-@pytest.mark.slow
-def test_the_planted_checkpoint_is_deterministic(planted_default, shared_inputs, monkeypatch, tmp_path):
-    """A second build in a fresh cache gives the same bytes (weights fingerprint)."""
-    from analysis.controls.planted import planted_checkpoint
+def test_the_planted_checkpoint_is_the_same_with_one_thread_and_another_batch_split(
+        planted_default, planted_rebuilt):
+    """Issue 18: a second build in a fresh store, with one torch thread (the shared build
+    used the default, two here) and the fitting passages forwarded 7 at a time instead of
+    16, gives the same bytes (weights fingerprint), so the committed baseline applies on
+    any machine. (A float32 fit moved the Fisher direction by 6e-9 with another batch
+    split; float64 and the grid make that invisible.)"""
     from analysis.core.models import _fingerprint_dir
 
-    monkeypatch.setenv("GERMAN_NEURON_CACHE", str(tmp_path / "fresh"))
-    t0 = time.perf_counter()
-    path = planted_checkpoint(shared_inputs["tokenizer"], shared_inputs["data_dir"], log=lambda s: None)
-    print(f"\nsecond planted build: {time.perf_counter() - t0:.0f} s")
-    assert path.is_relative_to(tmp_path / "fresh")
+    store, path = planted_rebuilt
+    assert path.is_relative_to(store)
     fingerprint = planted_default["artifacts"]["discovery"]["provenance"]["model"]["fingerprint"]
     assert _fingerprint_dir(path) == fingerprint
 
 
-@pytest.mark.slow
 def test_a_plant_elsewhere_is_found_there(shared_inputs, tmp_path):
     """L2N100 planted, `--neuron auto`: discovery ranks it first and the report studies it
     (so nothing depends on L3N669 being the answer); its probe and boosted tokens meet the

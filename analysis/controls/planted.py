@@ -1,6 +1,8 @@
 """`pythia-70m-planted`: a known-answer control. `pythia-70m-random` (Pythia-70M's exact
-shape, the same seed and tokenizer) with one MLP neuron rewired, without training, to do
-the job the founding notebook attributes to L3N669: fire on German text and, when it
+shape, the same seed and tokenizer) with its LayerNorm weights and every bias drawn away
+from 1 and 0 (`models._perturb_norms_and_biases`, as real Pythia has them: so LayerNorm
+folding, bias handling and centring are exercised, not identities), and one MLP neuron
+rewired, without training, to do the job the founding notebook attributes to L3N669: fire on German text and, when it
 fires, raise the logits of tokens that are frequent in German. A report on it should
 recover that neuron (discovery ranks it first, its probe separates German from English,
 mean-ablating it raises the German loss and leaves English alone, its output direction
@@ -45,13 +47,23 @@ Which passages (indices and their sha256, the file's sha256), the directions' su
 and every scale are written to `plant.json` in the checkpoint folder (covered by the
 weights fingerprint) and recorded in every artifact's model provenance (`info["plant"]`).
 
-Deterministic: the random weights come from `models.random_model(shape, seed)`; the fit is
-a fixed computation on fixed passages (float32 forward, float64 statistics), so the same
-inputs give the same checkpoint bytes (`tests/test_planted.py` builds it twice).
+Deterministic on every machine, so that one committed baseline checks the control's
+numbers everywhere: the random weights come from `models.random_model(shape, seed)` (torch's
+CPU generator: the same bits on any machine); the fit runs the model in float64
+(`collect_fit_states`) and every value written into the weights is snapped to a coarse
+binary grid (`snap_to_grid`: 12 bits below the vector's largest entry, about 1e-4
+relative), and every number in `plant.json` to 6 significant digits. A float32 fit landed
+on other bits with another CPU or torch thread count (three fingerprints for one recipe
+were measured), so a baseline recorded on one machine applied nowhere else; in float64 the
+differences are ~1e-13 relative, about 1e9 times smaller than a grid step, so they
+change a written value only if it lies that close to a grid midpoint (odds ~1e-6 for the
+whole plant). `tests/test_planted.py` builds the plant with one and two threads and two
+batch splits and compares the bytes.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import sys
@@ -67,15 +79,19 @@ from ..core.models import (
     PYTHIA_70M_SHAPE,
     _hub_tokenizer,
     _materialise,
-    _random_key,
+    _perturb_norms_and_biases,
     _tokenizer_hash,
     fast_tokenizer,
+    generated_key,
+    generator_code_sha256,
     random_model,
 )
 
 DEFAULT_PLANT = "L3N669"
 PLANT_FILE = "plant.json"
-PLANT_VERSION = 1
+PLANT_VERSION = 2         # 2: perturbed LayerNorms and biases; float64 fit; grid-snapped writes
+GRID_BITS = 12            # written values: multiples of 2^(floor(log2 max|v|) - 12)
+RECORD_DIGITS = 6         # significant digits of the floats in plant.json
 
 FIT_DATASETS = {"german": "europarl_german", "english": "europarl_english"}
 FIT_PASSAGES = 100        # per language: the first 100 passages of the training split
@@ -91,7 +107,8 @@ CONSTANTS = {
     "version": PLANT_VERSION, "fit_datasets": FIT_DATASETS, "fit_passages": FIT_PASSAGES,
     "fit_tokens": FIT_TOKENS, "fit_crop_start": FIT_CROP_START, "shrinkage": SHRINKAGE,
     "class_pre_activation": CLASS_PRE_ACTIVATION, "n_german_tokens": N_GERMAN_TOKENS,
-    "write_to_residual": WRITE_TO_RESIDUAL,
+    "write_to_residual": WRITE_TO_RESIDUAL, "grid_bits": GRID_BITS, "record_digits": RECORD_DIGITS,
+    "base": "random_model + _perturb_norms_and_biases",
 }
 
 
@@ -179,7 +196,9 @@ def collect_fit_states(model, layer: int, token_lists: Sequence[Sequence[int]], 
       capturing `X` and `F` is None.
 
     Passages are right-padded (pad id 1) in batches of `batch`; under the causal mask a
-    real position never attends to padding.
+    real position never attends to padding. Pass a float64 model (`planted_checkpoint`
+    does) for results that do not depend on the batch split or the thread count beyond
+    ~1e-13 relative.
     """
     blocks = model.gpt_neox.layers
     cap: dict[str, torch.Tensor] = {}
@@ -264,6 +283,44 @@ def german_token_weights(german: Sequence[Sequence[int]], english: Sequence[Sequ
                "p_english": [float(p_en[i]) for i in ids]}
 
 
+def snap_to_grid(x: np.ndarray, bits: int = GRID_BITS) -> np.ndarray:
+    """`x` (float64, any shape, not all zero) rounded to the nearest multiple of
+    `2^(floor(log2 max|x|) - bits)`: at most `bits + 1` significant bits per entry, so every
+    entry is exact in float32, and a difference far below the step (reduction order,
+    thread count, CPU) leaves the result unchanged. Returns float64 of `x`'s shape.
+
+    Raises:
+        ValueError: every entry is zero or one is not finite.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    step = grid_step(x, bits)
+    return np.round(x / step) * step
+
+
+def grid_step(x: np.ndarray, bits: int = GRID_BITS) -> float:
+    """The grid spacing `snap_to_grid` uses for `x`: `2^(floor(log2 max|x|) - bits)`.
+
+    Raises:
+        ValueError: every entry is zero or one is not finite.
+    """
+    top = float(np.max(np.abs(x))) if np.size(x) else 0.0
+    if not np.isfinite(top) or top == 0.0:
+        raise ValueError("cannot snap an all-zero or non-finite vector to a grid")
+    return float(2.0 ** (np.floor(np.log2(top)) - bits))
+
+
+def rounded(obj, digits: int = RECORD_DIGITS):
+    """`obj` (nested dicts/lists) with every float rounded to `digits` significant digits,
+    so the plant record's bytes, like the weights', are the same on every machine."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}")
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(v, digits) for v in obj]
+    return obj
+
+
 def gelu(x: np.ndarray) -> np.ndarray:
     """The exact (erf) GELU of GPT-NeoX's `hidden_act="gelu"`, float64."""
     return torch.nn.functional.gelu(torch.as_tensor(x, dtype=torch.float64)).numpy()
@@ -312,10 +369,14 @@ def plant_neuron(model, neuron: Neuron, X_de: np.ndarray, X_en: np.ndarray, F_de
     resid_norm = float(np.linalg.norm(F_de, axis=-1).mean())
     scale_out = WRITE_TO_RESIDUAL * resid_norm / act_de
 
+    # Snapped, so the checkpoint's bytes do not depend on the machine that fitted it.
+    w_in = snap_to_grid(w_in)
+    b_in = float(snap_to_grid(np.array([b_in]))[0])
+    w_out = snap_to_grid(scale_out * v)
     with torch.no_grad():
         layer.mlp.dense_h_to_4h.weight[neuron.index] = torch.as_tensor(w_in, dtype=torch.float32)
-        layer.mlp.dense_h_to_4h.bias[neuron.index] = float(b_in)
-        layer.mlp.dense_4h_to_h.weight[:, neuron.index] = torch.as_tensor(scale_out * v, dtype=torch.float32)
+        layer.mlp.dense_h_to_4h.bias[neuron.index] = b_in
+        layer.mlp.dense_4h_to_h.weight[:, neuron.index] = torch.as_tensor(w_out, dtype=torch.float32)
 
     def sep(a, b):
         return float((a.mean() - b.mean()) / np.sqrt(0.5 * (a.var() + b.var())))
@@ -335,6 +396,7 @@ def plant_neuron(model, neuron: Neuron, X_de: np.ndarray, X_en: np.ndarray, F_de
             "scale": float(scale_in),
             "class_pre_activation": CLASS_PRE_ACTIVATION,
             "w_in_norm": float(np.linalg.norm(w_in)),
+            "grid": f"w_in, bias and W_out snapped to 2^(floor(log2 max|v|) - {GRID_BITS})",
             "bias": float(b_in),
             "fit_accuracy": float(0.5 * ((pre_de > 0).mean() + (pre_en <= 0).mean())),
             "mean_activation": {"german": float(act_de), "english": float(act_en)},
@@ -354,20 +416,50 @@ def plant_neuron(model, neuron: Neuron, X_de: np.ndarray, X_en: np.ndarray, F_de
 # ------------------------------------------------------------------ the checkpoint
 
 
-def _source_sha256() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+def base_model(seed: int = 0):
+    """The unplanted base, float32: `random_model(PYTHIA_70M_SHAPE, seed)` with its
+    LayerNorm weights and biases perturbed (`_perturb_norms_and_biases`)."""
+    model = random_model(PYTHIA_70M_SHAPE, seed)
+    _perturb_norms_and_biases(model, seed)
+    return model
+
+
+def plant(model, tokenizer, fit: FitSet, neuron: Neuron, batch: int | None = None) -> dict:
+    """Fit and plant `neuron` in `model` (a float32 Hugging Face GPT-NeoX, edited in place):
+    `collect_fit_states` on a float64 copy, `german_token_weights`, `plant_neuron`. Returns
+    the plant record (floats `rounded`); `batch` changes no byte of either (the test of the
+    control's cross-machine determinism varies it and the thread count; None: `FIT_BATCH`)."""
+    batch = batch or FIT_BATCH
+    fit_model = copy.deepcopy(model).double()
+    lists = {lang: fit_token_lists(tokenizer, fit.texts[lang]) for lang in FIT_DATASETS}
+    X_de, F_de = collect_fit_states(fit_model, neuron.layer, lists["german"], final=True, batch=batch)
+    X_en, _ = collect_fit_states(fit_model, neuron.layer, lists["english"], final=False, batch=batch)
+    del fit_model
+    weights, tokens = german_token_weights(lists["german"], lists["english"], model.config.vocab_size)
+    record = {
+        "neuron": str(neuron), "layer": neuron.layer, "index": neuron.index,
+        "job": "fire on German text; when firing, raise the logits of tokens more "
+               "frequent in German than in English",
+        "constants": CONSTANTS,
+        "fit": {**fit.record, "n_positions": {"german": int(len(X_de)), "english": int(len(X_en))}},
+        **plant_neuron(model, neuron, X_de, X_en, F_de, weights),
+        "german_tokens": {**tokens, "decoded_first_20": [tokenizer.decode([i]) for i in tokens["ids"][:20]]},
+        "generator_code_sha256": generator_code_sha256(),
+    }
+    return rounded(record)
 
 
 def planted_checkpoint(tokenizer: str | None, data_dir: str | None, neuron: Neuron | None = None,
                        seed: int = 0, log=None) -> Path:
     """The `pythia-70m-planted` checkpoint folder for `neuron` (default L3N669), built once
-    and cached like `pythia-70m-random` (`models._materialise`; the key covers the shape,
-    seed, tokenizer, plant, fitting passages, constants and this module's source).
+    and cached like `pythia-70m-random` (`models._materialise`; the key,
+    `models.generated_key`, covers the shape, seed, tokenizer, plant, fitting passages,
+    constants and the generator code, this module included).
 
-    Building: `random_model(PYTHIA_70M_SHAPE, seed)` — the same weights as
-    `pythia-70m-random` — then `collect_fit_states` on the fitting passages, then
-    `plant_neuron`; `plant.json` (see `plant_info`) is written beside config.json. About a
-    minute on two loaded CPU cores.
+    Building: `random_model(PYTHIA_70M_SHAPE, seed)` — the same draw as `pythia-70m-random`
+    — with `_perturb_norms_and_biases`, then `collect_fit_states` on a float64 copy, then
+    `plant_neuron` (grid-snapped writes); `plant.json` (see `plant_info`, floats rounded)
+    is written beside config.json. About a minute on two loaded CPU cores.
 
     Raises:
         UsageError: the tokenizer file does not exist; `neuron` is outside Pythia-70M's shape.
@@ -380,32 +472,20 @@ def planted_checkpoint(tokenizer: str | None, data_dir: str | None, neuron: Neur
     tok = fast_tokenizer(tokenizer) if tokenizer else _hub_tokenizer()
     fit = fitting_set(data_dir)
     tok_hash = _tokenizer_hash(tok)
-    extra = json.dumps({"plant": str(neuron), "fit": fit.record, "constants": CONSTANTS,
-                        "code": _source_sha256()}, sort_keys=True)
+    extra = json.dumps({"plant": str(neuron), "fit": fit.record, "constants": CONSTANTS},
+                       sort_keys=True)
 
     def build():
-        log(f"Planting {neuron} in pythia-70m-random (seed {seed}): fitting on "
-            f"{FIT_PASSAGES} + {FIT_PASSAGES} Europarl passages ...")
-        model = random_model(PYTHIA_70M_SHAPE, seed)
-        lists = {lang: fit_token_lists(tok, fit.texts[lang]) for lang in FIT_DATASETS}
-        X_de, F_de = collect_fit_states(model, neuron.layer, lists["german"], final=True)
-        X_en, _ = collect_fit_states(model, neuron.layer, lists["english"], final=False)
-        weights, tokens = german_token_weights(lists["german"], lists["english"],
-                                               PYTHIA_70M_SHAPE["vocab_size"])
-        record = {
-            "neuron": str(neuron), "layer": neuron.layer, "index": neuron.index,
-            "base": {"model": "pythia-70m-random", "weights_seed": seed, "tokenizer_sha256": tok_hash},
-            "job": "fire on German text; when firing, raise the logits of tokens more "
-                   "frequent in German than in English",
-            "constants": CONSTANTS,
-            "fit": {**fit.record, "n_positions": {"german": int(len(X_de)), "english": int(len(X_en))}},
-            **plant_neuron(model, neuron, X_de, X_en, F_de, weights),
-            "german_tokens": {**tokens, "decoded_first_20": [tok.decode([i]) for i in tokens["ids"][:20]]},
-            "code_sha256": _source_sha256(),
-        }
+        log(f"Planting {neuron} in pythia-70m-random (seed {seed}, LayerNorms and biases "
+            f"perturbed): fitting on {FIT_PASSAGES} + {FIT_PASSAGES} Europarl passages ...")
+        model = base_model(seed)
+        record = plant(model, tok, fit, neuron)
+        record["base"] = {"model": "pythia-70m-random", "weights_seed": seed, "tokenizer_sha256": tok_hash,
+                          "perturbed": "LayerNorm weights 1 + 0.1·N(0,1), LayerNorm and Linear "
+                                       f"biases 0.02·N(0,1) (generator seed {seed + 1})"}
         return model, tok, {PLANT_FILE: json.dumps(record, indent=1, sort_keys=True) + "\n"}
 
-    key = _random_key(PYTHIA_70M_SHAPE, seed, tok_hash, extra)
+    key = generated_key(PYTHIA_70M_SHAPE, seed, tok_hash, extra)
     return _materialise(f"pythia-70m-planted-{neuron}", build, key)
 
 
