@@ -43,6 +43,7 @@ RENDERERS = ("auto", "pandoc", "quarto")
 
 from analysis.core import stats  # noqa: E402
 from analysis.core.errors import ReportError as _BaseReportError  # noqa: E402
+from analysis.core.regression import outcome_sentence  # noqa: E402
 
 
 class ReportError(_BaseReportError):
@@ -277,7 +278,7 @@ def make_environment(templates_dir: Path | None = None) -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
-    env.filters.update(fmt=fmt, num=num, ci=ci, pyrepr=pyrepr)
+    env.filters.update(fmt=fmt, num=num, ci=ci, pyrepr=pyrepr, outcome_sentence=outcome_sentence)
     return env
 
 

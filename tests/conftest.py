@@ -9,27 +9,62 @@ from pathlib import Path
 
 import pytest
 
-# The real tokenizer and text (../shared), when the caller passes them (`.ci/run` exports
-# both); read before the hermetic fixture below removes them from the environment.
-SHARED_INPUTS = {"data_dir": os.environ.get("GERMAN_NEURON_DATA_DIR"),
-                 "tokenizer": os.environ.get("GERMAN_NEURON_TOKENIZER")}
+# The real tokenizer and text (../shared): `--data-dir` and `--tokenizer`, as the README's
+# commands pass them (never hard-coded here), or the GERMAN_NEURON_* variables; read before
+# the hermetic fixture below removes those from the environment.
+ENV = {"data_dir": "GERMAN_NEURON_DATA_DIR", "tokenizer": "GERMAN_NEURON_TOKENIZER"}
+HOW = ("run the tests as the README says: nox -s tests -- --tokenizer "
+       "../shared/tokenizers/gpt-neox-20b/tokenizer.json --data-dir ../shared/data "
+       "(or deselect them on purpose with -m 'not shared')")
+SHARED_INPUTS: dict[str, str | None] = {k: os.environ.get(v) for k, v in ENV.items()}
+# The user's store of generated checkpoints, kept across test runs (content-keyed: a model
+# is reused only when the code and inputs that built it are unchanged).
+MODEL_STORE = os.environ.get("GERMAN_NEURON_MODEL_STORE")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("german-neuron", "the real text and tokenizer (../shared)")
+    group.addoption("--data-dir", default=None, help="folder of the seed's data files (../shared/data)")
+    group.addoption("--tokenizer", default=None,
+                    help="GPT-NeoX-20B tokenizer.json (../shared/tokenizers/gpt-neox-20b/tokenizer.json)")
+
+
+def pytest_configure(config):
+    for key in ENV:
+        value = config.getoption(key)
+        if value:
+            SHARED_INPUTS[key] = str(Path(value).expanduser().resolve())
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "shared_inputs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.shared)
 
 
 @pytest.fixture(scope="session")
 def shared_inputs():
-    """`{"data_dir", "tokenizer"}` of the real text; skips without them, fails in CI."""
-    if not all(SHARED_INPUTS.values()):
-        msg = "GERMAN_NEURON_DATA_DIR and GERMAN_NEURON_TOKENIZER are not set"
-        if os.environ.get("CI"):
-            pytest.fail(msg + " (CI must run the tests beside ../shared)")
-        pytest.skip(msg)
+    """`{"data_dir", "tokenizer"}` of the real text. A test that needs them fails when they
+    are missing (with the command that passes them), never skips: the known-answer tests
+    must run for whoever runs the suite."""
+    missing = [f"--{k.replace('_', '-')}" for k, v in SHARED_INPUTS.items() if not v]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} not given: {HOW}", pytrace=False)
+    bad = [v for v in SHARED_INPUTS.values() if not Path(v).exists()]
+    if bad:
+        pytest.fail(f"{bad[0]} does not exist: {HOW}", pytrace=False)
     return dict(SHARED_INPUTS)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
-    # Generated checkpoints go to a per-session cache, so tests never depend on (or
-    # pollute) the user's cache.
+    # Everything but the generated checkpoints goes to a per-session cache, so tests never
+    # depend on (or pollute) the user's cache; the checkpoints go to the user's model store,
+    # built once per machine (a content-keyed folder, written atomically).
+    from analysis.core.models import models_cache_dir
+
+    store = MODEL_STORE or str(models_cache_dir())
+    os.environ["GERMAN_NEURON_MODEL_STORE"] = store
     os.environ["GERMAN_NEURON_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     os.environ.pop("GERMAN_NEURON_DATA_DIR", None)
     os.environ.pop("GERMAN_NEURON_TOKENIZER", None)
@@ -76,3 +111,31 @@ def tiny_report(tmp_path_factory):
     cfg = RunConfig(model="tiny", neuron=Neuron.parse("L3N669"), profile=get_profile("quick"), out=str(out))
     res = run_report(cfg, corpus="fixture", show_progress=False, log=logs.append)
     return res, logs, cfg
+
+
+@pytest.fixture(scope="session")
+def planted_rebuilt(shared_inputs, tmp_path_factory):
+    """`pythia-70m-planted` built again from nothing in a fresh model store, with one torch
+    thread and the fitting passages forwarded 7 at a time (16 by default): `(store,
+    checkpoint folder)`. The control must come out byte-identical (issue 18), and the
+    determinism test runs on it beside the user's store."""
+    import time
+
+    import torch
+
+    from analysis.controls import planted
+
+    store = tmp_path_factory.mktemp("fresh-model-store")
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GERMAN_NEURON_MODEL_STORE", str(store))
+        mp.setattr(planted, "FIT_BATCH", 7)
+        torch.set_num_threads(1)
+        try:
+            t0 = time.perf_counter()
+            path = planted.planted_checkpoint(shared_inputs["tokenizer"], shared_inputs["data_dir"],
+                                              log=lambda s: None)
+            print(f"\nplanted rebuilt (1 thread, batch 7): {time.perf_counter() - t0:.0f} s")
+        finally:
+            torch.set_num_threads(threads)
+    return store, path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from analysis.core.regression import diff_runs
 
 
@@ -22,27 +24,26 @@ SMALL = ["activation_examples=8", "probe_samples=300", "loss_examples=8", "dla_e
          "downstream_examples=4", "shift_examples=4", "neuron_examples=4", "top_examples=2"]
 
 
-def test_two_fresh_quick_runs_of_pythia_70m_random_give_identical_artifacts(
-        shared_inputs, tmp_path, monkeypatch):
-    """Issue 4: `pythia-70m-random` on the real text, run twice from nothing (each with its
-    own model cache, so the random checkpoint is generated twice, and its own output
-    folder): every artifact has the same cache key, the same result payload and
-    bit-identical arrays. Every step runs, on fewer examples than the quick profile
-    (`--set`), to keep CI's time: determinism does not depend on the sizes, and the CI
-    report itself runs the full quick profile."""
+def test_the_planted_control_rebuilt_from_nothing_gives_identical_artifacts(
+        shared_inputs, planted_rebuilt, tmp_path, monkeypatch):
+    """Issue 4 on the real text and Pythia-70M's shape: `pythia-70m-planted` from the user's
+    model store and the same model rebuilt from nothing in a fresh store (with one thread and
+    another batch split: `planted_rebuilt`) give artifacts with the same cache keys, result
+    payloads and bit-identical arrays. Every step runs, on fewer examples than the quick
+    profile (`--set`), to keep the suite's time: determinism does not depend on the sizes,
+    and CI runs the README's first command on the full quick profile."""
     from analysis.core.config import Neuron, RunConfig, get_profile
     from analysis.core.pipeline import run_report
 
     outs = []
-    for name in ("first", "second"):
-        monkeypatch.setenv("GERMAN_NEURON_CACHE", str(tmp_path / f"cache-{name}"))
-        cfg = RunConfig(model="pythia-70m-random", neuron=Neuron.parse("L3N669"),
+    for name, store in (("first", os.environ["GERMAN_NEURON_MODEL_STORE"]), ("second", planted_rebuilt[0])):
+        monkeypatch.setenv("GERMAN_NEURON_MODEL_STORE", str(store))
+        cfg = RunConfig(model="pythia-70m-planted", neuron=Neuron.parse("L3N669"),
                         profile=get_profile("quick").with_overrides(SMALL), out=str(tmp_path / name),
                         tokenizer=shared_inputs["tokenizer"], data_dir=shared_inputs["data_dir"])
         run_report(cfg, show_progress=False, log=lambda s: None, render=False)
         outs.append(tmp_path / name)
-    assert (tmp_path / "cache-first").is_dir() and (tmp_path / "cache-second").is_dir()
     d = diff_runs(*outs)
     assert d["identical"], d
     assert {s["step"] for s in d["steps"]} >= {"activations", "probes", "ablation", "dla",
-                                                "backup", "downstream", "neurons"}
+                                                "backup", "downstream", "neurons", "planted"}

@@ -200,7 +200,6 @@ def _tables(html: str) -> dict[str, tuple[list[str], list[list[str]]]]:
     return tables
 
 
-@pytest.mark.slow
 def test_hub_report_names_the_snapshot_in_every_artifact(hub_report):
     commit = hub_report["commits"][PYTHIA_REVISION]
     assert "Traceback" not in hub_report["stderr"]
@@ -232,7 +231,6 @@ SEED_TABLES = ("Single-neuron logistic-regression probes", "mean-ablated on its 
                "The three numbers that carry the finding")
 
 
-@pytest.mark.slow
 def test_hub_report_shows_the_seed_beside_ours_in_every_seed_table(hub_report):
     from analysis.core.pipeline import SEED_REFERENCE
 
@@ -253,7 +251,6 @@ def test_hub_report_shows_the_seed_beside_ours_in_every_seed_table(hub_report):
                    if not any(n in c for n in SEED_TABLES))
 
 
-@pytest.mark.slow
 def test_hub_report_dynamics_reads_each_revision_from_its_own_snapshot(hub_report):
     arts, commits = hub_report["arts"], hub_report["commits"]
     dyn = arts["dynamics"]["result"]

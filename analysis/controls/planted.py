@@ -83,7 +83,6 @@ from ..core.models import (
     _tokenizer_hash,
     fast_tokenizer,
     generated_key,
-    generator_code_sha256,
     random_model,
 )
 
@@ -444,7 +443,6 @@ def plant(model, tokenizer, fit: FitSet, neuron: Neuron, batch: int | None = Non
         "fit": {**fit.record, "n_positions": {"german": int(len(X_de)), "english": int(len(X_en))}},
         **plant_neuron(model, neuron, X_de, X_en, F_de, weights),
         "german_tokens": {**tokens, "decoded_first_20": [tokenizer.decode([i]) for i in tokens["ids"][:20]]},
-        "generator_code_sha256": generator_code_sha256(),
     }
     return rounded(record)
 

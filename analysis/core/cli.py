@@ -110,6 +110,11 @@ def report(
     if res["report"]:
         for kind in ("html", "pdf"):
             typer.echo(f"{kind}: {res['report'][kind]}")
+    if res["context"].get("regression") is not None:
+        from .regression import outcome_sentence
+
+        # Last, where it is read: a run that checked no number must not look like one that passed.
+        typer.echo(f"baseline check: {outcome_sentence(res['context']['regression'])}")
 
 
 @app.command()

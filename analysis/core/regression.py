@@ -524,6 +524,21 @@ def not_applicable_result(selection: Mapping, arts: Mapping[str, dict]) -> dict:
             "rows": [], "n_checked": 0, "n_failed": 0, "failed": [], "passed": None}
 
 
+def outcome_sentence(result: Mapping) -> str:
+    """One sentence on the baseline check of a run, for the console's last lines and the
+    report's summary: how many numbers were compared against which baseline and how many
+    moved, or that none was compared and why (the record of `compare` or
+    `not_applicable_result`)."""
+    if not result.get("applies", True):
+        return f"no number was checked against a baseline: {result['sentence']}"
+    base = Path(result["baseline"].get("path") or "?").name
+    moved = f" ({', '.join(result['failed'][:5])}{', ...' if len(result['failed']) > 5 else ''})" \
+        if result["failed"] else ""
+    verdict = "PASSED" if result["passed"] else "FAILED"
+    return (f"{result['n_checked']:,} numbers checked against the baseline {base}, "
+            f"{result['n_failed']:,} outside tolerance{moved}: {verdict}")
+
+
 def display_path(path: Path | None) -> str | None:
     if path is None:
         return None
