@@ -37,7 +37,8 @@ worker runs one task at a time (one model in memory). A worker that dies mid-tas
 partial artifact (writes are atomic) and the scheduler reruns its task on another worker;
 a task that raises is retried (`RETRIES`).
 
-Outputs under `--out` (default `build/sweep`): `store/` (the artifacts), `refs/`, `sweep.json`
+Outputs under `--out` (default `build/sweep`; `build/sweep-bfloat16`, `-tf32` for the other
+precisions, `default_sweep_out`): `store/` (the artifacts), `refs/`, `sweep.json`
 (the manifest: every task, its key and status), `table.parquet` and `table.csv` (one row per
 model x revision x measure, `TABLE_COLUMNS`), and the report (`report.html`, `report.pdf`,
 `figures/`). See docs/ARTIFACTS.md.
@@ -63,7 +64,7 @@ RETRIES = 2                 # reruns of a task that raised (a worker that died i
 ALLOWED_FAILURES = 3        # worker deaths a task may cause before the scheduler gives it up
 CONNECT_TIMEOUT_S = 5       # --scheduler tcp://...: how long to wait for the scheduler to answer
 SWEEP_SCHEMA = 1
-DEFAULT_OUT = Path("build") / "sweep"
+DEFAULT_OUT = Path("build") / "sweep"  # float32; other precisions: `default_sweep_out`
 THRESHOLD_F1 = 0.9          # "the neuron has formed": the context neuron's probe F1 reaches this
 TABLE_COLUMNS = ("model", "kind", "source", "size", "n_params", "deduped", "revision", "step",
                  "tokens_seen", "commit", "key", "measure", "language", "neuron", "value",
@@ -302,6 +303,35 @@ class SweepPlan:
         return len(self.tasks) + sum(len(v) for v in self.deferred.values())
 
 
+def default_sweep_out(dtype: str = "float32", tf32: bool = False) -> Path:
+    """`build/sweep` for float32, `build/sweep-bfloat16`, `build/sweep-tf32`, ... otherwise
+    (`precision.out_suffix`): a bf16 or TF32 sweep never replaces float32's sweep.json and
+    table (its artifacts are keyed apart anyway)."""
+    from .precision import out_suffix
+
+    return DEFAULT_OUT.with_name(DEFAULT_OUT.name + out_suffix(dtype, tf32))
+
+
+def check_sweep_precision(out: Path, dtype: str, tf32: bool) -> None:
+    """Refuse a sweep into a folder whose `sweep.json` records another precision: its
+    sweep.json, table and report would be replaced.
+
+    Raises:
+        UsageError: `out/sweep.json` records another `dtype` or `tf32`.
+    """
+    from .precision import describe
+
+    try:
+        settings = json.loads((Path(out) / "sweep.json").read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no earlier sweep there (or an unreadable one, rewritten as before)
+    theirs = (settings.get("dtype") or "float32", bool(settings.get("tf32")))
+    if theirs != (dtype, bool(tf32)):
+        raise UsageError(f"{out} holds a {describe(*theirs)} sweep; a {describe(dtype, tf32)} sweep would "
+                         "replace its sweep.json and table",
+                         hint=f"pass another --out (this precision's default is {default_sweep_out(dtype, tf32)})")
+
+
 def _resolve_commits(repo: str, revisions: list[str], refs_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
     """({revision: commit} known without a download, {revision: why it does not exist}):
     the local cache's refs, this sweep's records, then (online) the Hub's branch list."""
@@ -416,7 +446,8 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
     entries = parse_models(models)
     if corpus is not None and corpus not in CORPORA:
         raise UsageError(f"unknown corpus set {corpus!r}; choose one of: {', '.join(CORPORA)}")
-    out = Path(out) if out else DEFAULT_OUT
+    out = Path(out) if out else default_sweep_out(dtype, tf32)
+    check_sweep_precision(out, dtype, tf32)
     refs_dir = out / "refs"
     store = out / "store"
     data_dir = str(Path(data_dir).expanduser().resolve()) if data_dir else None
