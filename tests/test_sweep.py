@@ -369,3 +369,63 @@ def test_a_model_report_shows_the_sweep_beside_its_own_dynamics(tiny_report, ser
     with pytest.raises(UsageError, match="holds no sweep"):  # checked before any compute
         run_report(cfg, corpus="fixture", sweep=str(tmp_path), log=lambda s: None)
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- scale
+
+
+LAYOUTS = {"step1": "safetensors", "step2": "safetensors-sharded", "step4": "bin-sharded"}
+
+
+def test_sharded_checkpoints_with_their_index_measure_as_one_file(tmp_path, monkeypatch):
+    """The same weights (one seed) as one model.safetensors, as safetensors shards and as
+    pickled shards (pythia-12b's layout), each with Hugging Face's index: every layout is
+    fetched by the Hub patterns, loaded, and measured to the same numbers."""
+    from fnmatch import fnmatch
+
+    from analysis.core.models import HUB_PATTERNS_PICKLE, HUB_PATTERNS_SAFETENSORS, weight_files
+    from analysis.core.sweep_task import load_artifact
+
+    home = tmp_path / "hf"
+    commits = {rev: hub_fixture.add_revision(home, rev, 7, weights=w, shape=SHAPE_70M) for rev, w in LAYOUTS.items()}
+    hub_fixture.patch_offline(monkeypatch, home)
+    snaps = {rev: hub_fixture.repo_folder(home) / "snapshots" / c for rev, c in commits.items()}
+    bins = sorted(p.name for p in snaps["step4"].iterdir() if "pytorch_model" in p.name)
+    assert bins == [f"pytorch_model-0000{i}-of-00003.bin" for i in (1, 2, 3)] + ["pytorch_model.bin.index.json"]
+    for name in bins:  # what _hub_snapshot asks the Hub for covers every file of the layout
+        assert any(fnmatch(name, pat) for pat in HUB_PATTERNS_PICKLE), name
+    for p in snaps["step2"].iterdir():
+        if p.name.startswith("model"):
+            assert any(fnmatch(p.name, pat) for pat in HUB_PATTERNS_SAFETENSORS), p.name
+    assert [p.name for p in weight_files(snaps["step2"])] == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    res, _ = _run(tmp_path / "out", revisions=",".join(LAYOUTS), models="pythia-70m")
+    assert res["counts"] == {"computed": 3}, res["tasks"]
+    arts = {t["revision"]: load_artifact(tmp_path / "out" / "store", t["key"]) for t in res["tasks"]}
+    assert {r: a["result"]["model"]["commit"] for r, a in arts.items()} == commits
+    one = arts["step1"]
+    for rev in ("step2", "step4"):
+        assert {k: v for k, v in arts[rev]["result"].items() if k != "model"} == \
+            {k: v for k, v in one["result"].items() if k != "model"}, rev
+        assert arts[rev]["arrays"] == one["arrays"], rev  # every array's sha256
+
+
+def test_a_sharded_snapshot_missing_a_shard_is_skipped_and_a_folder_refused(tmp_path, monkeypatch):
+    import shutil
+
+    from analysis.core.errors import UsageError
+    from analysis.core.models import check_checkpoint_dir
+
+    home = tmp_path / "hf"
+    commit = hub_fixture.add_revision(home, "step2", 7, weights="safetensors-sharded", shape=SHAPE_70M)
+    hub_fixture.patch_offline(monkeypatch, home)
+    snap = hub_fixture.repo_folder(home) / "snapshots" / commit
+    folder = shutil.copytree(snap, tmp_path / "ckpt")  # a plain folder (symlinks resolved)
+    (snap / "model-00002-of-00003.safetensors").unlink()
+    res, _ = _run(tmp_path / "out", revisions="step2", models="pythia-70m")
+    (task,) = res["tasks"]
+    assert task["status"] == "skipped"
+    assert task["reason"] == "the snapshot lacks 1 of the weight shards its index names (model-00002-of-00003.safetensors)"
+    check_checkpoint_dir(folder)
+    (folder / "model-00003-of-00003.safetensors").unlink()
+    with pytest.raises(UsageError, match=r"lacks 1 of the weight shards its index names \(model-00003-of-00003"):
+        check_checkpoint_dir(folder)
