@@ -37,8 +37,9 @@ def _plan(out, revisions=REQUEST, models="pythia-70m,pythia-160m", **kw):
 def _run(out, scheduler="none", workers=None, **kw):
     from analysis.core.sweep import run_sweep
 
-    logs: list[str] = []
-    res = run_sweep(_plan(out, **kw), scheduler=scheduler, workers=workers, log=logs.append, live=False)
+    logs: list[str] = []  # the plan's lines, then the run's
+    res = run_sweep(_plan(out, log=logs.append, **kw), scheduler=scheduler, workers=workers, log=logs.append,
+                    live=False)
     return res, logs
 
 
@@ -429,3 +430,42 @@ def test_a_sharded_snapshot_missing_a_shard_is_skipped_and_a_folder_refused(tmp_
     (folder / "model-00003-of-00003.safetensors").unlink()
     with pytest.raises(UsageError, match=r"lacks 1 of the weight shards its index names \(model-00003-of-00003"):
         check_checkpoint_dir(folder)
+
+
+def test_a_branch_that_moved_on_the_hub_is_refreshed_recorded_and_kept_offline(tmp_path, monkeypatch):
+    """A branch re-uploaded on the Hub (as Pythia's were): online, the Hub's commit replaces
+    the cached one, the move is logged and recorded; offline afterwards the record wins over
+    the cache's stale `refs/` and nothing is recomputed. The Hub is a stand-in (no network)."""
+    from analysis.core import sweep
+    from analysis.core.sweep_task import load_artifact, refs_path
+
+    home = tmp_path / "hf"
+    old = hub_fixture.add_revision(home, "step1", 3, shape=SHAPE_70M)
+    new = hub_fixture.add_revision(home, "step2", 4, shape=SHAPE_70M)  # the re-upload's snapshot
+    hub_fixture.patch_offline(monkeypatch, home)
+    out = tmp_path / "out"
+    res, logs = _run(out, revisions="step1", models="pythia-70m")
+    assert res["tasks"][0]["commit"] == old and res["counts"] == {"computed": 1}
+    assert res["manifest"]["refs"]["checked"] == {"EleutherAI/pythia-70m": "offline"}
+    assert any("offline: the commits of 1 branches are those recorded, not checked" in line for line in logs)
+
+    asked = []
+    monkeypatch.setattr(sweep, "_hub_offline", lambda: False)
+    monkeypatch.setattr(sweep, "_hub_branches", lambda repo: asked.append(repo) or {"step1": new})
+    res, logs = _run(out, revisions="step1", models="pythia-70m")
+    (task,) = res["tasks"]
+    assert asked == ["EleutherAI/pythia-70m"]  # one request per repository
+    assert task["status"] == "computed" and task["commit"] == new and task["commit_moved_from"] == old
+    assert load_artifact(out / "store", task["key"])["result"]["model"]["commit"] == new
+    assert res["manifest"]["refs"]["moved"] == [{"repo": "EleutherAI/pythia-70m", "revision": "step1", "old": old,
+                                                 "new": new, "old_from": "the local Hugging Face cache"}]
+    assert any(f"step1 moved on the Hub: {old[:12]} -> {new[:12]}" in line for line in logs)
+    rec = json.loads(refs_path(out / "refs", "EleutherAI/pythia-70m", "step1").read_text())
+    assert (rec["commit"], rec["moved_from"], rec["source"]) == (new, old, "hub")
+    assert json.loads((out / "sweep.json").read_text())["tasks"][0]["commit_moved_from"] == old
+
+    monkeypatch.undo()  # offline again; the cache's refs/step1 still names the old commit
+    hub_fixture.patch_offline(monkeypatch, home)
+    assert (hub_fixture.repo_folder(home) / "refs" / "step1").read_text() == old
+    res, _ = _run(out, revisions="step1", models="pythia-70m")
+    assert res["counts"] == {"reused": 1} and res["tasks"][0]["commit"] == new

@@ -14,18 +14,20 @@ what is new. A task (`sweep_task.run_task`) runs on a worker: it downloads (or f
 checkpoint, measures it with the `dynamics` step's own functions, writes one artifact and
 frees the model (and, with `--keep-weights no`, the downloaded weights).
 
-What a Hub checkpoint's key covers (repo, revision, commit): the commit is taken from, in
-order, the driver's Hugging Face cache (`refs/<revision>`), the sweep's own record of an
-earlier task's resolution (`<out>/refs/`, written by the worker that downloaded it: it
-survives `--keep-weights no`), and, online, the Hub's list of branches (one request per
-repository, no download). When none knows it the driver's key has `commit: null`: it is
-provisional. The worker resolves the revision while downloading it, computes the final key
-with the commit it got, records the resolution, and reuses an artifact with that key if the
-store has one; the next run of the driver knows the commit from the record. A Pythia branch
-(`step1000`) never moves on the Hub, so the record stays right; if a branch did move, a run
-with the Hub reachable or with the new snapshot in the local cache would key the new commit.
-A checkpoint folder's key covers its weights fingerprint (sha256 of its config, tokenizer
-and weight files), read on the driver.
+What a Hub checkpoint's key covers (repo, revision, commit): online, the commit is the Hub's
+(its list of branches, one request per repository, no download), for every branch, so a
+branch re-uploaded since the sweep last looked (Pythia's were: EleutherAI/pythia issues 107,
+108, 141) is measured at its new commit and the move (old -> new) is logged and recorded in
+`sweep.json` (`refs.moved`, each task's `commit_moved_from`) and in `<out>/refs/`. Offline
+(`HF_HUB_OFFLINE=1` or the Hub unreachable) it is the sweep's own record (`<out>/refs/`:
+commits learnt from the Hub, and those workers resolved; it survives `--keep-weights no`),
+else the driver's Hugging Face cache (`refs/<revision>`), unchecked, and the driver says so
+(`HubRefs`). When none knows it the driver's key has `commit: null`: it is provisional. The
+worker resolves the revision while downloading it, computes the final key with the commit it
+got, records the resolution, and reuses an artifact with that key if the store has one; the
+next run of the driver knows the commit from the record. A checkpoint folder's key covers
+its weights fingerprint (sha256 of its config, tokenizer and weight files), read on the
+driver.
 
 Scheduling (`--scheduler`): `local` starts a `dask.distributed.LocalCluster` of worker
 processes sized to the machine (on CPU, workers x torch threads per task <= cores; with
@@ -297,6 +299,7 @@ class SweepPlan:
     settings: dict
     base: dict                  # spec fields shared by every task of a model (by name)
     code: dict
+    refs: HubRefs | None = None  # the Hub branches' commits, and their moves
 
     @property
     def n_total(self) -> int:
@@ -332,27 +335,94 @@ def check_sweep_precision(out: Path, dtype: str, tf32: bool) -> None:
                          hint=f"pass another --out (this precision's default is {default_sweep_out(dtype, tf32)})")
 
 
-def _resolve_commits(repo: str, revisions: list[str], refs_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """({revision: commit} known without a download, {revision: why it does not exist}):
-    the local cache's refs, this sweep's records, then (online) the Hub's branch list."""
-    from .models import local_commit
-    from .sweep_task import recorded_commit
+class HubRefs:
+    """The commits of the Hub branches a sweep measures, and what changed since it last
+    looked (Pythia's branches have been re-uploaded: EleutherAI/pythia issues 107, 108, 141).
 
-    known, missing = {}, {}
-    for rev in revisions:
-        c = local_commit(repo, rev) or recorded_commit(refs_dir, repo, rev)
-        if c:
-            known[rev] = c
-    todo = [r for r in revisions if r not in known]
-    if todo and not _hub_offline():
-        branches = _hub_branches(repo)
-        if branches is not None:
-            for rev in todo:
-                if rev in branches:
-                    known[rev] = branches[rev]
-                else:
+    Offline (`HF_HUB_OFFLINE=1`, or the Hub unreachable) a branch's commit is this sweep's
+    record (`<out>/refs/`), else the local Hugging Face cache's `refs/<branch>`, unchecked
+    (`unchecked` counts them and the driver says so). Online the Hub's branch list (one
+    request per repository) is the truth for every branch: a commit that differs from the
+    one recorded or cached is a move, kept in `moved` (`{"repo", "revision", "old", "new",
+    "old_from"}`) and in `sweep.json`, and the new commit is measured (its own key); `write`
+    records every commit learnt from the Hub under `<out>/refs/`, so that a later offline run
+    uses it (a download by commit leaves the cache's `refs/<branch>` where it was).
+    """
+
+    def __init__(self, refs_dir: Path, log: Callable[[str], None] = lambda s: None):
+        self.refs_dir, self.log = Path(refs_dir), log
+        self.checked: dict[str, str] = {}          # repo -> "hub" | "offline" | "unreachable"
+        self.moved: list[dict] = []
+        self.unchecked: dict[str, int] = {}
+        self._branches: dict[str, dict | None] = {}
+        self._pending: dict[tuple[str, str], dict] = {}
+
+    def _hub(self, repo: str) -> dict[str, str] | None:
+        if repo not in self._branches:
+            if _hub_offline():
+                self._branches[repo], self.checked[repo] = None, "offline"
+            else:
+                self._branches[repo] = _hub_branches(repo)
+                self.checked[repo] = "hub" if self._branches[repo] is not None else "unreachable"
+        return self._branches[repo]
+
+    def resolve(self, repo: str, revisions: list[str]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+        """({revision: commit}, {revision: why it does not exist}, {revision: the commit it
+        moved from}) for branches of `repo`, without downloading anything."""
+        from .models import local_commit
+        from .sweep_task import recorded_commit
+
+        known, source = {}, {}
+        for rev in revisions:
+            rec, loc = recorded_commit(self.refs_dir, repo, rev), local_commit(repo, rev)
+            if rec or loc:
+                known[rev] = rec or loc
+                source[rev] = "this sweep's record" if rec else "the local Hugging Face cache"
+        branches = self._hub(repo)
+        if branches is None:
+            n = len(known)
+            if n:
+                self.unchecked[repo] = self.unchecked.get(repo, 0) + n
+                how = "offline" if self.checked[repo] == "offline" else "the Hub did not answer"
+                self.log(f"  {repo}: {how}: the commits of {n} branches are those recorded, not checked "
+                         "against the Hub")
+            return known, {}, {}
+        missing, moved_from = {}, {}
+        for rev in revisions:
+            new = branches.get(rev)
+            if new is None:
+                if rev not in known:
                     missing[rev] = f"the Hub has no revision {rev}"
-    return known, missing
+                continue  # a branch the Hub dropped: measured as recorded, if it is cached
+            old = known.get(rev)
+            if old is not None and old != new:
+                moved_from[rev] = old
+                self.moved.append({"repo": repo, "revision": rev, "old": old, "new": new,
+                                   "old_from": source[rev]})
+                self.log(f"  {repo} {rev} moved on the Hub: {old[:12]} -> {new[:12]} ({source[rev]} had "
+                         f"{old[:12]}); the new commit is measured")
+            known[rev] = new
+            if recorded_commit(self.refs_dir, repo, rev) != new:
+                self._pending[(repo, rev)] = {"repo": repo, "revision": rev, "commit": new,
+                                              "moved_from": old if old != new else None}
+        return known, missing, moved_from
+
+    def write(self) -> None:
+        """Record the commits learnt from the Hub under `<out>/refs/` (with the commit each
+        moved from), for later runs (offline ones included)."""
+        from .artifacts import atomic_write_text
+        from .sweep_task import refs_path
+
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        for (repo, rev), rec in sorted(self._pending.items()):
+            atomic_write_text(refs_path(self.refs_dir, repo, rev),
+                              json.dumps({**rec, "checked": stamp, "source": "hub"}, sort_keys=True))
+        self._pending.clear()
+
+    def record(self) -> dict:
+        """What `sweep.json` says about it: `{"checked": {repo: hub|offline|unreachable},
+        "moved": [...], "unchecked": {repo: branches}}`."""
+        return {"checked": dict(self.checked), "moved": list(self.moved), "unchecked": dict(self.unchecked)}
 
 
 def _hub_offline() -> bool:
@@ -452,6 +522,7 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
     store = out / "store"
     data_dir = str(Path(data_dir).expanduser().resolve()) if data_dir else None
 
+    hub_refs = HubRefs(refs_dir, log)
     corpora: dict[str, dict] = {}
     base: dict[str, dict] = {}
     tasks: list[dict] = []
@@ -504,12 +575,12 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
             "keep_weights": keep_weights_for(e, keep_weights),
         }
         cks = list(e.checkpoints)
-        known, missing = ({}, {})
+        known, missing, moved = ({}, {}, {})
         if e.kind == "hub":
             need = [c["revision"] for c in cks]
             if e_neuron is None and e.final not in need:
                 need.append(e.final)
-            known, missing = _resolve_commits(e.repo, need, refs_dir)
+            known, missing, moved = hub_refs.resolve(e.repo, need)
         if e_neuron is None:  # --neuron auto: anchor on the model's final checkpoint
             final = next((c for c in cks if c["revision"] == e.final), None)
             if final is None:
@@ -518,10 +589,10 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
                     "tokens_seen": step_of(e.final) * PYTHIA_TOKENS_PER_STEP}
                 cks.append(final)
                 log(f"  {e.name}: --neuron auto anchors on the final checkpoint {e.final}; added to the sweep")
-            tasks.append(_spec(base[e.name], final, known, missing, code, anchor=True))
+            tasks.append(_spec(base[e.name], final, known, missing, code, anchor=True, moved=moved))
             deferred[e.name] = [c for c in cks if c is not final]
         else:
-            tasks += [_spec(base[e.name], c, known, missing, code) for c in cks]
+            tasks += [_spec(base[e.name], c, known, missing, code, moved=moved) for c in cks]
     settings = {
         "models": [{"name": e.name, "kind": e.kind, "source": e.source, "size": e.size,
                     "deduped": e.deduped, "final": e.final,
@@ -537,11 +608,12 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
         "precision_note": precision_note(dtype, tf32, device), "threads": threads, "data_dir": data_dir,
     }
     return SweepPlan(out=out, models=entries, tasks=tasks, deferred=deferred, settings=settings,
-                     base=base, code=code)
+                     base=base, code=code, refs=hub_refs)
 
 
 def _spec(base: dict, ck: dict, known: dict, missing: dict, code: dict, anchor: bool = False,
-          neuron: str | None = None, upstream: dict | None = None, source: str | None = None) -> dict:
+          neuron: str | None = None, upstream: dict | None = None, source: str | None = None,
+          moved: dict | None = None) -> dict:
     """A task spec (see `sweep_task.task_inputs`) with its key."""
     from .models import _fingerprint_dir
     from .sweep_task import task_inputs
@@ -554,6 +626,7 @@ def _spec(base: dict, ck: dict, known: dict, missing: dict, code: dict, anchor: 
         spec["upstream"] = upstream or {}
     if base["kind"] == "hub":
         spec["commit"] = known.get(ck["revision"])
+        spec["commit_moved_from"] = (moved or {}).get(ck["revision"])
         if ck["revision"] in missing:
             spec["skip_reason"] = missing[ck["revision"]]
     else:
@@ -572,12 +645,15 @@ def dependent_specs(plan: SweepPlan, model: str, anchor_art: dict, anchor_spec: 
         return []
     base = plan.base[model]
     neuron = anchor_art["result"]["context"]["neuron"]
-    known, missing = {}, {}
+    known, missing, moved = {}, {}, {}
     if base["kind"] == "hub":
-        known, missing = _resolve_commits(base["repo"], [c["revision"] for c in cks], Path(base["refs"]))
+        if plan.refs is None:
+            plan.refs = HubRefs(plan.out / "refs")
+        known, missing, moved = plan.refs.resolve(base["repo"], [c["revision"] for c in cks])
+        plan.refs.write()
     src = f"auto: best neuron of discovery at {anchor_spec['revision']}"
     return [_spec(base, c, known, missing, plan.code, neuron=neuron,
-                  upstream={"anchor": anchor_art["key"]}, source=src) for c in cks]
+                  upstream={"anchor": anchor_art["key"]}, source=src, moved=moved) for c in cks]
 
 
 # ------------------------------------------------------------------ executors
@@ -842,6 +918,7 @@ def _record(spec: dict, rec: dict) -> dict:
     out = {k: spec.get(k) for k in keys}
     out.update({"key": rec.get("key", spec["key"]), "planned_key": spec["key"], "status": rec["status"],
                 "reason": rec.get("reason"), "commit": rec.get("commit", spec.get("commit")),
+                "commit_moved_from": spec.get("commit_moved_from"),
                 "context_neuron": spec["params"]["context_neuron"],
                 "wall_s": rec.get("wall_s"), "worker": rec.get("worker")})
     return out
@@ -879,6 +956,8 @@ def run_sweep(plan: SweepPlan, scheduler: str = "local", workers: int | None = N
     executor = None
     try:
         _remove_stale_temporaries(out / "store")
+        if plan.refs is not None:
+            plan.refs.write()
         todo = _triage(plan, list(plan.tasks), records, log)
         n_reused = sum(r["status"] == "reused" for r in records)
         n_waiting = sum(len(v) for v in plan.deferred.values())
@@ -999,6 +1078,7 @@ def _finish(plan: SweepPlan, records: list[dict], out: Path, t0: float, executor
         "interrupted": interrupted, "executor": getattr(executor, "description", None) or "nothing to compute",
         "settings": plan.settings, "code": {"module": plan.code["module"], "sha256": plan.code["sha256"]},
         "libraries": library_versions(), "counts": counts, "wall_time_s": round(time.perf_counter() - t0, 2),
+        "refs": plan.refs.record() if plan.refs is not None else None,
         "tasks": records,
     }
     atomic_write_text(out / "sweep.json", json.dumps(manifest, indent=1, sort_keys=True, default=str))
