@@ -469,3 +469,45 @@ def test_a_branch_that_moved_on_the_hub_is_refreshed_recorded_and_kept_offline(t
     assert (hub_fixture.repo_folder(home) / "refs" / "step1").read_text() == old
     res, _ = _run(out, revisions="step1", models="pythia-70m")
     assert res["counts"] == {"reused": 1} and res["tasks"][0]["commit"] == new
+
+
+def test_specs_carry_relative_paths_and_a_missing_artifact_is_a_failed_task(tmp_path, monkeypatch):
+    """A worker that sees another folder than the driver's (its `GERMAN_NEURON_SWEEP_OUT`)
+    writes its artifact there: the driver finds none in its store and the task fails with a
+    one-line cause, not "computed" with a row silently missing from the table. The same
+    folder under another path (a symlink: another mount point) works."""
+    import pandas as pd
+
+    from analysis.core.errors import ReportError
+    from analysis.core.sweep import build_table
+    from analysis.core.sweep_task import OUT_ENV
+
+    home = tmp_path / "hf"
+    hub_fixture.add_revision(home, "step1", 3, shape=SHAPE_70M)
+    hub_fixture.patch_offline(monkeypatch, home)
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    plan = _plan(out, revisions="step1", models="pythia-70m")
+    (spec,) = plan.tasks
+    assert (spec["store"], spec["refs"], spec["out"]) == ("store", "refs", str(out.resolve()))
+
+    monkeypatch.setenv(OUT_ENV, str(elsewhere))
+    res, _ = _run(out, revisions="step1", models="pythia-70m")
+    (task,) = res["tasks"]
+    assert res["counts"] == {"failed": 1} and task["status"] == "failed"
+    rel = f"store/{task['key'][:2]}/{task['key']}/checkpoint.json"
+    assert task["reason"].startswith(f"worker {task['worker']} reported it computed but {rel} is not in {out}")
+    assert f"the worker wrote {elsewhere / rel}" in task["reason"] and OUT_ENV in task["reason"]
+    assert "\n" not in task["reason"] and (elsewhere / rel).is_file() and not (out / rel).exists()
+    assert json.loads((out / "sweep.json").read_text())["tasks"][0]["status"] == "failed"
+    assert pd.read_parquet(out / "table.parquet").empty
+
+    (tmp_path / "mount").symlink_to(out, target_is_directory=True)  # the same folder, another path
+    monkeypatch.setenv(OUT_ENV, str(tmp_path / "mount"))
+    res, _ = _run(out, revisions="step1", models="pythia-70m")
+    assert res["counts"] == {"computed": 1} and (out / rel).is_file() and res["table"]["rows"] > 0
+
+    import shutil
+
+    shutil.rmtree((out / rel).parent)  # the store lost an artifact sweep.json lists as computed
+    with pytest.raises(ReportError, match=f"lists pythia-70m step1 as computed but its artifact {task['key'][:12]}"):
+        build_table(out)

@@ -519,7 +519,6 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
     out = Path(out) if out else default_sweep_out(dtype, tf32)
     check_sweep_precision(out, dtype, tf32)
     refs_dir = out / "refs"
-    store = out / "store"
     data_dir = str(Path(data_dir).expanduser().resolve()) if data_dir else None
 
     hub_refs = HubRefs(refs_dir, log)
@@ -571,7 +570,8 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
             "seed": prof.seed, "device": device, "upstream": {},
             "profile": {"name": prof.name, "label": prof.label, "overrides": dict(prof.overrides),
                         "sizes": prof.sizes(), "batch_tokens": prof.batch_tokens},
-            "store": str(store.resolve()), "refs": str(refs_dir.resolve()), "threads": threads,
+            # relative to the sweep's folder, which a worker may see elsewhere (sweep_task.OUT_ENV)
+            "out": str(out.resolve()), "store": "store", "refs": "refs", "threads": threads,
             "keep_weights": keep_weights_for(e, keep_weights),
         }
         cks = list(e.checkpoints)
@@ -977,7 +977,7 @@ def run_sweep(plan: SweepPlan, scheduler: str = "local", workers: int | None = N
                 executor.submit(spec)
             while executor.pending():
                 spec, res = executor.next_done()
-                rec = res if isinstance(res, dict) else {
+                rec = verify_artifact(plan, spec, res) if isinstance(res, dict) else {
                     "status": "failed", "reason": f"{type(res).__name__}: {(str(res).splitlines() or [''])[0][:300]}"}
                 records.append(_record(spec, rec))
                 progress.update(spec, rec)
@@ -1004,6 +1004,24 @@ def run_sweep(plan: SweepPlan, scheduler: str = "local", workers: int | None = N
     return _finish(plan, records, out, t0, executor, command)
 
 
+def verify_artifact(plan: SweepPlan, spec: dict, rec: dict) -> dict:
+    """A worker's record, checked: a task it reports `computed` or `reused` whose artifact is
+    not (valid) in the driver's store is `failed`, with a one-line cause naming where the
+    worker wrote it (a worker that sees another folder than the driver's)."""
+    from .sweep_task import OUT_ENV, load_artifact
+
+    if rec.get("status") not in ("computed", "reused"):
+        return rec
+    key = rec.get("key") or spec["key"]
+    if load_artifact(plan.out / spec["store"], key) is not None:
+        return rec
+    rel = rec.get("artifact") or f"{spec['store']}/{key[:2]}/{key}/checkpoint.json"
+    return {**rec, "status": "failed",
+            "reason": f"worker {rec.get('worker')} reported it {rec['status']} but {rel} is not in "
+                      f"{plan.out} (the worker wrote {rec.get('wrote')}): every worker must see the "
+                      f"sweep's folder (set {OUT_ENV} on a worker that mounts it elsewhere)"}
+
+
 def _triage(plan: SweepPlan, specs: list[dict], records: list[dict], log) -> list[dict]:
     """Record the specs that need no run (skipped: known not to exist; reused: their
     artifact is in the store, and a reused anchor releases its model's other checkpoints,
@@ -1015,7 +1033,7 @@ def _triage(plan: SweepPlan, specs: list[dict], records: list[dict], log) -> lis
         spec = queue.pop(0)
         if spec.get("skip_reason"):
             records.append(_record(spec, {"status": "skipped", "reason": spec["skip_reason"]}))
-        elif load_artifact(spec["store"], spec["key"]) is not None:
+        elif load_artifact(plan.out / spec["store"], spec["key"]) is not None:
             rec = {"status": "reused", "key": spec["key"]}
             records.append(_record(spec, rec))
             if spec.get("anchor") and spec["model"] in plan.deferred:
@@ -1030,7 +1048,8 @@ def _anchor_done(plan: SweepPlan, spec: dict, rec: dict, records: list[dict], lo
     the neuron it discovered), or, if it was not measured, those checkpoints skipped."""
     from .sweep_task import load_artifact
 
-    art = load_artifact(spec["store"], rec.get("key") or spec["key"]) if rec["status"] in ("computed", "reused") else None
+    art = load_artifact(plan.out / spec["store"], rec.get("key") or spec["key"]) \
+        if rec["status"] in ("computed", "reused") else None
     if art is None:
         _skip_deferred(plan, spec["model"], f"--neuron auto: its anchor {spec['revision']} was "
                                             f"{rec['status']} ({rec.get('reason')})", records)
@@ -1133,7 +1152,12 @@ def table_rows(task: dict, art: dict, model: dict) -> list[dict]:
 def build_table(out: str | os.PathLike, manifest: dict | None = None):
     """The sweep's tidy table (pandas DataFrame, `TABLE_COLUMNS`) from `sweep.json` and the
     artifacts of its computed and reused tasks, rows in model order (as given), then step,
-    then measure."""
+    then measure.
+
+    Raises:
+        ReportError: a task `sweep.json` lists as computed or reused has no valid artifact
+            in `out/store` (a row is never dropped without a word).
+    """
     import pandas as pd
 
     from .sweep_task import load_artifact
@@ -1148,7 +1172,9 @@ def build_table(out: str | os.PathLike, manifest: dict | None = None):
             continue
         art = load_artifact(store, t["key"])
         if art is None:
-            continue
+            raise ReportError(f"{out / 'sweep.json'} lists {t['model']} {t['revision']} as {t['status']} but "
+                              f"its artifact {t['key'][:12]} is not (valid) in {store}",
+                              hint="rerun the sweep: it recomputes what its store lacks")
         rows += table_rows(t, art, models[t["model"]])
     df = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     for col in ("step", "tokens_seen", "n_params"):
