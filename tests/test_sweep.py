@@ -511,3 +511,48 @@ def test_specs_carry_relative_paths_and_a_missing_artifact_is_a_failed_task(tmp_
     shutil.rmtree((out / rel).parent)  # the store lost an artifact sweep.json lists as computed
     with pytest.raises(ReportError, match=f"lists pythia-70m step1 as computed but its artifact {task['key'][:12]}"):
         build_table(out)
+
+
+def test_the_readme_worker_commands_give_the_local_clusters_settings():
+    """The README's scheduler and worker commands are the ones the sweep prints, and Dask
+    reads from their environment exactly what a LocalCluster gets."""
+    import shlex
+
+    import dask
+
+    from analysis.core.sweep import (
+        SCHEDULER_CONFIG,
+        WORKER_CONFIG,
+        WORKER_MEMORY_LIMIT,
+        scheduler_command,
+        worker_command,
+    )
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert scheduler_command() in readme and worker_command() in readme
+    words = shlex.split(worker_command("tcp://10.0.0.1:8786"))
+    env = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))
+    args = words[len(env):]
+    assert args[:3] == ["dask", "worker", "tcp://10.0.0.1:8786"]
+    assert args[args.index("--nthreads") + 1] == "1" and args[args.index("--memory-limit") + 1] == str(WORKER_MEMORY_LIMIT)
+    env.update(dict(w.split("=", 1) for w in shlex.split(scheduler_command()) if "=" in w))
+    read = dask.config.collect_env(env)
+    for key, value in {**WORKER_CONFIG, **SCHEDULER_CONFIG}.items():
+        assert dask.config.get(key, config=read) == value, key
+    assert WORKER_CONFIG["distributed.worker.memory.pause"] is False  # never paused mid-load
+
+
+def test_the_dashboard_the_sweep_prints_serves_its_pages():
+    from urllib.request import urlopen
+
+    from analysis.core.sweep import start_executor
+
+    logs: list[str] = []
+    executor, _ = start_executor("local", "cpu", 1, 1, 1, logs.append)
+    try:
+        link = executor.dashboard
+        assert link and link.startswith("http://") and " " not in link  # no "needs bokeh" note
+        with urlopen(link.rsplit("/", 1)[0] + "/status", timeout=30) as page:
+            assert page.status == 200 and b"Dask" in page.read()
+    finally:
+        executor.close()

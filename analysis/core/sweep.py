@@ -32,8 +32,9 @@ driver.
 Scheduling (`--scheduler`): `local` starts a `dask.distributed.LocalCluster` of worker
 processes sized to the machine (on CPU, workers x torch threads per task <= cores; with
 `--device cuda`, one worker per GPU, each pinned to its own device through
-`CUDA_VISIBLE_DEVICES`); `tcp://HOST:PORT` attaches to a running scheduler (`dask scheduler`
-and `dask worker ... --nthreads 1`, or dask-jobqueue on Slurm), through the same code path;
+`CUDA_VISIBLE_DEVICES`); `tcp://HOST:PORT` attaches to a running scheduler (`scheduler_command` and
+`worker_command`: the LocalCluster's settings, from `SCHEDULER_CONFIG`, `WORKER_CONFIG`; or
+dask-jobqueue on Slurm with the same), through the same code path;
 `none` runs the tasks one after another in this process, without importing Dask. Each Dask
 worker runs one task at a time (one model in memory). A worker that dies mid-task leaves no
 partial artifact (writes are atomic) and the scheduler reruns its task on another worker;
@@ -64,6 +65,17 @@ from .errors import ReportError, UsageError
 
 RETRIES = 2                 # reruns of a task that raised (a worker that died is rerun anyway)
 ALLOWED_FAILURES = 3        # worker deaths a task may cause before the scheduler gives it up
+# Every sweep cluster's Dask settings, in one place: `start_executor` applies them to a
+# LocalCluster, `scheduler_command` and `worker_command` print them for one you start (and the
+# README shows those commands). A worker holds one model at a time, whose size Dask does not
+# know: its default memory thresholds would pause a worker loading a large checkpoint (80%)
+# and kill it mid-task (95%), so memory is not managed by Dask (no limit, no spilling: a task's
+# data is a spec and a record); the kernel's OOM killer ends a worker that truly runs out, and
+# the scheduler reruns its task (up to ALLOWED_FAILURES).
+SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}
+WORKER_CONFIG = {"distributed.worker.memory.target": False, "distributed.worker.memory.spill": False,
+                 "distributed.worker.memory.pause": False, "distributed.worker.memory.terminate": False}
+WORKER_MEMORY_LIMIT = 0     # `--memory-limit 0`: no limit
 CONNECT_TIMEOUT_S = 5       # --scheduler tcp://...: how long to wait for the scheduler to answer
 SWEEP_SCHEMA = 1
 DEFAULT_OUT = Path("build") / "sweep"  # float32; other precisions: `default_sweep_out`
@@ -801,19 +813,19 @@ def start_executor(scheduler: str, device: str, workers: int | None, threads: in
     import dask
     from distributed import Client
 
-    dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
-                     "distributed.worker.memory.target": False, "distributed.worker.memory.spill": False,
-                     "distributed.worker.memory.pause": False, "distributed.worker.memory.terminate": False})
+    dask.config.set({**SCHEDULER_CONFIG, **WORKER_CONFIG})
     if kind == "tcp":
         try:
             client = Client(address, timeout=f"{CONNECT_TIMEOUT_S}s")
         except (OSError, TimeoutError) as exc:
             raise UsageError(f"no Dask scheduler answers at {address} ({type(exc).__name__})",
-                             hint="start one (`dask scheduler`, then `dask worker "
-                                  f"{address} --nthreads 1`), or use --scheduler local") from None
+                             hint=f"start one (`{scheduler_command(int(address.rpartition(':')[2]))}`, "
+                                  f"then per machine or GPU `{worker_command(address)}`), or use "
+                                  "--scheduler local") from None
         n_workers = len(client.scheduler_info().get("workers", {}))
         if n_workers == 0:
             log(f"  the scheduler at {address} has no workers yet; tasks wait for them")
+        log(f"  a worker for this sweep: {worker_command(address)}")
         return DaskExecutor(client, None, f"Dask scheduler {address} ({n_workers} workers)"), threads
     n, t = local_sizing(device, workers, threads, n_tasks)
     dash = ":8787"  # Dask's default; another free port when it is taken
@@ -821,7 +833,7 @@ def start_executor(scheduler: str, device: str, workers: int | None, threads: in
         # One worker per GPU, each seeing only its own device (untested here: no GPU).
         from distributed import Nanny, Scheduler, SpecCluster
 
-        specs = {f"gpu{i}": {"cls": Nanny, "options": {"nthreads": 1, "memory_limit": 0,
+        specs = {f"gpu{i}": {"cls": Nanny, "options": {"nthreads": 1, "memory_limit": WORKER_MEMORY_LIMIT,
                                                        "env": {"CUDA_VISIBLE_DEVICES": str(i)}}}
                  for i in range(n)}
         cluster = SpecCluster(workers=specs, scheduler={"cls": Scheduler, "options": {"dashboard_address": dash}},
@@ -830,11 +842,39 @@ def start_executor(scheduler: str, device: str, workers: int | None, threads: in
     else:
         from distributed import LocalCluster
 
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, memory_limit=0,
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, memory_limit=WORKER_MEMORY_LIMIT,
                                dashboard_address=dash, silence_logs=logging.ERROR)
         desc = f"LocalCluster: {n} workers x 1 task, {t} torch threads per task"
     client = Client(cluster)
     return DaskExecutor(client, cluster, desc), t
+
+
+def dask_env(config: dict) -> dict[str, str]:
+    """The environment variables that give a Dask process `config` (`{"distributed.worker.
+    memory.pause": False}` -> `{"DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "False"}`; Dask
+    reads them at import, `dask.config.collect_env`)."""
+    return {"DASK_" + k.upper().replace(".", "__").replace("-", "_"): repr(v) for k, v in config.items()}
+
+
+def _with_env(config: dict, command: str) -> str:
+    import shlex
+
+    return " ".join(f"{k}={shlex.quote(v)}" for k, v in dask_env(config).items()) + " " + command
+
+
+def scheduler_command(port: int = 8786) -> str:
+    """The shell command that starts a scheduler for `--scheduler tcp://HOST:PORT` with the
+    settings a LocalCluster gets (`SCHEDULER_CONFIG`)."""
+    return _with_env(SCHEDULER_CONFIG, f"dask scheduler --port {port}")
+
+
+def worker_command(address: str = "tcp://HOST:8786") -> str:
+    """The shell command that starts one sweep worker for the scheduler at `address` with
+    the settings of a LocalCluster's workers: one task at a time, `WORKER_MEMORY_LIMIT`,
+    `WORKER_CONFIG`. Run it where the sweep's folder and data are visible (set
+    `GERMAN_NEURON_SWEEP_OUT` too when the folder is mounted elsewhere than on the driver)."""
+    return _with_env(WORKER_CONFIG, f"dask worker {address} --nworkers 1 --nthreads 1 "
+                                    f"--memory-limit {WORKER_MEMORY_LIMIT}")
 
 
 def _bokeh() -> bool:
