@@ -556,3 +556,31 @@ def test_the_dashboard_the_sweep_prints_serves_its_pages():
             assert page.status == 200 and b"Dask" in page.read()
     finally:
         executor.close()
+
+
+def test_torch_threads_and_the_batch_size_are_in_the_key(tmp_path, monkeypatch):
+    """Measured here (2-core CPU, `tiny`'s shape): the same task with 1 and 2 torch threads
+    gives different bytes (the payload: the probes' coefficients; the F1 array was equal), so
+    the thread count is in the key (`params.threads`, default 1 whatever the machine), as the
+    forward batch (`--batch-tokens`, `params.batch_tokens`) is; a worker runs with the
+    threads its key names."""
+    from analysis.core.sweep import plan_sweep, run_sweep
+
+    home = tmp_path / "hf"
+    hub_fixture.add_revision(home, "step1", 5)
+    hub_fixture.patch_offline(monkeypatch, home)
+
+    def plan(**kw):
+        return plan_sweep("pythia-70m", "step1", profile="quick", overrides=SIZES, corpus="fixture",
+                          out=tmp_path / "out", **kw)
+
+    keys = {kw: plan(**dict(kw)).tasks[0]["key"] for kw in (
+        (), (("threads", 1),), (("threads", 2),), (("threads", 1), ("batch_tokens", 256)))}
+    assert keys[()] == keys[(("threads", 1),)]  # the default, on any machine
+    assert len(set(keys.values())) == 3
+    p = plan(threads=2)
+    assert p.tasks[0]["params"]["threads"] == 2 and p.settings["threads"] == 2
+    res = run_sweep(p, scheduler="none", log=lambda s: None, live=False)
+    assert res["counts"] == {"computed": 1}
+    art = json.loads(next((tmp_path / "out").glob("store/*/*/checkpoint.json")).read_text())
+    assert art["cost"]["threads"] == 2 and art["provenance"]["params"]["threads"] == 2

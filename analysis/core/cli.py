@@ -330,7 +330,7 @@ def sweep(
     set_: list[str] | None = typer.Option(None, "--set", help=_SET_HELP),  # noqa: B008 (typer idiom)
     scheduler: str = typer.Option("local", help="local (a Dask LocalCluster started here) | tcp://HOST:PORT (a running Dask scheduler) | none (serial, no Dask)"),
     workers: int | None = typer.Option(None, help="workers of the local cluster (default: as many as fit the cores, one per GPU with --device cuda)"),
-    threads: int | None = typer.Option(None, help="torch threads per task (default: cores / workers; all cores with --scheduler none)"),
+    threads: int | None = typer.Option(None, help="torch threads per task (default 1; in each task's key, as the thread count changes a CPU's bytes; workers x threads <= cores)"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     out: str | None = typer.Option(None, help="output folder (default build/sweep; build/sweep-bfloat16 for --dtype bfloat16, -tf32 for --tf32 on): store/, sweep.json, table.parquet, table.csv, the report"),
     data_dir: str | None = typer.Option(None, envvar="GERMAN_NEURON_DATA_DIR", help="folder with the seed's data files (offline; every worker must see it)"),

@@ -78,6 +78,7 @@ WORKER_CONFIG = {"distributed.worker.memory.target": False, "distributed.worker.
 WORKER_MEMORY_LIMIT = 0     # `--memory-limit 0`: no limit
 CONNECT_TIMEOUT_S = 5       # --scheduler tcp://...: how long to wait for the scheduler to answer
 SWEEP_SCHEMA = 1
+DEFAULT_THREADS = 1         # torch threads per task unless --threads (part of every task's key)
 DEFAULT_OUT = Path("build") / "sweep"  # float32; other precisions: `default_sweep_out`
 THRESHOLD_F1 = 0.9          # "the neuron has formed": the context neuron's probe F1 reaches this
 TABLE_COLUMNS = ("model", "kind", "source", "size", "n_params", "deduped", "revision", "step",
@@ -517,6 +518,10 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
         raise UsageError(f"--keep-weights {keep_weights!r}: choose auto, yes or no")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads {threads}: must be at least 1")
+    # In the key: 1 and 2 torch threads give different bytes (measured on CPU: the probes'
+    # coefficients, tests/test_sweep.py), so the default is fixed rather than sized to the
+    # machine, and a rerun elsewhere or with another scheduler reuses what it can.
+    threads = DEFAULT_THREADS if threads is None else threads
     prof = get_profile(profile).with_overrides(list(overrides))
     if batch_tokens is not None:
         if batch_tokens < 64:
@@ -573,7 +578,7 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
             "activation_examples": prof.activation_examples, "loss_examples": prof.loss_examples,
             "crop": [prof.crop_start, prof.crop_end], "n_per_language": prof.probe_samples,
             "test_size": prof.probe_test_size, "split_seed": prof.seed,
-            "batch_tokens": prof.batch_tokens, "dtype": dtype, "tf32": tf32,
+            "batch_tokens": prof.batch_tokens, "threads": threads, "dtype": dtype, "tf32": tf32,
             "ablation": "mean (English mean at that checkpoint, hook_post)",
         }
         base[e.name] = {
@@ -768,9 +773,10 @@ def _has_dashboard(client) -> bool:
 def local_sizing(device: str, workers: int | None, threads: int | None, n_tasks: int) -> tuple[int, int]:
     """(workers, torch threads per task) of a LocalCluster on this machine.
 
-    CPU: `workers` (default: as many as tasks, at most the cores) x threads (default: the
-    cores over the workers) <= cores. CUDA: one worker per GPU (`workers` at most that),
-    each task with the cores over the workers as threads.
+    CPU: `workers` (default: as many as tasks, at most the cores over `threads`) x threads
+    (default: the cores over the workers) <= cores. CUDA: one worker per GPU (`workers` at
+    most that), each task with `threads` (default the cores over the workers). A sweep plan
+    always gives `threads` (it is in the task keys).
 
     Raises:
         UsageError: `--workers` below 1; `--device cuda` without a GPU; more workers than GPUs.
@@ -788,7 +794,7 @@ def local_sizing(device: str, workers: int | None, threads: int | None, n_tasks:
             raise UsageError(f"--workers {workers}: only {n_gpu} GPUs; one worker per GPU")
         n = workers or n_gpu
         return n, threads or max(1, cores // n)
-    n = workers or max(1, min(cores, n_tasks))
+    n = workers or max(1, min(cores // (threads or 1), n_tasks))
     t = threads or max(1, cores // n)
     if n * t > cores:
         raise UsageError(f"--workers {n} x --threads {t} = {n * t} exceeds the {cores} cores here",

@@ -199,7 +199,8 @@ def run_task(spec: dict) -> dict:
     than the driver's). Anything else raises, and Dask retries the task.
     """
     t0 = time.perf_counter()
-    threads = spec.get("threads") or _worker_threads()
+    # the threads the key names (`params.threads`); a spec from before threads were keyed: as given
+    threads = spec["params"].get("threads") or spec.get("threads") or _worker_threads()
     base = {"key": spec["key"], "commit": spec.get("commit"), "threads": threads,
             "worker": f"{socket.gethostname()}:{os.getpid()}", "tokens_forwarded": 0,
             "peak_rss_bytes": None, "reason": None}
