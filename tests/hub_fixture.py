@@ -12,7 +12,8 @@ The layout is huggingface_hub's own (`$HF_HOME/hub`):
 Each revision holds a tiny random GPT-NeoX (`analysis.core.models.TINY_SHAPE`, LayerNorms
 and biases perturbed as the `tiny` model's) with its own seed, and the fixture BPE tokenizer
 (`analysis.controls.tiny_tokenizer`): `config.json`, `generation_config.json`,
-`model.safetensors` (or `pytorch_model.bin`), `tokenizer.json`, `tokenizer_config.json`,
+`model.safetensors` (or `pytorch_model.bin`, or shards of either with their
+`*.index.json`), `tokenizer.json`, `tokenizer_config.json`,
 `special_tokens_map.json`. Reused by the dynamics tests and by sweeps over revisions.
 
 Other repositories (`repo="EleutherAI/pythia-160m"`) and other shapes (`shape=`, keyword
@@ -70,8 +71,40 @@ def _add_file(repo_dir: Path, snapshot: Path, name: str, data: bytes) -> None:
         shutil.copyfile(blob, link)
 
 
+WEIGHTS = ("safetensors", "bin", "safetensors-sharded", "bin-sharded")
+SHARDS = 3  # of a sharded checkpoint: more than two, so that a middle shard exists
+
+
+def _shard_files(state: Mapping, kind: str, n: int = SHARDS) -> dict[str, bytes]:
+    """`state` split, in order, into `n` shards named as Hugging Face names them
+    (`model-00001-of-00003.safetensors`, `pytorch_model-00001-of-00003.bin`), with their index
+    (`model.safetensors.index.json`, `pytorch_model.bin.index.json`)."""
+    import torch
+    from safetensors.torch import save
+
+    names = list(state)
+    stem, ext, index = (("model", "safetensors", "model.safetensors.index.json") if kind == "safetensors"
+                        else ("pytorch_model", "bin", "pytorch_model.bin.index.json"))
+    files, weight_map = {}, {}
+    for i in range(n):
+        part = {k: state[k].contiguous().clone() for k in names[i * len(names) // n:(i + 1) * len(names) // n]}
+        fname = f"{stem}-{i + 1:05d}-of-{n:05d}.{ext}"
+        if kind == "safetensors":
+            files[fname] = save(part, metadata={"format": "pt"})
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save(part, Path(tmp) / "w.bin")
+                files[fname] = (Path(tmp) / "w.bin").read_bytes()
+        weight_map.update(dict.fromkeys(part, fname))
+    total = sum(int(v.numel() * v.element_size()) for v in state.values())
+    files[index] = json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                              indent=2, sort_keys=True).encode()
+    return files
+
+
 def _checkpoint_files(seed: int, weights: str, shape: Mapping | None = None) -> dict[str, bytes]:
-    """The files of a tiny checkpoint (`weights`: "safetensors" or "bin"; `shape`: config
+    """The files of a tiny checkpoint (`weights`: one of `WEIGHTS`: one `model.safetensors`
+    or `pytorch_model.bin`, or `SHARDS` shards of either with their index; `shape`: config
     keyword arguments over `TINY_SHAPE`)."""
     import torch
 
@@ -88,13 +121,19 @@ def _checkpoint_files(seed: int, weights: str, shape: Mapping | None = None) -> 
     files.setdefault("special_tokens_map.json", json.dumps(
         {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
          "pad_token": "<|padding|>"}).encode())
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, not {weights!r}")
     if weights == "bin":
         del files["model.safetensors"]
         with tempfile.TemporaryDirectory() as tmp:
             torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, Path(tmp) / "w.bin")
             files["pytorch_model.bin"] = (Path(tmp) / "w.bin").read_bytes()
-    elif weights != "safetensors":
-        raise ValueError(f"weights must be 'safetensors' or 'bin', not {weights!r}")
+    elif weights.endswith("-sharded"):
+        # the tensors save_pretrained wrote (so the same names), split into shards
+        from safetensors.torch import load
+
+        state = load(files.pop("model.safetensors"))
+        files.update(_shard_files(state, weights.removesuffix("-sharded")))
     return files
 
 
@@ -103,8 +142,9 @@ def add_revision(hf_home: str | os.PathLike, revision: str, seed: int, *, weight
                  shape: Mapping | None = None) -> str:
     """Put one revision into the cache; returns its commit id.
 
-    `weights`: "safetensors" (model.safetensors) or "bin" (pytorch_model.bin from
-    `torch.save` of the state dict). `trap_bin`: also place a `pytorch_model.bin` that, if
+    `weights`: "safetensors" (model.safetensors), "bin" (pytorch_model.bin from
+    `torch.save` of the state dict), "safetensors-sharded" or "bin-sharded" (the same tensors
+    in `SHARDS` shards with Hugging Face's index file, as large Pythia checkpoints are). `trap_bin`: also place a `pytorch_model.bin` that, if
     ever unpickled without `weights_only=True`, creates `trap_marker(hf_home, commit)`.
     `trap_only`: that trap is the only weights file. `repo`, `shape`: see the module docstring.
     """
@@ -132,19 +172,22 @@ def trap_marker(hf_home: str | os.PathLike, commit: str) -> Path:
 
 def build_hub_cache(hf_home: str | os.PathLike, revisions: Mapping[str, int] | Iterable[str], *,
                     trap_bin: Iterable[str] = (), repo: str = REPO,
-                    shape: Mapping | None = None) -> dict[str, str]:
+                    shape: Mapping | None = None, weights: Mapping[str, str] | None = None) -> dict[str, str]:
     """A Hub cache under `hf_home` holding `revisions` of `repo` (default
     `EleutherAI/pythia-70m`; `shape`: config keyword arguments over `TINY_SHAPE`).
 
     `revisions`: `{revision: seed}`, or revision names (seeded 0, 1, 2, ... in order, so
     every revision's weights differ). `trap_bin`: revisions that also get a trap
-    `pytorch_model.bin` beside their safetensors. Returns `{revision: commit id}`; set
+    `pytorch_model.bin` beside their safetensors. `weights`: `{revision: layout}` (see
+    `add_revision`; default "safetensors"). Returns `{revision: commit id}`; set
     `HF_HOME=hf_home` (and `HF_HUB_OFFLINE=1`) for a process to read it.
     """
     if not isinstance(revisions, Mapping):
         revisions = {r: i for i, r in enumerate(revisions)}
     traps = set(trap_bin)
-    return {rev: add_revision(hf_home, rev, seed, trap_bin=rev in traps, repo=repo, shape=shape)
+    layouts = dict(weights or {})
+    return {rev: add_revision(hf_home, rev, seed, weights=layouts.get(rev, "safetensors"),
+                              trap_bin=rev in traps, repo=repo, shape=shape)
             for rev, seed in revisions.items()}
 
 

@@ -9,6 +9,7 @@ per dtype, shared by the key, provenance and tolerance tests.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -266,3 +267,63 @@ def test_a_bf16_sweep_task_is_keyed_and_recorded_apart(tmp_path):
     assert art["provenance"]["params"]["dtype"] == "bfloat16"
     assert np.isfinite(art["result"]["loss"]["german"])
     assert Path(res["table"]["csv"]).is_file()
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def _files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def test_a_bf16_run_gets_its_own_default_folder_and_leaves_float32_untouched(runs, tmp_path, monkeypatch):
+    import shutil
+
+    from analysis.core.errors import UsageError
+    from analysis.core.pipeline import default_out, run_report
+
+    assert default_out("tiny") == Path("build") / "tiny"
+    assert default_out("tiny", dtype="bfloat16") == Path("build") / "tiny-bfloat16"
+    assert default_out("tiny", tf32=True) == Path("build") / "tiny-tf32"
+    assert default_out("tiny", dtype="bfloat16", tf32=True) == Path("build") / "tiny-bfloat16-tf32"
+    monkeypatch.chdir(tmp_path)
+    fp32 = tmp_path / "build" / "tiny"  # the float32 run, where a default float32 run writes
+    shutil.copytree(runs["float32"]["out"], fp32)
+    before = _files(fp32)
+    assert any(k.startswith("artifacts/") for k in before)
+    from analysis.core.config import Neuron, RunConfig, get_profile
+
+    cfg = RunConfig(model="tiny", neuron=Neuron.parse("L3N669"), profile=get_profile("quick").with_overrides(
+        list(SIZES)), studied=(Neuron(3, 669),), dtype="bfloat16")
+    res = run_report(cfg, render=False, corpus="fixture", steps=("activations",), show_progress=False,
+                     log=lambda s: None)
+    assert res["out"] == Path("build") / "tiny-bfloat16"
+    assert res["artifacts"]["activations"]["provenance"]["model"]["dtype"] == "bfloat16"
+    assert (tmp_path / "build" / "tiny-bfloat16" / "artifacts" / "activations.json").is_file()
+    assert _files(fp32) == before  # bytes and modification times
+    # an explicit --out holding float32 artifacts is refused before any compute
+    with pytest.raises(UsageError, match=r"holds float32 artifacts .* a bfloat16 run would replace them") as e:
+        run_report(replace(cfg, out=str(fp32)), render=False, corpus="fixture", steps=("activations",),
+                   show_progress=False, log=lambda s: None)
+    assert "build/tiny-bfloat16" in e.value.hint
+    assert _files(fp32) == before
+
+
+def test_a_bf16_sweep_defaults_to_its_own_folder_and_refuses_a_float32_one(tmp_path):
+    from analysis.core.errors import UsageError
+    from analysis.core.sweep import DEFAULT_OUT, default_sweep_out, plan_sweep
+
+    assert default_sweep_out() == DEFAULT_OUT == Path("build") / "sweep"
+    assert default_sweep_out("bfloat16") == Path("build") / "sweep-bfloat16"
+    assert default_sweep_out("float32", True) == Path("build") / "sweep-tf32"
+    out = tmp_path / "s"
+    out.mkdir()
+    manifest = json.dumps({"settings": {"dtype": "float32", "tf32": False}})
+    (out / "sweep.json").write_text(manifest)
+    with pytest.raises(UsageError, match="holds a float32 sweep; a bfloat16 sweep would replace") as e:
+        plan_sweep("pythia-70m", "step1", out=out, dtype="bfloat16", corpus="fixture")
+    assert "build/sweep-bfloat16" in e.value.hint
+    with pytest.raises(UsageError, match="holds a float32 sweep; a float32 \\+ TF32 sweep"):
+        plan_sweep("pythia-70m", "step1", out=out, tf32="on", corpus="fixture")
+    assert (out / "sweep.json").read_text() == manifest and sorted(os.listdir(out)) == ["sweep.json"]

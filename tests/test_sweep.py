@@ -37,8 +37,9 @@ def _plan(out, revisions=REQUEST, models="pythia-70m,pythia-160m", **kw):
 def _run(out, scheduler="none", workers=None, **kw):
     from analysis.core.sweep import run_sweep
 
-    logs: list[str] = []
-    res = run_sweep(_plan(out, **kw), scheduler=scheduler, workers=workers, log=logs.append, live=False)
+    logs: list[str] = []  # the plan's lines, then the run's
+    res = run_sweep(_plan(out, log=logs.append, **kw), scheduler=scheduler, workers=workers, log=logs.append,
+                    live=False)
     return res, logs
 
 
@@ -369,3 +370,217 @@ def test_a_model_report_shows_the_sweep_beside_its_own_dynamics(tiny_report, ser
     with pytest.raises(UsageError, match="holds no sweep"):  # checked before any compute
         run_report(cfg, corpus="fixture", sweep=str(tmp_path), log=lambda s: None)
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- scale
+
+
+LAYOUTS = {"step1": "safetensors", "step2": "safetensors-sharded", "step4": "bin-sharded"}
+
+
+def test_sharded_checkpoints_with_their_index_measure_as_one_file(tmp_path, monkeypatch):
+    """The same weights (one seed) as one model.safetensors, as safetensors shards and as
+    pickled shards (pythia-12b's layout), each with Hugging Face's index: every layout is
+    fetched by the Hub patterns, loaded, and measured to the same numbers."""
+    from fnmatch import fnmatch
+
+    from analysis.core.models import HUB_PATTERNS_PICKLE, HUB_PATTERNS_SAFETENSORS, weight_files
+    from analysis.core.sweep_task import load_artifact
+
+    home = tmp_path / "hf"
+    commits = {rev: hub_fixture.add_revision(home, rev, 7, weights=w, shape=SHAPE_70M) for rev, w in LAYOUTS.items()}
+    hub_fixture.patch_offline(monkeypatch, home)
+    snaps = {rev: hub_fixture.repo_folder(home) / "snapshots" / c for rev, c in commits.items()}
+    bins = sorted(p.name for p in snaps["step4"].iterdir() if "pytorch_model" in p.name)
+    assert bins == [f"pytorch_model-0000{i}-of-00003.bin" for i in (1, 2, 3)] + ["pytorch_model.bin.index.json"]
+    for name in bins:  # what _hub_snapshot asks the Hub for covers every file of the layout
+        assert any(fnmatch(name, pat) for pat in HUB_PATTERNS_PICKLE), name
+    for p in snaps["step2"].iterdir():
+        if p.name.startswith("model"):
+            assert any(fnmatch(p.name, pat) for pat in HUB_PATTERNS_SAFETENSORS), p.name
+    assert [p.name for p in weight_files(snaps["step2"])] == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
+    res, _ = _run(tmp_path / "out", revisions=",".join(LAYOUTS), models="pythia-70m")
+    assert res["counts"] == {"computed": 3}, res["tasks"]
+    arts = {t["revision"]: load_artifact(tmp_path / "out" / "store", t["key"]) for t in res["tasks"]}
+    assert {r: a["result"]["model"]["commit"] for r, a in arts.items()} == commits
+    one = arts["step1"]
+    for rev in ("step2", "step4"):
+        assert {k: v for k, v in arts[rev]["result"].items() if k != "model"} == \
+            {k: v for k, v in one["result"].items() if k != "model"}, rev
+        assert arts[rev]["arrays"] == one["arrays"], rev  # every array's sha256
+
+
+def test_a_sharded_snapshot_missing_a_shard_is_skipped_and_a_folder_refused(tmp_path, monkeypatch):
+    import shutil
+
+    from analysis.core.errors import UsageError
+    from analysis.core.models import check_checkpoint_dir
+
+    home = tmp_path / "hf"
+    commit = hub_fixture.add_revision(home, "step2", 7, weights="safetensors-sharded", shape=SHAPE_70M)
+    hub_fixture.patch_offline(monkeypatch, home)
+    snap = hub_fixture.repo_folder(home) / "snapshots" / commit
+    folder = shutil.copytree(snap, tmp_path / "ckpt")  # a plain folder (symlinks resolved)
+    (snap / "model-00002-of-00003.safetensors").unlink()
+    res, _ = _run(tmp_path / "out", revisions="step2", models="pythia-70m")
+    (task,) = res["tasks"]
+    assert task["status"] == "skipped"
+    assert task["reason"] == "the snapshot lacks 1 of the weight shards its index names (model-00002-of-00003.safetensors)"
+    check_checkpoint_dir(folder)
+    (folder / "model-00003-of-00003.safetensors").unlink()
+    with pytest.raises(UsageError, match=r"lacks 1 of the weight shards its index names \(model-00003-of-00003"):
+        check_checkpoint_dir(folder)
+
+
+def test_a_branch_that_moved_on_the_hub_is_refreshed_recorded_and_kept_offline(tmp_path, monkeypatch):
+    """A branch re-uploaded on the Hub (as Pythia's were): online, the Hub's commit replaces
+    the cached one, the move is logged and recorded; offline afterwards the record wins over
+    the cache's stale `refs/` and nothing is recomputed. The Hub is a stand-in (no network)."""
+    from analysis.core import sweep
+    from analysis.core.sweep_task import load_artifact, refs_path
+
+    home = tmp_path / "hf"
+    old = hub_fixture.add_revision(home, "step1", 3, shape=SHAPE_70M)
+    new = hub_fixture.add_revision(home, "step2", 4, shape=SHAPE_70M)  # the re-upload's snapshot
+    hub_fixture.patch_offline(monkeypatch, home)
+    out = tmp_path / "out"
+    res, logs = _run(out, revisions="step1", models="pythia-70m")
+    assert res["tasks"][0]["commit"] == old and res["counts"] == {"computed": 1}
+    assert res["manifest"]["refs"]["checked"] == {"EleutherAI/pythia-70m": "offline"}
+    assert any("offline: the commits of 1 branches are those recorded, not checked" in line for line in logs)
+
+    asked = []
+    monkeypatch.setattr(sweep, "_hub_offline", lambda: False)
+    monkeypatch.setattr(sweep, "_hub_branches", lambda repo: asked.append(repo) or {"step1": new})
+    res, logs = _run(out, revisions="step1", models="pythia-70m")
+    (task,) = res["tasks"]
+    assert asked == ["EleutherAI/pythia-70m"]  # one request per repository
+    assert task["status"] == "computed" and task["commit"] == new and task["commit_moved_from"] == old
+    assert load_artifact(out / "store", task["key"])["result"]["model"]["commit"] == new
+    assert res["manifest"]["refs"]["moved"] == [{"repo": "EleutherAI/pythia-70m", "revision": "step1", "old": old,
+                                                 "new": new, "old_from": "the local Hugging Face cache"}]
+    assert any(f"step1 moved on the Hub: {old[:12]} -> {new[:12]}" in line for line in logs)
+    rec = json.loads(refs_path(out / "refs", "EleutherAI/pythia-70m", "step1").read_text())
+    assert (rec["commit"], rec["moved_from"], rec["source"]) == (new, old, "hub")
+    assert json.loads((out / "sweep.json").read_text())["tasks"][0]["commit_moved_from"] == old
+
+    monkeypatch.undo()  # offline again; the cache's refs/step1 still names the old commit
+    hub_fixture.patch_offline(monkeypatch, home)
+    assert (hub_fixture.repo_folder(home) / "refs" / "step1").read_text() == old
+    res, _ = _run(out, revisions="step1", models="pythia-70m")
+    assert res["counts"] == {"reused": 1} and res["tasks"][0]["commit"] == new
+
+
+def test_specs_carry_relative_paths_and_a_missing_artifact_is_a_failed_task(tmp_path, monkeypatch):
+    """A worker that sees another folder than the driver's (its `GERMAN_NEURON_SWEEP_OUT`)
+    writes its artifact there: the driver finds none in its store and the task fails with a
+    one-line cause, not "computed" with a row silently missing from the table. The same
+    folder under another path (a symlink: another mount point) works."""
+    import pandas as pd
+
+    from analysis.core.errors import ReportError
+    from analysis.core.sweep import build_table
+    from analysis.core.sweep_task import OUT_ENV
+
+    home = tmp_path / "hf"
+    hub_fixture.add_revision(home, "step1", 3, shape=SHAPE_70M)
+    hub_fixture.patch_offline(monkeypatch, home)
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    plan = _plan(out, revisions="step1", models="pythia-70m")
+    (spec,) = plan.tasks
+    assert (spec["store"], spec["refs"], spec["out"]) == ("store", "refs", str(out.resolve()))
+
+    monkeypatch.setenv(OUT_ENV, str(elsewhere))
+    res, _ = _run(out, revisions="step1", models="pythia-70m")
+    (task,) = res["tasks"]
+    assert res["counts"] == {"failed": 1} and task["status"] == "failed"
+    rel = f"store/{task['key'][:2]}/{task['key']}/checkpoint.json"
+    assert task["reason"].startswith(f"worker {task['worker']} reported it computed but {rel} is not in {out}")
+    assert f"the worker wrote {elsewhere / rel}" in task["reason"] and OUT_ENV in task["reason"]
+    assert "\n" not in task["reason"] and (elsewhere / rel).is_file() and not (out / rel).exists()
+    assert json.loads((out / "sweep.json").read_text())["tasks"][0]["status"] == "failed"
+    assert pd.read_parquet(out / "table.parquet").empty
+
+    (tmp_path / "mount").symlink_to(out, target_is_directory=True)  # the same folder, another path
+    monkeypatch.setenv(OUT_ENV, str(tmp_path / "mount"))
+    res, _ = _run(out, revisions="step1", models="pythia-70m")
+    assert res["counts"] == {"computed": 1} and (out / rel).is_file() and res["table"]["rows"] > 0
+
+    import shutil
+
+    shutil.rmtree((out / rel).parent)  # the store lost an artifact sweep.json lists as computed
+    with pytest.raises(ReportError, match=f"lists pythia-70m step1 as computed but its artifact {task['key'][:12]}"):
+        build_table(out)
+
+
+def test_the_readme_worker_commands_give_the_local_clusters_settings():
+    """The README's scheduler and worker commands are the ones the sweep prints, and Dask
+    reads from their environment exactly what a LocalCluster gets."""
+    import shlex
+
+    import dask
+
+    from analysis.core.sweep import (
+        SCHEDULER_CONFIG,
+        WORKER_CONFIG,
+        WORKER_MEMORY_LIMIT,
+        scheduler_command,
+        worker_command,
+    )
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert scheduler_command() in readme and worker_command() in readme
+    words = shlex.split(worker_command("tcp://10.0.0.1:8786"))
+    env = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))
+    args = words[len(env):]
+    assert args[:3] == ["dask", "worker", "tcp://10.0.0.1:8786"]
+    assert args[args.index("--nthreads") + 1] == "1" and args[args.index("--memory-limit") + 1] == str(WORKER_MEMORY_LIMIT)
+    env.update(dict(w.split("=", 1) for w in shlex.split(scheduler_command()) if "=" in w))
+    read = dask.config.collect_env(env)
+    for key, value in {**WORKER_CONFIG, **SCHEDULER_CONFIG}.items():
+        assert dask.config.get(key, config=read) == value, key
+    assert WORKER_CONFIG["distributed.worker.memory.pause"] is False  # never paused mid-load
+
+
+def test_the_dashboard_the_sweep_prints_serves_its_pages():
+    from urllib.request import urlopen
+
+    from analysis.core.sweep import start_executor
+
+    logs: list[str] = []
+    executor, _ = start_executor("local", "cpu", 1, 1, 1, logs.append)
+    try:
+        link = executor.dashboard
+        assert link and link.startswith("http://") and " " not in link  # no "needs bokeh" note
+        with urlopen(link.rsplit("/", 1)[0] + "/status", timeout=30) as page:
+            assert page.status == 200 and b"Dask" in page.read()
+    finally:
+        executor.close()
+
+
+def test_torch_threads_and_the_batch_size_are_in_the_key(tmp_path, monkeypatch):
+    """Measured here (2-core CPU, `tiny`'s shape): the same task with 1 and 2 torch threads
+    gives different bytes (the payload: the probes' coefficients; the F1 array was equal), so
+    the thread count is in the key (`params.threads`, default 1 whatever the machine), as the
+    forward batch (`--batch-tokens`, `params.batch_tokens`) is; a worker runs with the
+    threads its key names."""
+    from analysis.core.sweep import plan_sweep, run_sweep
+
+    home = tmp_path / "hf"
+    hub_fixture.add_revision(home, "step1", 5)
+    hub_fixture.patch_offline(monkeypatch, home)
+
+    def plan(**kw):
+        return plan_sweep("pythia-70m", "step1", profile="quick", overrides=SIZES, corpus="fixture",
+                          out=tmp_path / "out", **kw)
+
+    keys = {kw: plan(**dict(kw)).tasks[0]["key"] for kw in (
+        (), (("threads", 1),), (("threads", 2),), (("threads", 1), ("batch_tokens", 256)))}
+    assert keys[()] == keys[(("threads", 1),)]  # the default, on any machine
+    assert len(set(keys.values())) == 3
+    p = plan(threads=2)
+    assert p.tasks[0]["params"]["threads"] == 2 and p.settings["threads"] == 2
+    res = run_sweep(p, scheduler="none", log=lambda s: None, live=False)
+    assert res["counts"] == {"computed": 1}
+    art = json.loads(next((tmp_path / "out").glob("store/*/*/checkpoint.json")).read_text())
+    assert art["cost"]["threads"] == 2 and art["provenance"]["params"]["threads"] == 2

@@ -649,10 +649,10 @@ def _memory_child(spec: dict, queue) -> None:
     """Child process: one sweep task from a fresh interpreter; sends back its record and the
     artifact's cost."""
     try:
-        from .sweep_task import load_artifact, run_task
+        from .sweep_task import load_artifact, run_task, task_store
 
         rec = run_task(spec)
-        art = load_artifact(spec["store"], rec["key"])
+        art = load_artifact(task_store(spec), rec["key"])
         queue.put({"rec": rec, "cost": art["cost"], "payload_sha256": art["payload_sha256"]})
     except BaseException as exc:  # reported by the parent
         queue.put({"error": f"{type(exc).__name__}: {exc}"})

@@ -60,7 +60,7 @@ def report(
     device: str = typer.Option("cpu", help="cpu | cuda"),
     dtype: str = typer.Option("float32", help=_DTYPE_HELP),
     tf32: str = typer.Option("off", help=_TF32_HELP),
-    out: str | None = typer.Option(None, help="output folder (default build/<model-id>/)"),
+    out: str | None = typer.Option(None, help="output folder (default build/<model-id>/; build/<model-id>-bfloat16/ for --dtype bfloat16, -tf32 for --tf32 on)"),
     corpus: str | None = typer.Option(None, help="seed (KDE4 English / WMT German) | fixture (the package's own short texts) | europarl-heldout (the organism's held-out passages); default: europarl-heldout for the organism, else seed"),
     renderer: str = typer.Option("auto", help="auto (quarto if installed, else pandoc+typst) | quarto | pandoc"),
     render: bool = typer.Option(True, help="build report.html/report.pdf after the artifacts"),
@@ -156,12 +156,23 @@ def organism(
     typer.echo(f"final checkpoint: {folder / final['path']}  (use --model organism)")
 
 
-def _out_dir(model: str, out: str | None):
+def _out_dir(model: str, out: str | None, dtype: str = "float32", tf32: str = "off"):
+    """`--out`, else the run's default folder for its precision (`pipeline.default_out`).
+
+    Raises:
+        UsageError: a bad `--dtype` or `--tf32`.
+    """
     from pathlib import Path
 
     from .pipeline import default_out
+    from .precision import parse_dtype, parse_tf32
 
-    return Path(out) if out else default_out(model)
+    return Path(out) if out else default_out(model, dtype=parse_dtype(dtype), tf32=parse_tf32(tf32))
+
+
+_RUN_DTYPE_HELP = ("the run's --dtype, which picks its default folder (build/<model-id>-bfloat16/ "
+                   "for bfloat16); ignored with --out")
+_RUN_TF32_HELP = "the run's --tf32, which picks its default folder (-tf32); ignored with --out"
 
 
 # `german-neuron regression` exits with this when no baseline applies to the run (1 means
@@ -179,6 +190,8 @@ def regression(
     model: str = typer.Option("pythia-70m", help="model id whose artifacts to check"),
     profile: str | None = typer.Option(None, help="profile the artifacts were made with (default: as recorded in them; checked against them)"),
     out: str | None = typer.Option(None, help="output folder of the run (default build/<model-id>/)"),
+    dtype: str = typer.Option("float32", help=_RUN_DTYPE_HELP),
+    tf32: str = typer.Option("off", help=_RUN_TF32_HELP),
     baseline: str | None = typer.Option(None, help="baseline JSON (default: the one in baselines/ recorded for the run's configuration)"),
     all_rows: bool = typer.Option(False, "--all", help="print every row, not only problems"),
 ) -> None:
@@ -188,7 +201,8 @@ def regression(
 
     from . import regression as reg
 
-    out_dir = _out_dir(model, out)
+    with one_line_errors(False):
+        out_dir = _out_dir(model, out, dtype, tf32)
     arts = reg.load_artifacts(out_dir)
     if not arts:
         typer.echo(f"error: no artifacts in {out_dir / 'artifacts'}; build the report first", err=True)
@@ -224,6 +238,8 @@ def baseline(
     model: str = typer.Option(..., help="tiny | pythia-70m-random (fixture baselines only)"),
     profile: str | None = typer.Option(None, help="profile the artifacts were made with (default: as recorded in them)"),
     out: str | None = typer.Option(None, help="output folder of the run (default build/<model-id>/)"),
+    dtype: str = typer.Option("float32", help=_RUN_DTYPE_HELP),
+    tf32: str = typer.Option("off", help=_RUN_TF32_HELP),
     update: bool = typer.Option(False, "--update", help="write the baseline (otherwise only show the diff)"),
 ) -> None:
     """Record a fixture baseline from a run's artifacts, showing what changes. It is
@@ -243,7 +259,8 @@ def baseline(
         typer.echo("error: the pythia-70m baseline is the seed's printed output "
                    "(analysis/resources/seed_reference.json); it is not recorded from a run", err=True)
         raise typer.Exit(2)
-    arts = reg.load_artifacts(_out_dir(model, out))
+    with one_line_errors(False):
+        arts = reg.load_artifacts(_out_dir(model, out, dtype, tf32))
     if not arts:
         typer.echo("error: no artifacts; build the report first", err=True)
         raise typer.Exit(2)
@@ -318,9 +335,9 @@ def sweep(
     set_: list[str] | None = typer.Option(None, "--set", help=_SET_HELP),  # noqa: B008 (typer idiom)
     scheduler: str = typer.Option("local", help="local (a Dask LocalCluster started here) | tcp://HOST:PORT (a running Dask scheduler) | none (serial, no Dask)"),
     workers: int | None = typer.Option(None, help="workers of the local cluster (default: as many as fit the cores, one per GPU with --device cuda)"),
-    threads: int | None = typer.Option(None, help="torch threads per task (default: cores / workers; all cores with --scheduler none)"),
+    threads: int | None = typer.Option(None, help="torch threads per task (default 1; in each task's key, as the thread count changes a CPU's bytes; workers x threads <= cores)"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
-    out: str | None = typer.Option(None, help="output folder (default build/sweep): store/, sweep.json, table.parquet, table.csv, the report"),
+    out: str | None = typer.Option(None, help="output folder (default build/sweep; build/sweep-bfloat16 for --dtype bfloat16, -tf32 for --tf32 on): store/, sweep.json, table.parquet, table.csv, the report"),
     data_dir: str | None = typer.Option(None, envvar="GERMAN_NEURON_DATA_DIR", help="folder with the seed's data files (offline; every worker must see it)"),
     corpus: str | None = typer.Option(None, help="seed | fixture | europarl-heldout; default: europarl-heldout for the organism, else seed"),
     keep_weights: str = typer.Option("auto", help="auto | yes | no: keep each Hub revision's downloaded weights after its task (auto: no for 1B parameters and up)"),

@@ -111,12 +111,70 @@ class LoadedModel:
         return [self.tokenizer.decode([int(i)]) for i in ids]
 
 
+# Hugging Face's names for a checkpoint's weights: one file, or shards listed by an index
+# (`{"weight_map": {tensor name: shard file}}`), e.g. pythia-12b's
+# `pytorch_model-00001-of-00003.bin` ... with `pytorch_model.bin.index.json`.
+WEIGHT_LAYOUTS = (("model.safetensors", "model.safetensors.index.json", "*.safetensors"),
+                  ("pytorch_model.bin", "pytorch_model.bin.index.json", "*.bin"))
+
+
+def _index_shards(index: Path) -> list[str] | None:
+    """The shard files a `*.index.json` names (sorted, each once), None when there is no
+    index file.
+
+    Raises:
+        UsageError: the index is not JSON or has no `weight_map` of file names.
+    """
+    if not index.is_file():
+        return None
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UsageError(f"{index} is not a weights index (a JSON object with a weight_map)") from None
+    if not shards or not all(isinstance(n, str) and n and "/" not in n for n in shards):
+        raise UsageError(f"{index} names no shard files, or names one outside its folder")
+    return shards
+
+
+def _weight_layout(path: Path) -> tuple[list[str], list[str]]:
+    """(weight file names present, shard names an index lists but the folder lacks) of the
+    layout `transformers` loads: safetensors before pickles; within each, the single file,
+    else the index's shards, else every file of that suffix."""
+    for single, index, pattern in WEIGHT_LAYOUTS:
+        if (path / single).is_file():
+            return [single], []
+        shards = _index_shards(path / index)
+        if shards is not None:
+            return ([n for n in shards if (path / n).is_file()],
+                    [n for n in shards if not (path / n).is_file()])
+        found = sorted(p.name for p in path.glob(pattern) if p.is_file())
+        if found:
+            return found, []
+    return [], []
+
+
 def weight_files(path: Path) -> list[Path]:
-    """The weight files a checkpoint folder is loaded from: its `*.safetensors` files when it
-    has any (a `pytorch_model.bin` beside them is never read), else its `*.bin` files."""
+    """The weight files a checkpoint folder is loaded from: safetensors when it has any (a
+    `pytorch_model.bin` beside them is never read), else pickles; either one file
+    (`model.safetensors`, `pytorch_model.bin`) or the shards its index names
+    (`model.safetensors.index.json`, `pytorch_model.bin.index.json`; only those present, see
+    `missing_shards`).
+
+    Raises:
+        UsageError: an index file that is not a weights index.
+    """
     path = Path(path)
-    safe = sorted(p for p in path.glob("*.safetensors") if p.is_file())
-    return safe or sorted(p for p in path.glob("*.bin") if p.is_file())
+    return [path / n for n in _weight_layout(path)[0]]
+
+
+def missing_shards(path: Path) -> list[str]:
+    """The shard files the folder's weights index names but the folder lacks (an
+    interrupted or partial download), in order; empty for a complete or unsharded folder.
+
+    Raises:
+        UsageError: an index file that is not a weights index.
+    """
+    return _weight_layout(Path(path))[1]
 
 
 def _fingerprint_dir(path: Path) -> str:
@@ -372,8 +430,11 @@ def _offline_message(what: str, revision: str = PYTHIA_REVISION,
 
 # What `_hub_snapshot` asks the Hub for: the safetensors weights, and the pickled
 # `pytorch_model.bin` only for a revision that has no safetensors file (never both).
+# Both cover sharded checkpoints: `*.json` brings the index (`model.safetensors.index.json`,
+# `pytorch_model.bin.index.json`) and the globs its shards (`model-00001-of-00002.safetensors`,
+# `pytorch_model-00001-of-00003.bin`, as pythia-12b's branches are published).
 HUB_PATTERNS_SAFETENSORS = ["*.json", "*.safetensors"]
-HUB_PATTERNS_PICKLE = ["*.json", "pytorch_model.bin"]
+HUB_PATTERNS_PICKLE = ["*.json", "pytorch_model*.bin"]
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
@@ -398,14 +459,16 @@ def _hub_snapshot(revision: str = PYTHIA_REVISION, repo: str = PYTHIA_REPO) -> P
     at `revision` (a Hub branch such as `step143000`, or a commit id), downloaded if needed.
 
     The Hub is asked for `*.json` and `*.safetensors` first (`HUB_PATTERNS_SAFETENSORS`);
-    only when the revision has no safetensors file is `pytorch_model.bin` fetched
-    (`HUB_PATTERNS_PICKLE`), so a download never fetches both. Offline (`HF_HUB_OFFLINE=1`
+    only when the revision has no safetensors file are `pytorch_model.bin` or its shards
+    fetched (`HUB_PATTERNS_PICKLE`), so a download never fetches both. A sharded checkpoint
+    comes with its index; one whose index names a shard the snapshot lacks is unavailable
+    (`missing_shards`). Offline (`HF_HUB_OFFLINE=1`
     or no network) the same calls return what the cache (`$HF_HOME/hub`) holds.
 
     Raises:
-        ModelUnavailableError: not cached and the Hub cannot be reached, or the revision does
-            not exist; its message says which, and its `reason` attribute says it in a few
-            words.
+        ModelUnavailableError: not cached and the Hub cannot be reached, the revision does
+            not exist, or the snapshot lacks a shard its index names; its message says
+            which, and its `reason` attribute says it in a few words.
     """
     from huggingface_hub import snapshot_download
 
@@ -415,8 +478,13 @@ def _hub_snapshot(revision: str = PYTHIA_REVISION, repo: str = PYTHIA_REPO) -> P
         if not any(path.glob("*.safetensors")):  # e.g. an early checkpoint published as a pickle
             path = Path(snapshot_download(repo, revision=revision,
                                           allow_patterns=HUB_PATTERNS_PICKLE))
+        lacking = missing_shards(path)
     except Exception as exc:
+        lacking, path = [], None
         reason = _unavailable_reason(exc, revision, repo)
+    if lacking:
+        reason = f"the snapshot lacks {len(lacking)} of the weight shards its index names ({lacking[0]})"
+    if path is None or lacking:
         what = "Pythia-70M" if repo == PYTHIA_REPO else repo.rpartition("/")[2]
         err = ModelUnavailableError(_offline_message(what, revision, reason, repo))
         err.reason = reason  # the short cause, for lists of skipped revisions
@@ -573,9 +641,15 @@ def check_checkpoint_dir(path: Path) -> dict:
             f"checkpoint {path} is a {cfg.get('model_type')!r} model; the analyses need a "
             "GPT-NeoX (Pythia-architecture) model"
         )
-    if not any(path.glob("*.safetensors")) and not (path / "pytorch_model.bin").is_file():
+    lacking = missing_shards(path)
+    if lacking:
+        raise UsageError(f"checkpoint folder {path} lacks {len(lacking)} of the weight shards its "
+                         f"index names ({', '.join(lacking[:3])})",
+                         hint="copy or download the missing shards")
+    if not weight_files(path):
         raise UsageError(
-            f"checkpoint folder {path} has no weights (model.safetensors or pytorch_model.bin)"
+            f"checkpoint folder {path} has no weights (model.safetensors or pytorch_model.bin, or "
+            "their shards with model.safetensors.index.json or pytorch_model.bin.index.json)"
         )
     return cfg
 

@@ -162,15 +162,48 @@ def draw_figures(spec: StepSpec, run, arts: dict, fig_dir: Path) -> list[dict]:
     return records
 
 
-def default_out(model: str, plant=None) -> Path:
+def default_out(model: str, plant=None, dtype: str = "float32", tf32: bool = False) -> Path:
     """`build/<model-id>/`; for `pythia-70m-planted` with a plant other than the default,
-    `build/pythia-70m-planted-<LxNy>/`."""
+    `build/pythia-70m-planted-<LxNy>/`; a run in another precision than float32 gets its own
+    folder (`precision.out_suffix`: `build/<model-id>-bfloat16/`, `-tf32`), so it never
+    replaces the float32 artifacts, figures, report and regression.json.
+
+    Raises:
+        UsageError: a dtype or TF32 value `precision` refuses.
+    """
     from .models import PLANTED_MODEL, model_slug
+    from .precision import out_suffix
 
     slug = model_slug(model)
     if model == PLANTED_MODEL and plant is not None and str(plant) != _planted_default():
         slug += f"-{plant}"
-    return Path("build") / slug
+    return Path("build") / (slug + out_suffix(dtype, tf32))
+
+
+def check_folder_precision(out: Path, dtype: str, tf32: bool, default: Path | None = None) -> None:
+    """Refuse a run whose precision differs from that of the artifacts already in `out`:
+    their slots (`artifacts/<step>.json`), figures, report and regression.json would be
+    replaced. Artifacts recorded before `--dtype` existed count as float32.
+
+    Raises:
+        UsageError: `out/artifacts` holds a step artifact of another precision (its hint
+            names `default`, the folder of this precision).
+    """
+    from .precision import describe
+
+    for p in sorted((Path(out) / "artifacts").glob("*.json")):
+        try:
+            art = json.loads(p.read_text())
+            model = art["provenance"]["model"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a step artifact (regression.json) or unreadable: nothing to protect
+        theirs = (model.get("dtype") or "float32", bool(model.get("tf32")))
+        if theirs != (dtype, bool(tf32)):
+            raise UsageError(
+                f"{out} holds {describe(*theirs)} artifacts ({p.name}); a {describe(dtype, tf32)} run "
+                "would replace them",
+                hint="pass another --out" + (f" (this precision's default is {default})" if default else ""))
+        return
 
 
 def _planted_default() -> str:
@@ -259,7 +292,9 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
         cfg.neuron.check(n_layers, d_mlp)
     check_plant(cfg, n_layers, d_mlp)
     wanted = None if steps is None else with_dependencies(steps, cfg.neuron is None)
-    out = Path(cfg.out) if cfg.out else default_out(cfg.model, cfg.plant)
+    own = default_out(cfg.model, cfg.plant, cfg.dtype, cfg.tf32)
+    out = Path(cfg.out) if cfg.out else own
+    check_folder_precision(out, parse_dtype(cfg.dtype), parse_tf32(cfg.tf32), own)
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(out / ".lock"))
     try:

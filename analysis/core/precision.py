@@ -72,6 +72,24 @@ def parse_tf32(text: str | bool) -> bool:
     return value
 
 
+def out_suffix(dtype: str, tf32: bool) -> str:
+    """What a run's precision adds to its default output folder's name: `""` for the
+    float32 reference, `-bfloat16`, `-tf32` or `-bfloat16-tf32` otherwise (as requested, not
+    as effective: TF32 on a CPU changes no number but every cache key, so its artifacts
+    would still replace float32's in a shared folder).
+
+    Raises:
+        UsageError: a dtype `parse_dtype` refuses, or a `tf32` `parse_tf32` refuses.
+    """
+    dtype, tf32 = parse_dtype(dtype), parse_tf32(tf32)
+    return ("" if dtype == REFERENCE_DTYPE else f"-{dtype}") + ("-tf32" if tf32 else "")
+
+
+def describe(dtype: str, tf32: bool) -> str:
+    """`float32`, `bfloat16`, `float32 + TF32`, ...: a run's requested precision in words."""
+    return parse_dtype(dtype) + (" + TF32" if parse_tf32(tf32) else "")
+
+
 def torch_dtype(name: str):
     """`torch.float32` / `torch.bfloat16` for a name `parse_dtype` accepts."""
     import torch

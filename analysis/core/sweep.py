@@ -14,30 +14,34 @@ what is new. A task (`sweep_task.run_task`) runs on a worker: it downloads (or f
 checkpoint, measures it with the `dynamics` step's own functions, writes one artifact and
 frees the model (and, with `--keep-weights no`, the downloaded weights).
 
-What a Hub checkpoint's key covers (repo, revision, commit): the commit is taken from, in
-order, the driver's Hugging Face cache (`refs/<revision>`), the sweep's own record of an
-earlier task's resolution (`<out>/refs/`, written by the worker that downloaded it: it
-survives `--keep-weights no`), and, online, the Hub's list of branches (one request per
-repository, no download). When none knows it the driver's key has `commit: null`: it is
-provisional. The worker resolves the revision while downloading it, computes the final key
-with the commit it got, records the resolution, and reuses an artifact with that key if the
-store has one; the next run of the driver knows the commit from the record. A Pythia branch
-(`step1000`) never moves on the Hub, so the record stays right; if a branch did move, a run
-with the Hub reachable or with the new snapshot in the local cache would key the new commit.
-A checkpoint folder's key covers its weights fingerprint (sha256 of its config, tokenizer
-and weight files), read on the driver.
+What a Hub checkpoint's key covers (repo, revision, commit): online, the commit is the Hub's
+(its list of branches, one request per repository, no download), for every branch, so a
+branch re-uploaded since the sweep last looked (Pythia's were: EleutherAI/pythia issues 107,
+108, 141) is measured at its new commit and the move (old -> new) is logged and recorded in
+`sweep.json` (`refs.moved`, each task's `commit_moved_from`) and in `<out>/refs/`. Offline
+(`HF_HUB_OFFLINE=1` or the Hub unreachable) it is the sweep's own record (`<out>/refs/`:
+commits learnt from the Hub, and those workers resolved; it survives `--keep-weights no`),
+else the driver's Hugging Face cache (`refs/<revision>`), unchecked, and the driver says so
+(`HubRefs`). When none knows it the driver's key has `commit: null`: it is provisional. The
+worker resolves the revision while downloading it, computes the final key with the commit it
+got, records the resolution, and reuses an artifact with that key if the store has one; the
+next run of the driver knows the commit from the record. A checkpoint folder's key covers
+its weights fingerprint (sha256 of its config, tokenizer and weight files), read on the
+driver.
 
 Scheduling (`--scheduler`): `local` starts a `dask.distributed.LocalCluster` of worker
 processes sized to the machine (on CPU, workers x torch threads per task <= cores; with
 `--device cuda`, one worker per GPU, each pinned to its own device through
-`CUDA_VISIBLE_DEVICES`); `tcp://HOST:PORT` attaches to a running scheduler (`dask scheduler`
-and `dask worker ... --nthreads 1`, or dask-jobqueue on Slurm), through the same code path;
+`CUDA_VISIBLE_DEVICES`); `tcp://HOST:PORT` attaches to a running scheduler (`scheduler_command` and
+`worker_command`: the LocalCluster's settings, from `SCHEDULER_CONFIG`, `WORKER_CONFIG`; or
+dask-jobqueue on Slurm with the same), through the same code path;
 `none` runs the tasks one after another in this process, without importing Dask. Each Dask
 worker runs one task at a time (one model in memory). A worker that dies mid-task leaves no
 partial artifact (writes are atomic) and the scheduler reruns its task on another worker;
 a task that raises is retried (`RETRIES`).
 
-Outputs under `--out` (default `build/sweep`): `store/` (the artifacts), `refs/`, `sweep.json`
+Outputs under `--out` (default `build/sweep`; `build/sweep-bfloat16`, `-tf32` for the other
+precisions, `default_sweep_out`): `store/` (the artifacts), `refs/`, `sweep.json`
 (the manifest: every task, its key and status), `table.parquet` and `table.csv` (one row per
 model x revision x measure, `TABLE_COLUMNS`), and the report (`report.html`, `report.pdf`,
 `figures/`). See docs/ARTIFACTS.md.
@@ -61,9 +65,21 @@ from .errors import ReportError, UsageError
 
 RETRIES = 2                 # reruns of a task that raised (a worker that died is rerun anyway)
 ALLOWED_FAILURES = 3        # worker deaths a task may cause before the scheduler gives it up
+# Every sweep cluster's Dask settings, in one place: `start_executor` applies them to a
+# LocalCluster, `scheduler_command` and `worker_command` print them for one you start (and the
+# README shows those commands). A worker holds one model at a time, whose size Dask does not
+# know: its default memory thresholds would pause a worker loading a large checkpoint (80%)
+# and kill it mid-task (95%), so memory is not managed by Dask (no limit, no spilling: a task's
+# data is a spec and a record); the kernel's OOM killer ends a worker that truly runs out, and
+# the scheduler reruns its task (up to ALLOWED_FAILURES).
+SCHEDULER_CONFIG = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}
+WORKER_CONFIG = {"distributed.worker.memory.target": False, "distributed.worker.memory.spill": False,
+                 "distributed.worker.memory.pause": False, "distributed.worker.memory.terminate": False}
+WORKER_MEMORY_LIMIT = 0     # `--memory-limit 0`: no limit
 CONNECT_TIMEOUT_S = 5       # --scheduler tcp://...: how long to wait for the scheduler to answer
 SWEEP_SCHEMA = 1
-DEFAULT_OUT = Path("build") / "sweep"
+DEFAULT_THREADS = 1         # torch threads per task unless --threads (part of every task's key)
+DEFAULT_OUT = Path("build") / "sweep"  # float32; other precisions: `default_sweep_out`
 THRESHOLD_F1 = 0.9          # "the neuron has formed": the context neuron's probe F1 reaches this
 TABLE_COLUMNS = ("model", "kind", "source", "size", "n_params", "deduped", "revision", "step",
                  "tokens_seen", "commit", "key", "measure", "language", "neuron", "value",
@@ -296,33 +312,130 @@ class SweepPlan:
     settings: dict
     base: dict                  # spec fields shared by every task of a model (by name)
     code: dict
+    refs: HubRefs | None = None  # the Hub branches' commits, and their moves
 
     @property
     def n_total(self) -> int:
         return len(self.tasks) + sum(len(v) for v in self.deferred.values())
 
 
-def _resolve_commits(repo: str, revisions: list[str], refs_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """({revision: commit} known without a download, {revision: why it does not exist}):
-    the local cache's refs, this sweep's records, then (online) the Hub's branch list."""
-    from .models import local_commit
-    from .sweep_task import recorded_commit
+def default_sweep_out(dtype: str = "float32", tf32: bool = False) -> Path:
+    """`build/sweep` for float32, `build/sweep-bfloat16`, `build/sweep-tf32`, ... otherwise
+    (`precision.out_suffix`): a bf16 or TF32 sweep never replaces float32's sweep.json and
+    table (its artifacts are keyed apart anyway)."""
+    from .precision import out_suffix
 
-    known, missing = {}, {}
-    for rev in revisions:
-        c = local_commit(repo, rev) or recorded_commit(refs_dir, repo, rev)
-        if c:
-            known[rev] = c
-    todo = [r for r in revisions if r not in known]
-    if todo and not _hub_offline():
-        branches = _hub_branches(repo)
-        if branches is not None:
-            for rev in todo:
-                if rev in branches:
-                    known[rev] = branches[rev]
-                else:
+    return DEFAULT_OUT.with_name(DEFAULT_OUT.name + out_suffix(dtype, tf32))
+
+
+def check_sweep_precision(out: Path, dtype: str, tf32: bool) -> None:
+    """Refuse a sweep into a folder whose `sweep.json` records another precision: its
+    sweep.json, table and report would be replaced.
+
+    Raises:
+        UsageError: `out/sweep.json` records another `dtype` or `tf32`.
+    """
+    from .precision import describe
+
+    try:
+        settings = json.loads((Path(out) / "sweep.json").read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no earlier sweep there (or an unreadable one, rewritten as before)
+    theirs = (settings.get("dtype") or "float32", bool(settings.get("tf32")))
+    if theirs != (dtype, bool(tf32)):
+        raise UsageError(f"{out} holds a {describe(*theirs)} sweep; a {describe(dtype, tf32)} sweep would "
+                         "replace its sweep.json and table",
+                         hint=f"pass another --out (this precision's default is {default_sweep_out(dtype, tf32)})")
+
+
+class HubRefs:
+    """The commits of the Hub branches a sweep measures, and what changed since it last
+    looked (Pythia's branches have been re-uploaded: EleutherAI/pythia issues 107, 108, 141).
+
+    Offline (`HF_HUB_OFFLINE=1`, or the Hub unreachable) a branch's commit is this sweep's
+    record (`<out>/refs/`), else the local Hugging Face cache's `refs/<branch>`, unchecked
+    (`unchecked` counts them and the driver says so). Online the Hub's branch list (one
+    request per repository) is the truth for every branch: a commit that differs from the
+    one recorded or cached is a move, kept in `moved` (`{"repo", "revision", "old", "new",
+    "old_from"}`) and in `sweep.json`, and the new commit is measured (its own key); `write`
+    records every commit learnt from the Hub under `<out>/refs/`, so that a later offline run
+    uses it (a download by commit leaves the cache's `refs/<branch>` where it was).
+    """
+
+    def __init__(self, refs_dir: Path, log: Callable[[str], None] = lambda s: None):
+        self.refs_dir, self.log = Path(refs_dir), log
+        self.checked: dict[str, str] = {}          # repo -> "hub" | "offline" | "unreachable"
+        self.moved: list[dict] = []
+        self.unchecked: dict[str, int] = {}
+        self._branches: dict[str, dict | None] = {}
+        self._pending: dict[tuple[str, str], dict] = {}
+
+    def _hub(self, repo: str) -> dict[str, str] | None:
+        if repo not in self._branches:
+            if _hub_offline():
+                self._branches[repo], self.checked[repo] = None, "offline"
+            else:
+                self._branches[repo] = _hub_branches(repo)
+                self.checked[repo] = "hub" if self._branches[repo] is not None else "unreachable"
+        return self._branches[repo]
+
+    def resolve(self, repo: str, revisions: list[str]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+        """({revision: commit}, {revision: why it does not exist}, {revision: the commit it
+        moved from}) for branches of `repo`, without downloading anything."""
+        from .models import local_commit
+        from .sweep_task import recorded_commit
+
+        known, source = {}, {}
+        for rev in revisions:
+            rec, loc = recorded_commit(self.refs_dir, repo, rev), local_commit(repo, rev)
+            if rec or loc:
+                known[rev] = rec or loc
+                source[rev] = "this sweep's record" if rec else "the local Hugging Face cache"
+        branches = self._hub(repo)
+        if branches is None:
+            n = len(known)
+            if n:
+                self.unchecked[repo] = self.unchecked.get(repo, 0) + n
+                how = "offline" if self.checked[repo] == "offline" else "the Hub did not answer"
+                self.log(f"  {repo}: {how}: the commits of {n} branches are those recorded, not checked "
+                         "against the Hub")
+            return known, {}, {}
+        missing, moved_from = {}, {}
+        for rev in revisions:
+            new = branches.get(rev)
+            if new is None:
+                if rev not in known:
                     missing[rev] = f"the Hub has no revision {rev}"
-    return known, missing
+                continue  # a branch the Hub dropped: measured as recorded, if it is cached
+            old = known.get(rev)
+            if old is not None and old != new:
+                moved_from[rev] = old
+                self.moved.append({"repo": repo, "revision": rev, "old": old, "new": new,
+                                   "old_from": source[rev]})
+                self.log(f"  {repo} {rev} moved on the Hub: {old[:12]} -> {new[:12]} ({source[rev]} had "
+                         f"{old[:12]}); the new commit is measured")
+            known[rev] = new
+            if recorded_commit(self.refs_dir, repo, rev) != new:
+                self._pending[(repo, rev)] = {"repo": repo, "revision": rev, "commit": new,
+                                              "moved_from": old if old != new else None}
+        return known, missing, moved_from
+
+    def write(self) -> None:
+        """Record the commits learnt from the Hub under `<out>/refs/` (with the commit each
+        moved from), for later runs (offline ones included)."""
+        from .artifacts import atomic_write_text
+        from .sweep_task import refs_path
+
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        for (repo, rev), rec in sorted(self._pending.items()):
+            atomic_write_text(refs_path(self.refs_dir, repo, rev),
+                              json.dumps({**rec, "checked": stamp, "source": "hub"}, sort_keys=True))
+        self._pending.clear()
+
+    def record(self) -> dict:
+        """What `sweep.json` says about it: `{"checked": {repo: hub|offline|unreachable},
+        "moved": [...], "unchecked": {repo: branches}}`."""
+        return {"checked": dict(self.checked), "moved": list(self.moved), "unchecked": dict(self.unchecked)}
 
 
 def _hub_offline() -> bool:
@@ -405,6 +518,10 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
         raise UsageError(f"--keep-weights {keep_weights!r}: choose auto, yes or no")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads {threads}: must be at least 1")
+    # In the key: 1 and 2 torch threads give different bytes (measured on CPU: the probes'
+    # coefficients, tests/test_sweep.py), so the default is fixed rather than sized to the
+    # machine, and a rerun elsewhere or with another scheduler reuses what it can.
+    threads = DEFAULT_THREADS if threads is None else threads
     prof = get_profile(profile).with_overrides(list(overrides))
     if batch_tokens is not None:
         if batch_tokens < 64:
@@ -416,11 +533,12 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
     entries = parse_models(models)
     if corpus is not None and corpus not in CORPORA:
         raise UsageError(f"unknown corpus set {corpus!r}; choose one of: {', '.join(CORPORA)}")
-    out = Path(out) if out else DEFAULT_OUT
+    out = Path(out) if out else default_sweep_out(dtype, tf32)
+    check_sweep_precision(out, dtype, tf32)
     refs_dir = out / "refs"
-    store = out / "store"
     data_dir = str(Path(data_dir).expanduser().resolve()) if data_dir else None
 
+    hub_refs = HubRefs(refs_dir, log)
     corpora: dict[str, dict] = {}
     base: dict[str, dict] = {}
     tasks: list[dict] = []
@@ -460,7 +578,7 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
             "activation_examples": prof.activation_examples, "loss_examples": prof.loss_examples,
             "crop": [prof.crop_start, prof.crop_end], "n_per_language": prof.probe_samples,
             "test_size": prof.probe_test_size, "split_seed": prof.seed,
-            "batch_tokens": prof.batch_tokens, "dtype": dtype, "tf32": tf32,
+            "batch_tokens": prof.batch_tokens, "threads": threads, "dtype": dtype, "tf32": tf32,
             "ablation": "mean (English mean at that checkpoint, hook_post)",
         }
         base[e.name] = {
@@ -469,16 +587,17 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
             "seed": prof.seed, "device": device, "upstream": {},
             "profile": {"name": prof.name, "label": prof.label, "overrides": dict(prof.overrides),
                         "sizes": prof.sizes(), "batch_tokens": prof.batch_tokens},
-            "store": str(store.resolve()), "refs": str(refs_dir.resolve()), "threads": threads,
+            # relative to the sweep's folder, which a worker may see elsewhere (sweep_task.OUT_ENV)
+            "out": str(out.resolve()), "store": "store", "refs": "refs", "threads": threads,
             "keep_weights": keep_weights_for(e, keep_weights),
         }
         cks = list(e.checkpoints)
-        known, missing = ({}, {})
+        known, missing, moved = ({}, {}, {})
         if e.kind == "hub":
             need = [c["revision"] for c in cks]
             if e_neuron is None and e.final not in need:
                 need.append(e.final)
-            known, missing = _resolve_commits(e.repo, need, refs_dir)
+            known, missing, moved = hub_refs.resolve(e.repo, need)
         if e_neuron is None:  # --neuron auto: anchor on the model's final checkpoint
             final = next((c for c in cks if c["revision"] == e.final), None)
             if final is None:
@@ -487,10 +606,10 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
                     "tokens_seen": step_of(e.final) * PYTHIA_TOKENS_PER_STEP}
                 cks.append(final)
                 log(f"  {e.name}: --neuron auto anchors on the final checkpoint {e.final}; added to the sweep")
-            tasks.append(_spec(base[e.name], final, known, missing, code, anchor=True))
+            tasks.append(_spec(base[e.name], final, known, missing, code, anchor=True, moved=moved))
             deferred[e.name] = [c for c in cks if c is not final]
         else:
-            tasks += [_spec(base[e.name], c, known, missing, code) for c in cks]
+            tasks += [_spec(base[e.name], c, known, missing, code, moved=moved) for c in cks]
     settings = {
         "models": [{"name": e.name, "kind": e.kind, "source": e.source, "size": e.size,
                     "deduped": e.deduped, "final": e.final,
@@ -506,11 +625,12 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
         "precision_note": precision_note(dtype, tf32, device), "threads": threads, "data_dir": data_dir,
     }
     return SweepPlan(out=out, models=entries, tasks=tasks, deferred=deferred, settings=settings,
-                     base=base, code=code)
+                     base=base, code=code, refs=hub_refs)
 
 
 def _spec(base: dict, ck: dict, known: dict, missing: dict, code: dict, anchor: bool = False,
-          neuron: str | None = None, upstream: dict | None = None, source: str | None = None) -> dict:
+          neuron: str | None = None, upstream: dict | None = None, source: str | None = None,
+          moved: dict | None = None) -> dict:
     """A task spec (see `sweep_task.task_inputs`) with its key."""
     from .models import _fingerprint_dir
     from .sweep_task import task_inputs
@@ -523,6 +643,7 @@ def _spec(base: dict, ck: dict, known: dict, missing: dict, code: dict, anchor: 
         spec["upstream"] = upstream or {}
     if base["kind"] == "hub":
         spec["commit"] = known.get(ck["revision"])
+        spec["commit_moved_from"] = (moved or {}).get(ck["revision"])
         if ck["revision"] in missing:
             spec["skip_reason"] = missing[ck["revision"]]
     else:
@@ -541,12 +662,15 @@ def dependent_specs(plan: SweepPlan, model: str, anchor_art: dict, anchor_spec: 
         return []
     base = plan.base[model]
     neuron = anchor_art["result"]["context"]["neuron"]
-    known, missing = {}, {}
+    known, missing, moved = {}, {}, {}
     if base["kind"] == "hub":
-        known, missing = _resolve_commits(base["repo"], [c["revision"] for c in cks], Path(base["refs"]))
+        if plan.refs is None:
+            plan.refs = HubRefs(plan.out / "refs")
+        known, missing, moved = plan.refs.resolve(base["repo"], [c["revision"] for c in cks])
+        plan.refs.write()
     src = f"auto: best neuron of discovery at {anchor_spec['revision']}"
     return [_spec(base, c, known, missing, plan.code, neuron=neuron,
-                  upstream={"anchor": anchor_art["key"]}, source=src) for c in cks]
+                  upstream={"anchor": anchor_art["key"]}, source=src, moved=moved) for c in cks]
 
 
 # ------------------------------------------------------------------ executors
@@ -649,9 +773,10 @@ def _has_dashboard(client) -> bool:
 def local_sizing(device: str, workers: int | None, threads: int | None, n_tasks: int) -> tuple[int, int]:
     """(workers, torch threads per task) of a LocalCluster on this machine.
 
-    CPU: `workers` (default: as many as tasks, at most the cores) x threads (default: the
-    cores over the workers) <= cores. CUDA: one worker per GPU (`workers` at most that),
-    each task with the cores over the workers as threads.
+    CPU: `workers` (default: as many as tasks, at most the cores over `threads`) x threads
+    (default: the cores over the workers) <= cores. CUDA: one worker per GPU (`workers` at
+    most that), each task with `threads` (default the cores over the workers). A sweep plan
+    always gives `threads` (it is in the task keys).
 
     Raises:
         UsageError: `--workers` below 1; `--device cuda` without a GPU; more workers than GPUs.
@@ -669,7 +794,7 @@ def local_sizing(device: str, workers: int | None, threads: int | None, n_tasks:
             raise UsageError(f"--workers {workers}: only {n_gpu} GPUs; one worker per GPU")
         n = workers or n_gpu
         return n, threads or max(1, cores // n)
-    n = workers or max(1, min(cores, n_tasks))
+    n = workers or max(1, min(cores // (threads or 1), n_tasks))
     t = threads or max(1, cores // n)
     if n * t > cores:
         raise UsageError(f"--workers {n} x --threads {t} = {n * t} exceeds the {cores} cores here",
@@ -694,19 +819,19 @@ def start_executor(scheduler: str, device: str, workers: int | None, threads: in
     import dask
     from distributed import Client
 
-    dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
-                     "distributed.worker.memory.target": False, "distributed.worker.memory.spill": False,
-                     "distributed.worker.memory.pause": False, "distributed.worker.memory.terminate": False})
+    dask.config.set({**SCHEDULER_CONFIG, **WORKER_CONFIG})
     if kind == "tcp":
         try:
             client = Client(address, timeout=f"{CONNECT_TIMEOUT_S}s")
         except (OSError, TimeoutError) as exc:
             raise UsageError(f"no Dask scheduler answers at {address} ({type(exc).__name__})",
-                             hint="start one (`dask scheduler`, then `dask worker "
-                                  f"{address} --nthreads 1`), or use --scheduler local") from None
+                             hint=f"start one (`{scheduler_command(int(address.rpartition(':')[2]))}`, "
+                                  f"then per machine or GPU `{worker_command(address)}`), or use "
+                                  "--scheduler local") from None
         n_workers = len(client.scheduler_info().get("workers", {}))
         if n_workers == 0:
             log(f"  the scheduler at {address} has no workers yet; tasks wait for them")
+        log(f"  a worker for this sweep: {worker_command(address)}")
         return DaskExecutor(client, None, f"Dask scheduler {address} ({n_workers} workers)"), threads
     n, t = local_sizing(device, workers, threads, n_tasks)
     dash = ":8787"  # Dask's default; another free port when it is taken
@@ -714,7 +839,7 @@ def start_executor(scheduler: str, device: str, workers: int | None, threads: in
         # One worker per GPU, each seeing only its own device (untested here: no GPU).
         from distributed import Nanny, Scheduler, SpecCluster
 
-        specs = {f"gpu{i}": {"cls": Nanny, "options": {"nthreads": 1, "memory_limit": 0,
+        specs = {f"gpu{i}": {"cls": Nanny, "options": {"nthreads": 1, "memory_limit": WORKER_MEMORY_LIMIT,
                                                        "env": {"CUDA_VISIBLE_DEVICES": str(i)}}}
                  for i in range(n)}
         cluster = SpecCluster(workers=specs, scheduler={"cls": Scheduler, "options": {"dashboard_address": dash}},
@@ -723,11 +848,39 @@ def start_executor(scheduler: str, device: str, workers: int | None, threads: in
     else:
         from distributed import LocalCluster
 
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, memory_limit=0,
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, memory_limit=WORKER_MEMORY_LIMIT,
                                dashboard_address=dash, silence_logs=logging.ERROR)
         desc = f"LocalCluster: {n} workers x 1 task, {t} torch threads per task"
     client = Client(cluster)
     return DaskExecutor(client, cluster, desc), t
+
+
+def dask_env(config: dict) -> dict[str, str]:
+    """The environment variables that give a Dask process `config` (`{"distributed.worker.
+    memory.pause": False}` -> `{"DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "False"}`; Dask
+    reads them at import, `dask.config.collect_env`)."""
+    return {"DASK_" + k.upper().replace(".", "__").replace("-", "_"): repr(v) for k, v in config.items()}
+
+
+def _with_env(config: dict, command: str) -> str:
+    import shlex
+
+    return " ".join(f"{k}={shlex.quote(v)}" for k, v in dask_env(config).items()) + " " + command
+
+
+def scheduler_command(port: int = 8786) -> str:
+    """The shell command that starts a scheduler for `--scheduler tcp://HOST:PORT` with the
+    settings a LocalCluster gets (`SCHEDULER_CONFIG`)."""
+    return _with_env(SCHEDULER_CONFIG, f"dask scheduler --port {port}")
+
+
+def worker_command(address: str = "tcp://HOST:8786") -> str:
+    """The shell command that starts one sweep worker for the scheduler at `address` with
+    the settings of a LocalCluster's workers: one task at a time, `WORKER_MEMORY_LIMIT`,
+    `WORKER_CONFIG`. Run it where the sweep's folder and data are visible (set
+    `GERMAN_NEURON_SWEEP_OUT` too when the folder is mounted elsewhere than on the driver)."""
+    return _with_env(WORKER_CONFIG, f"dask worker {address} --nworkers 1 --nthreads 1 "
+                                    f"--memory-limit {WORKER_MEMORY_LIMIT}")
 
 
 def _bokeh() -> bool:
@@ -811,6 +964,7 @@ def _record(spec: dict, rec: dict) -> dict:
     out = {k: spec.get(k) for k in keys}
     out.update({"key": rec.get("key", spec["key"]), "planned_key": spec["key"], "status": rec["status"],
                 "reason": rec.get("reason"), "commit": rec.get("commit", spec.get("commit")),
+                "commit_moved_from": spec.get("commit_moved_from"),
                 "context_neuron": spec["params"]["context_neuron"],
                 "wall_s": rec.get("wall_s"), "worker": rec.get("worker")})
     return out
@@ -848,6 +1002,8 @@ def run_sweep(plan: SweepPlan, scheduler: str = "local", workers: int | None = N
     executor = None
     try:
         _remove_stale_temporaries(out / "store")
+        if plan.refs is not None:
+            plan.refs.write()
         todo = _triage(plan, list(plan.tasks), records, log)
         n_reused = sum(r["status"] == "reused" for r in records)
         n_waiting = sum(len(v) for v in plan.deferred.values())
@@ -867,7 +1023,7 @@ def run_sweep(plan: SweepPlan, scheduler: str = "local", workers: int | None = N
                 executor.submit(spec)
             while executor.pending():
                 spec, res = executor.next_done()
-                rec = res if isinstance(res, dict) else {
+                rec = verify_artifact(plan, spec, res) if isinstance(res, dict) else {
                     "status": "failed", "reason": f"{type(res).__name__}: {(str(res).splitlines() or [''])[0][:300]}"}
                 records.append(_record(spec, rec))
                 progress.update(spec, rec)
@@ -894,6 +1050,24 @@ def run_sweep(plan: SweepPlan, scheduler: str = "local", workers: int | None = N
     return _finish(plan, records, out, t0, executor, command)
 
 
+def verify_artifact(plan: SweepPlan, spec: dict, rec: dict) -> dict:
+    """A worker's record, checked: a task it reports `computed` or `reused` whose artifact is
+    not (valid) in the driver's store is `failed`, with a one-line cause naming where the
+    worker wrote it (a worker that sees another folder than the driver's)."""
+    from .sweep_task import OUT_ENV, load_artifact
+
+    if rec.get("status") not in ("computed", "reused"):
+        return rec
+    key = rec.get("key") or spec["key"]
+    if load_artifact(plan.out / spec["store"], key) is not None:
+        return rec
+    rel = rec.get("artifact") or f"{spec['store']}/{key[:2]}/{key}/checkpoint.json"
+    return {**rec, "status": "failed",
+            "reason": f"worker {rec.get('worker')} reported it {rec['status']} but {rel} is not in "
+                      f"{plan.out} (the worker wrote {rec.get('wrote')}): every worker must see the "
+                      f"sweep's folder (set {OUT_ENV} on a worker that mounts it elsewhere)"}
+
+
 def _triage(plan: SweepPlan, specs: list[dict], records: list[dict], log) -> list[dict]:
     """Record the specs that need no run (skipped: known not to exist; reused: their
     artifact is in the store, and a reused anchor releases its model's other checkpoints,
@@ -905,7 +1079,7 @@ def _triage(plan: SweepPlan, specs: list[dict], records: list[dict], log) -> lis
         spec = queue.pop(0)
         if spec.get("skip_reason"):
             records.append(_record(spec, {"status": "skipped", "reason": spec["skip_reason"]}))
-        elif load_artifact(spec["store"], spec["key"]) is not None:
+        elif load_artifact(plan.out / spec["store"], spec["key"]) is not None:
             rec = {"status": "reused", "key": spec["key"]}
             records.append(_record(spec, rec))
             if spec.get("anchor") and spec["model"] in plan.deferred:
@@ -920,7 +1094,8 @@ def _anchor_done(plan: SweepPlan, spec: dict, rec: dict, records: list[dict], lo
     the neuron it discovered), or, if it was not measured, those checkpoints skipped."""
     from .sweep_task import load_artifact
 
-    art = load_artifact(spec["store"], rec.get("key") or spec["key"]) if rec["status"] in ("computed", "reused") else None
+    art = load_artifact(plan.out / spec["store"], rec.get("key") or spec["key"]) \
+        if rec["status"] in ("computed", "reused") else None
     if art is None:
         _skip_deferred(plan, spec["model"], f"--neuron auto: its anchor {spec['revision']} was "
                                             f"{rec['status']} ({rec.get('reason')})", records)
@@ -968,6 +1143,7 @@ def _finish(plan: SweepPlan, records: list[dict], out: Path, t0: float, executor
         "interrupted": interrupted, "executor": getattr(executor, "description", None) or "nothing to compute",
         "settings": plan.settings, "code": {"module": plan.code["module"], "sha256": plan.code["sha256"]},
         "libraries": library_versions(), "counts": counts, "wall_time_s": round(time.perf_counter() - t0, 2),
+        "refs": plan.refs.record() if plan.refs is not None else None,
         "tasks": records,
     }
     atomic_write_text(out / "sweep.json", json.dumps(manifest, indent=1, sort_keys=True, default=str))
@@ -1022,7 +1198,12 @@ def table_rows(task: dict, art: dict, model: dict) -> list[dict]:
 def build_table(out: str | os.PathLike, manifest: dict | None = None):
     """The sweep's tidy table (pandas DataFrame, `TABLE_COLUMNS`) from `sweep.json` and the
     artifacts of its computed and reused tasks, rows in model order (as given), then step,
-    then measure."""
+    then measure.
+
+    Raises:
+        ReportError: a task `sweep.json` lists as computed or reused has no valid artifact
+            in `out/store` (a row is never dropped without a word).
+    """
     import pandas as pd
 
     from .sweep_task import load_artifact
@@ -1037,7 +1218,9 @@ def build_table(out: str | os.PathLike, manifest: dict | None = None):
             continue
         art = load_artifact(store, t["key"])
         if art is None:
-            continue
+            raise ReportError(f"{out / 'sweep.json'} lists {t['model']} {t['revision']} as {t['status']} but "
+                              f"its artifact {t['key'][:12]} is not (valid) in {store}",
+                              hint="rerun the sweep: it recomputes what its store lacks")
         rows += table_rows(t, art, models[t["model"]])
     df = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     for col in ("step", "tokens_seen", "n_params"):

@@ -7,8 +7,9 @@ scheduling, the table, the report) recomputes nothing, while editing anything a
 measurement executes (this module, `families.dynamics`, the engine, model loading) does.
 
 Only plain data crosses the scheduler: a task spec in (`run_task`'s argument, a dict of
-names, revision, commit or fingerprint, file paths, parameters and the key; see
-`task_inputs`), a small record out (key, status, timings, tokens). Weights, tensors and
+names, revision, commit or fingerprint, paths relative to the sweep's folder, parameters and
+the key; see `task_inputs`), a small record out (key, status, timings, tokens, where the
+artifact went). Weights, tensors and
 tokens never do: the worker downloads (or finds) the checkpoint, tokenises the examples
 from the data files itself (their sha256 are checked against the spec's), measures, writes
 one artifact into the sweep's store, and frees the model.
@@ -30,6 +31,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 TASK_STEP = "checkpoint"
+# The sweep's output folder as a worker sees it, when it is mounted elsewhere than on the
+# driver (a spec's `store` and `refs` are relative to it; without the variable, the
+# driver's path, `spec["out"]`, is used: the same machine or the same mount point).
+OUT_ENV = "GERMAN_NEURON_SWEEP_OUT"
 # Test only: a folder. A task writes `started-<pid>-<revision>` there just before it saves
 # its artifact, then waits until `release` exists (so that a test can kill its worker).
 HOLD_ENV = "GERMAN_NEURON_SWEEP_TEST_HOLD"
@@ -80,6 +85,29 @@ def task_inputs(spec: dict, commit: str | None = None, code: dict | None = None)
                       model=model_identity(spec, commit), data=spec["data"], params=spec["params"],
                       seed=spec["seed"], upstream=spec.get("upstream") or {}, device=spec["device"],
                       run={"profile": spec.get("profile")})
+
+
+def sweep_folder(spec: dict) -> Path:
+    """The sweep's output folder on this machine: `$GERMAN_NEURON_SWEEP_OUT` when set (a
+    worker whose mount point differs from the driver's), else the driver's `spec["out"]`."""
+    return Path(os.environ.get(OUT_ENV) or spec.get("out") or ".")
+
+
+def task_store(spec: dict) -> Path:
+    """The store a task reads and writes on this machine (`spec["store"]`, relative to
+    `sweep_folder`)."""
+    return sweep_folder(spec) / spec["store"]
+
+
+def task_refs(spec: dict) -> Path:
+    """Where a task records the commit it resolved, on this machine."""
+    return sweep_folder(spec) / spec["refs"]
+
+
+def artifact_relpath(spec: dict, key: str) -> str:
+    """The artifact's JSON, relative to the sweep's folder (`store/<key[:2]>/<key>/checkpoint.json`):
+    what a worker reports and the driver checks against its own folder."""
+    return (Path(spec["store"]) / key[:2] / key / f"{TASK_STEP}.json").as_posix()
 
 
 def refs_path(refs_dir: str | os.PathLike, repo: str, revision: str) -> Path:
@@ -160,7 +188,9 @@ def run_task(spec: dict) -> dict:
     """Measure one checkpoint and write its artifact (the function a worker runs).
 
     Returns a record: `{"key", "status", "reason", "commit", "wall_s", "tokens_forwarded",
-    "peak_rss_bytes", "threads", "worker"}`; `status` is `computed`, `reused` (a Hub
+    "peak_rss_bytes", "threads", "worker", "artifact", "wrote"}` (`artifact`: the artifact's
+    path relative to the sweep's folder, which the driver checks; `wrote`: where this worker
+    put it, `sweep_folder`); `status` is `computed`, `reused` (a Hub
     revision whose commit only the worker could resolve, already in the store), `skipped`
     (the checkpoint cannot be obtained: not cached and the Hub unreachable, no such
     revision; `reason` says which) or `failed` (a deterministic error: out of memory on the
@@ -169,7 +199,8 @@ def run_task(spec: dict) -> dict:
     than the driver's). Anything else raises, and Dask retries the task.
     """
     t0 = time.perf_counter()
-    threads = spec.get("threads") or _worker_threads()
+    # the threads the key names (`params.threads`); a spec from before threads were keyed: as given
+    threads = spec["params"].get("threads") or spec.get("threads") or _worker_threads()
     base = {"key": spec["key"], "commit": spec.get("commit"), "threads": threads,
             "worker": f"{socket.gethostname()}:{os.getpid()}", "tokens_forwarded": 0,
             "peak_rss_bytes": None, "reason": None}
@@ -181,6 +212,9 @@ def run_task(spec: dict) -> dict:
             if out is None:
                 raise
     out["wall_s"] = time.perf_counter() - t0
+    if out["status"] in ("computed", "reused"):
+        out["artifact"] = artifact_relpath(spec, out["key"])
+        out["wrote"] = str(sweep_folder(spec) / out["artifact"])
     return out
 
 
@@ -237,11 +271,11 @@ def _measure(spec: dict, base: dict, t0: float) -> dict:
                 got = snapshot_commit(snap)
                 if commit is None and got is not None:  # resolved here: the final key
                     commit = got
-                    atomic_write_text(refs_path(spec["refs"], spec["repo"], spec["revision"]),
+                    atomic_write_text(refs_path(task_refs(spec), spec["repo"], spec["revision"]),
                                       json.dumps({"repo": spec["repo"], "revision": spec["revision"],
                                                   "commit": commit}))
                     key = task_inputs(spec, commit, code).key()
-                    if load_artifact(spec["store"], key) is not None:
+                    if load_artifact(task_store(spec), key) is not None:
                         return {**base, "key": key, "commit": commit, "status": "reused"}
                 model = load_revision(spec["revision"], None, device, snapshot=snap, repo=spec["repo"])
             else:
@@ -253,7 +287,12 @@ def _measure(spec: dict, base: dict, t0: float) -> dict:
         info = model.info
         n_params = int(sum(p.numel() for p in model.bridge.original_model.parameters()))
         toks, records = {}, {}
-        corpora = {lang: load_corpus(name, spec["data_dir"]) for lang, name in spec["corpus"].items()}
+        # the driver's data folder, else (mounted elsewhere here) this worker's own; the
+        # sha256 check below holds either to the driver's files
+        data_dir = spec["data_dir"]
+        if data_dir and not Path(data_dir).is_dir():
+            data_dir = os.environ.get("GERMAN_NEURON_DATA_DIR") or data_dir
+        corpora = {lang: load_corpus(name, data_dir) for lang, name in spec["corpus"].items()}
         for lang, corpus in corpora.items():
             if corpus.provenance() != spec["data"][lang]:
                 raise ReportError(f"the {lang} data file on worker {base['worker']} differs from the driver's",
@@ -297,7 +336,7 @@ def _measure(spec: dict, base: dict, t0: float) -> dict:
                 "threads": base["threads"], "load_s": round(t_load, 3), "measure_s": round(t_measure, 3),
                 "worker": base["worker"]}
         inputs = task_inputs(spec, commit, code)
-        ArtifactStore(artifact_dir(spec["store"], key)).save(inputs, result, time.perf_counter() - t0,
+        ArtifactStore(artifact_dir(task_store(spec), key)).save(inputs, result, time.perf_counter() - t0,
                                                              arrays, cost)
         del model, weights, fwd
         _trim_memory()
