@@ -495,25 +495,64 @@ def _pandoc_common(nb_path: Path, meta: Path, templates_dir: Path) -> list[str]:
     ]
 
 
-def plotly_header(path: Path, templates_dir: Path) -> Path:
-    """Write the HTML header that makes the report's figures interactive, offline: plotly.js
-    (from the installed `plotly` package, inline, once per page) and
-    `pandoc/figures.js`, which draws every `<script class="plotly-spec">` into its div.
-    Nothing is loaded from the network."""
+VENDOR_DIR = Path(__file__).resolve().parent / "vendor"
+# plotly.js-basic-dist-min (report/vendor/README.md): its trace types, and its hash, so that a
+# truncated or edited copy is refused instead of drawing nothing.
+BASIC_BUNDLE = VENDOR_DIR / "plotly-basic.min.js"
+BASIC_BUNDLE_SHA256 = "99784e3abfb07b142a15e521a439e6d9addceadb3f79553fd24c72774f0649ba"
+BASIC_TRACE_TYPES = frozenset({"scatter", "bar", "pie"})
+
+
+def figure_trace_types(figures: list[dict], base: Path) -> set[str]:
+    """The plotly trace types drawn by the report's interactive figures (`figures`: the
+    context's figure records; their `plotly` spec paths are relative to `base`)."""
+    types: set[str] = set()
+    for fig in figures:
+        if fig.get("plotly"):
+            spec = json.loads((base / fig["plotly"]).read_text(encoding="utf-8"))
+            types |= {t.get("type", "scatter") for t in spec.get("data", [])}
+    return types
+
+
+def plotly_js(trace_types: set[str] | None = None) -> tuple[str, str]:
+    """plotly.js source to inline and its name: the vendored partial bundle when it draws every
+    type in `trace_types` (None: unknown, use the full bundle), else the installed `plotly`
+    package's full bundle. Both are offline.
+
+    Raises:
+        ReportError: the vendored bundle does not match its recorded hash.
+    """
+    import hashlib
+
+    if trace_types is not None and trace_types <= BASIC_TRACE_TYPES:
+        data = BASIC_BUNDLE.read_bytes()
+        if hashlib.sha256(data).hexdigest() != BASIC_BUNDLE_SHA256:
+            raise ReportError(f"{BASIC_BUNDLE} does not match its recorded sha256 "
+                              "(report/vendor/README.md)")
+        return data.decode("utf-8"), "plotly-basic.min.js"
     from plotly.offline import get_plotlyjs
 
-    js = get_plotlyjs()
+    return get_plotlyjs(), "plotly.js"
+
+
+def plotly_header(path: Path, templates_dir: Path, trace_types: set[str] | None = None) -> Path:
+    """Write the HTML header that makes the report's figures interactive, offline: plotly.js
+    (`plotly_js(trace_types)`: the partial bundle when it suffices; inline, once per page) and
+    `pandoc/figures.js`, which draws every `<script class="plotly-spec">` into its div.
+    Nothing is loaded from the network."""
+    js, name = plotly_js(trace_types)
     boot = (templates_dir / "pandoc" / "figures.js").read_text(encoding="utf-8")
-    for name, text in (("plotly.js", js), ("figures.js", boot)):
+    for what, text in ((name, js), ("figures.js", boot)):
         if "</script" in text.lower():
-            raise ReportError(f"{name} contains '</script'; it cannot be inlined")
-    path.write_text(f'<script type="text/javascript">{js}</script>\n'
+            raise ReportError(f"{what} contains '</script'; it cannot be inlined")
+    path.write_text(f'<script type="text/javascript" data-bundle="{name}">{js}</script>\n'
                     f'<script type="text/javascript">{boot}</script>\n', encoding="utf-8")
     return path
 
 
-def _render_html_pandoc(nb_path: Path, meta: Path, templates_dir: Path, out: Path) -> None:
-    header = plotly_header(nb_path.parent / "plotly-header.html", templates_dir)
+def _render_html_pandoc(nb_path: Path, meta: Path, templates_dir: Path, out: Path,
+                        trace_types: set[str] | None = None) -> None:
+    header = plotly_header(nb_path.parent / "plotly-header.html", templates_dir, trace_types)
     cmd = _pandoc_common(nb_path, meta, templates_dir) + [
         "--to=html5",
         "--embed-resources",
@@ -561,7 +600,8 @@ def _timestamp(created: str | None) -> int | None:
         return None
 
 
-def _render_quarto(nb_path: Path, meta: Path, templates_dir: Path, html: Path, pdf: Path) -> None:
+def _render_quarto(nb_path: Path, meta: Path, templates_dir: Path, html: Path, pdf: Path,
+                   trace_types: set[str] | None = None) -> None:
     quarto = shutil.which("quarto")
     assert quarto is not None
     lua = templates_dir / "pandoc" / "report.lua"
@@ -580,7 +620,7 @@ def _render_quarto(nb_path: Path, meta: Path, templates_dir: Path, html: Path, p
             "-M",
             f"css:{templates_dir / 'pandoc' / 'report.css'}",
             "-M",
-            f"include-in-header:{plotly_header(nb_path.parent / 'plotly-header.html', templates_dir)}",
+            f"include-in-header:{plotly_header(nb_path.parent / 'plotly-header.html', templates_dir, trace_types)}",
             "--output",
             html.name,
         ],
@@ -633,10 +673,12 @@ def build_report(
         staged = {k: tmp / p.name for k, p in final.items()}
         nbformat.write(nb, str(staged["notebook"]))
         meta = _pandoc_metadata(context, tmp)
+        types = figure_trace_types(list(context["figures"]), out_dir)
         if use_quarto:
-            _render_quarto(staged["notebook"], meta, templates_dir, staged["html"], staged["pdf"])
+            _render_quarto(staged["notebook"], meta, templates_dir, staged["html"], staged["pdf"],
+                           types)
         else:
-            _render_html_pandoc(staged["notebook"], meta, templates_dir, staged["html"])
+            _render_html_pandoc(staged["notebook"], meta, templates_dir, staged["html"], types)
             _render_pdf_pandoc(
                 staged["notebook"],
                 meta,

@@ -171,7 +171,9 @@ def test_report_html_in_chromium(tiny_report, browser):
         assert f["width"] > 300, f
     assert len(figs) == len(res["figures"])
     html = html_path.read_text(encoding="utf-8")
-    assert html.count("plotly.js v") == 1  # plotly.js embedded once, not once per figure
+    # plotly.js embedded once, not once per figure; the partial bundle when it draws them all
+    assert html.count("data-bundle=") == 1
+    assert 'data-bundle="plotly-basic.min.js"' in html
     expected = [s.heading for s in SECTIONS if s.included(res["context"])]
     assert "Downstream neurons by activation difference" in expected and "L5N1336" in expected
     assert "Neuron cards" in expected
