@@ -66,12 +66,27 @@ class Section:
     requires: tuple[str, ...] = ()
     figure_steps: tuple[str, ...] = ()
     when: Callable[[Mapping[str, Any]], bool] | None = None
+    # The section studies neurons named by the seed's Pythia-70M indices (not found in this
+    # run's data): in another model they are arbitrary neurons, and a badge says so.
+    seed_named: bool = False
 
     def included(self, context: Mapping[str, Any]) -> bool:
         artifacts = context.get("artifacts") or {}
         if any(step not in artifacts for step in self.requires):
             return False
         return self.when is None or bool(self.when(context))
+
+
+def seed_named_badge(run: Mapping[str, Any]) -> str | None:
+    """The one-line badge of a section about seed-named neurons, or None for Pythia-70M
+    (where the seed's indices are the neurons it studied)."""
+    if run.get("is_pythia", False):
+        return None
+    kind = ("known-answer control" if run.get("is_planted") else
+            "positive control" if run.get("is_organism") else "model that is not Pythia-70M")
+    return (f"[In this {kind} the neurons named here are the seed's Pythia-70M indices: "
+            f"arbitrary neurons, expected to show nothing; only {run.get('neuron')} has a "
+            "known role.]{.badge}")
 
 
 def _unplaced_figures(context: Mapping[str, Any]) -> list[dict]:
@@ -89,25 +104,26 @@ SECTIONS: tuple[Section, ...] = (
     Section(
         "Context neuron activations", "20_activations.md.j2", ("activations",), ("activations",)
     ),
-    Section("Single-neuron probes", "30_probes.md.j2", ("probes",), ("probes",)),
-    Section("Mean ablation", "40_ablation.md.j2", ("ablation",), ("ablation",)),
+    Section("Single-neuron probes", "30_probes.md.j2", ("probes",), ("probes",), seed_named=True),
+    Section("Mean ablation", "40_ablation.md.j2", ("ablation",), ("ablation",), seed_named=True),
     Section("Direct logit attribution and loss by component", "50_dla.md.j2", ("dla",), ("dla",)),
     Section("Tokens boosted by the context layer", "51_l3_tokens.md.j2", ("l3_tokens",),
             ("l3_tokens",)),
     Section("Unigram statistics", "52_unigrams.md.j2", ("unigrams",), ("unigrams",)),
     Section("Probes with the context neuron ablated", "53_probes_ablated.md.j2",
-            ("probes_ablated",), ("probes_ablated",)),
+            ("probes_ablated",), ("probes_ablated",), seed_named=True),
     Section("English and French neuron probes", "54_language_probes.md.j2",
-            ("probes_english_neurons",)),
+            ("probes_english_neurons",), seed_named=True),
     Section("Correlation with the context neuron", "55_correlations.md.j2", ("correlations",),
             ("correlations",)),
     Section("Backup test: pairs of ablated neurons", "56_backup.md.j2", ("backup",)),
     Section("Downstream neurons by activation difference", "60_downstream.md.j2", ("downstream",),
             ("downstream",)),
-    Section("Individual downstream neurons", "61_neurons.md.j2", ("neurons",), ("neurons",)),
+    Section("Individual downstream neurons", "61_neurons.md.j2", ("neurons",), ("neurons",), seed_named=True),
     Section("L5N1336", "62_l5n1336.md.j2", ("neurons",), ("neurons",),
             when=lambda c: any(e["neuron"] == "L5N1336"
-                               for e in c["artifacts"]["neurons"]["result"]["neurons"])),
+                               for e in c["artifacts"]["neurons"]["result"]["neurons"]),
+            seed_named=True),
     Section("Training dynamics", "70_dynamics.md.j2", ("dynamics",), ("dynamics",)),
     Section("Training dynamics across checkpoints and model sizes", "75_sweep.md.j2", (), ("sweep",),
             when=lambda c: c.get("sweep") is not None),
@@ -348,6 +364,14 @@ def _check_context(context: Mapping[str, Any]) -> None:
         )
 
 
+SEED_REFERENCE = Path(__file__).resolve().parent.parent / "analysis" / "resources" / "seed_reference.json"
+
+
+def seed_reference() -> dict:
+    """The founding notebook's printed numbers for Pythia-70M (analysis/resources)."""
+    return json.loads(SEED_REFERENCE.read_text(encoding="utf-8"))
+
+
 def _template_variables(context: Mapping[str, Any]) -> dict[str, Any]:
     artifacts = context["artifacts"]
     figures = list(context["figures"])
@@ -361,15 +385,20 @@ def _template_variables(context: Mapping[str, Any]) -> dict[str, Any]:
     def figures_for(*fig_steps: str) -> list[dict]:
         return [f for f in figures if f.get("step") in fig_steps]
 
+    model = first["model"] if first else None
     return {
         "title": context["title"],
         "run": context["run"],
+        # The seed's printed Pythia-70M numbers, shown beside every model's in the verdict
+        # (`seed` stays None for other models: the sections compare only like with like).
+        "seed_pythia": context["seed"] or seed_reference(),
+        "uniform_loss": math.log(model["d_vocab"]) if model and model.get("d_vocab") else None,
         "artifacts": artifacts,
         "figures": figures,
         "seed": context["seed"],
         "regression": context.get("regression"),
         "steps": steps,
-        "model": first["model"] if first else None,
+        "model": model,
         "libraries": (first.get("libraries") or {}) if first else {},
         "data_files": data,
         "figures_for": figures_for,
@@ -413,6 +442,9 @@ def build_notebook(
             continue
         cells = _split_cells(_render(env, f"sections/{section.template}", variables))
         heading = f"# {section.heading}"
+        badge = seed_named_badge(context["run"]) if section.seed_named else None
+        if badge:
+            heading += f"\n\n{badge}"
         if cells and cells[0][0] == "markdown":
             cells[0] = ("markdown", f"{heading}\n\n{cells[0][1]}")
         else:
@@ -484,7 +516,8 @@ def _pandoc_common(nb_path: Path, meta: Path, templates_dir: Path) -> list[str]:
         str(nb_path),
         # header_attributes: `## L3N669 {#card-L3N669}` (the cards' link targets);
         # raw_attribute: a raw Typst page break before each card (dropped in the HTML)
-        "--from=ipynb+table_captions+header_attributes+raw_attribute",
+        # fenced_divs, bracketed_spans: the verdict box, badges and anchors
+        "--from=ipynb+table_captions+header_attributes+raw_attribute+fenced_divs+bracketed_spans",
         "--standalone",
         "--toc",
         "--toc-depth=2",
