@@ -106,7 +106,7 @@ async () => {
     links: Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href')),
     table_links: Array.from(document.querySelectorAll('td a[href^="#card-"]')).map(a => a.getAttribute('href')),
     heatmaps: document.querySelectorAll('.heatmap').length,
-    heatmap_tokens: document.querySelectorAll('.heatmap span[title]').length,
+    heatmap_tokens: document.querySelectorAll('.heatmap span[data-t]').length,
     scripts: Array.from(document.scripts).map(s => s.src).filter(s => s),
     plotly_js: document.querySelectorAll('script:not([src])').length,
     plotly_version: window.Plotly ? window.Plotly.version : null,
@@ -129,7 +129,7 @@ def inspect_page(browser, path: Path) -> tuple[dict, list[str], list[str]]:
 def test_harness_detects_broken_images_console_errors_and_remote_requests(browser, tmp_path):
     page = tmp_path / "bad.html"
     page.write_text('<html><body><h1>A</h1><img src="data:image/png;base64,AAAA">'
-                    '<img src="missing.png"><div class="heatmap"><span title="t">x</span></div>'
+                    '<img src="missing.png"><div class="heatmap"><span data-t="t">x</span></div>'
                     '<img src="https://cdn.example.org/x.png">'
                     '<script>console.error("boom")</script></body></html>', encoding="utf-8")
     checks, errors, remote = inspect_page(browser, page)
