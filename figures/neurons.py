@@ -70,10 +70,12 @@ def downstream_bar(top: Sequence[dict], layer: int, context: str) -> Chart:
     ax.set_title(title)
     fig.tight_layout()
     trace = ia.bar_trace(table["rank"], table["mean"], "mean difference", colors,
-                         "rank %{x}: <b>%{customdata[0]}</b><br>mean %{y:+.4f}, std "
+                         # the rank from customdata: %{x} would print the tick label (the neuron)
+                         "rank %{customdata[3]}: <b>%{customdata[0]}</b><br>mean %{y:+.4f}, std "
                          "%{customdata[1]:.4f}<br>score (|mean| − std) %{customdata[2]:+.4f}",
-                         customdata=[[n, s, sc] for n, s, sc in zip(
-                             table["neuron"], ia.num(table["std"]), ia.num(table["score"]), strict=True)],
+                         customdata=[[n, s, sc, r] for n, s, sc, r in zip(
+                             table["neuron"], ia.num(table["std"]), ia.num(table["score"]),
+                             table["rank"], strict=True)],
                          error=(table["std"], table["std"]), showlegend=False)
     lay = ia.layout(ia.plot_text(title) + " (drag to zoom)", height=400,
                     xaxis=ia.axis(f"MLP {layer} neuron (best |mean| − std first)", tickmode="array",

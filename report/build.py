@@ -372,6 +372,22 @@ def seed_reference() -> dict:
     return json.loads(SEED_REFERENCE.read_text(encoding="utf-8"))
 
 
+def _seed_searched() -> dict[str, dict]:
+    """For each seed `get_examples_by_neuron` cell (its call text): the seed list entry it
+    searched (`top_negative_l5[1]`) and that neuron in Pythia-70M (`L5N213`), so that a
+    search run on another neuron can say it is a stand-in."""
+    from analysis.families.neurons import SEED_LISTS, SEED_SEARCHES
+
+    out = {}
+    for role, searches in SEED_SEARCHES.items():
+        name, _, rest = role.partition("[")
+        neuron = (f"L{name[-1]}N{SEED_LISTS[name][int(rest.rstrip(']'))]}" if name in SEED_LISTS
+                  else role)
+        for x in searches:
+            out[x.seed_call] = {"role": role, "neuron": neuron}
+    return out
+
+
 def _template_variables(context: Mapping[str, Any]) -> dict[str, Any]:
     artifacts = context["artifacts"]
     figures = list(context["figures"])
@@ -405,6 +421,7 @@ def _template_variables(context: Mapping[str, Any]) -> dict[str, Any]:
         "unplaced_figures": _unplaced_figures(context),
         "sweep": context.get("sweep"),
         "intervals": {"resamples": stats.BOOTSTRAP_RESAMPLES, "seed": stats.BOOTSTRAP_SEED},
+        "seed_searched": _seed_searched() if "neurons" in artifacts else {},
         "cards": [c["neuron"] for c in artifacts["cards"]["result"]["cards"]]
         if "cards" in artifacts else [],
     }
