@@ -228,6 +228,11 @@ def typst_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+# Longest token text in a PDF heat-map box: a Typst box never breaks, and 40 characters of
+# 7 pt monospace (about 170 pt) leave room for the value beside it on a 482 pt line.
+TYPST_TOKEN_MAX = 40
+
+
 def heatmap_typst(tokens: Sequence[str], values: Sequence[float], max_value: float,
                   label: str | None = None, annotate: bool = False) -> str:
     """The same heat map as Typst markup: a block of filled boxes (monospace tokens);
@@ -240,7 +245,10 @@ def heatmap_typst(tokens: Sequence[str], values: Sequence[float], max_value: flo
         lines.append(f"#text(size: 8pt, style: \"italic\", {typst_string(label)}) \\")
     for tok, v in zip(tokens, values, strict=True):
         rgb = token_rgb(v, max_value)
-        body = f'#text(font: "DejaVu Sans Mono", size: 7pt, fill: {text_color(rgb)}, {typst_string(visible(tok))})'
+        shown = visible(tok)
+        if len(shown) > TYPST_TOKEN_MAX:  # a box cannot break: cut it (the HTML shows it whole)
+            shown = shown[: TYPST_TOKEN_MAX - 1] + "…"
+        body = f'#text(font: "DejaVu Sans Mono", size: 7pt, fill: {text_color(rgb)}, {typst_string(shown)})'
         if annotate:
             body += f'#text(size: 5.5pt, fill: {text_color(rgb)}, {typst_string(" " + signed(v))})'
         lines.append(f"#box(fill: rgb({rgb[0]}, {rgb[1]}, {rgb[2]}), inset: (x: 1pt, y: 1.5pt), "

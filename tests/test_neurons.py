@@ -262,6 +262,8 @@ def test_typst_heatmap_escapes_and_compiles(tmp_path):
     src.write_text(typ + "\n", encoding="utf-8")
     pdf = typst.compile(str(src))
     assert pdf[:5] == b"%PDF-"
+    long = heatmap_typst(["-" * 120, "ab"], [0.5, 0.1], 1.0, annotate=True)
+    assert "-" * 120 not in long and "-" * 39 + "…" in long  # cut to fit the line
     bundle = heatmap_bundle(NASTY, [0.1] * len(NASTY), 1.0)
     assert set(bundle) == {"text/html", "text/markdown", "text/plain"}
     md = bundle["text/markdown"]
