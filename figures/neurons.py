@@ -70,10 +70,12 @@ def downstream_bar(top: Sequence[dict], layer: int, context: str) -> Chart:
     ax.set_title(title)
     fig.tight_layout()
     trace = ia.bar_trace(table["rank"], table["mean"], "mean difference", colors,
-                         "rank %{x}: <b>%{customdata[0]}</b><br>mean %{y:+.4f}, std "
+                         # the rank from customdata: %{x} would print the tick label (the neuron)
+                         "rank %{customdata[3]}: <b>%{customdata[0]}</b><br>mean %{y:+.4f}, std "
                          "%{customdata[1]:.4f}<br>score (|mean| − std) %{customdata[2]:+.4f}",
-                         customdata=[[n, s, sc] for n, s, sc in zip(
-                             table["neuron"], ia.num(table["std"]), ia.num(table["score"]), strict=True)],
+                         customdata=[[n, s, sc, r] for n, s, sc, r in zip(
+                             table["neuron"], ia.num(table["std"]), ia.num(table["score"]),
+                             table["rank"], strict=True)],
                          error=(table["std"], table["std"]), showlegend=False)
     lay = ia.layout(ia.plot_text(title) + " (drag to zoom)", height=400,
                     xaxis=ia.axis(f"MLP {layer} neuron (best |mean| − std first)", tickmode="array",
@@ -141,38 +143,69 @@ def text_color(rgb: tuple[int, int, int]) -> str:
 
 
 def visible(token: str) -> str:
-    """A token as shown in a heat map (seed: runs of whitespace become `_`)."""
+    """A token as shown in a PDF heat map box (seed: runs of whitespace become `_`)."""
     return re.sub(r"\s+", "_", token)
+
+
+# Tokens in the HTML heat maps are the text itself, contiguous (no inserted spaces or
+# markers; the page keeps whitespace with `white-space: pre-wrap`); only characters that
+# would vanish or break the line are made visible.
+_HTML_VISIBLE = {"\n": "↵", "\r": "␍", "\t": "⇥"}
+
+
+def html_token(token: str) -> str:
+    """A token as the HTML heat maps print it: its own characters, newlines as `↵`, tabs as
+    `⇥`, other non-printable characters as `\\u{hex}`, the empty token as `∅`."""
+    out = []
+    for ch in token:
+        if ch in _HTML_VISIBLE:
+            out.append(_HTML_VISIBLE[ch])
+        elif not ch.isprintable() and ch != " ":
+            out.append(f"\\u{{{ord(ch):x}}}")
+        else:
+            out.append(ch)
+    return "".join(out) or "∅"
 
 
 def _titles(values, original, ablated) -> list[str]:
     if original is not None and ablated is not None:
-        return [f"Difference: {v:.4f}, Original logprob: {o:.4f}, Ablated logprob: {a:.4f}"
+        return [f"Δ loss {v:+.4f} · log-prob {o:.3f} → {a:.3f}"
                 for v, o, a in zip(values, original, ablated, strict=True)]
-    return [f"{v:.4f}" for v in values]
+    return [f"{v:+.4f}" for v in values]
+
+
+def hex_color(rgb: tuple[int, int, int]) -> str:
+    """`#rrggbb` (shorter in the page than `rgb(r, g, b)`)."""
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
 def heatmap_html(tokens: Sequence[str], values: Sequence[float], max_value: float,
                  original: Sequence[float] | None = None, ablated: Sequence[float] | None = None,
-                 label: str | None = None, titles: Sequence[str] | None = None) -> str:
-    """A `<div class="heatmap">` of coloured `<span>`s with the values in `title` (or the
-    given `titles`, one per token); every token and title is HTML-escaped."""
+                 label: str | None = None, titles: Sequence[str] | None = None,
+                 mark: int | None = None, unit: str = "") -> str:
+    """A `<div class="heatmap">` of contiguous coloured `<span>`s, each token's text as it is
+    (`html_token`), its hover text in `data-t` (the report's CSS draws it as a tooltip, offline;
+    `titles`, one per token, replace the default "Δ loss / log-prob" text). The colour scale is
+    absolute, ±`max_value` (`unit`), and printed after the label; `mark`: the index of a token
+    to outline (the maximum). Every token and text is HTML-escaped."""
     if len(tokens) != len(values):
         raise ValueError(f"{len(tokens)} tokens but {len(values)} values")
     if titles is not None and len(titles) != len(tokens):
         raise ValueError(f"{len(tokens)} tokens but {len(titles)} titles")
-    parts = ['<div class="heatmap" style="line-height: 2.1; margin: 0.5em 0;">']
-    if label:
-        parts.append(f'<div class="heatmap-label" style="font-size: 0.85em; font-style: italic;">'
-                     f"{html.escape(label)}</div>")
+    scale = f"colour ±{max_value:.3g}{' ' + unit if unit else ''}"
+    parts = ['<div class="heatmap">']
+    parts.append(f'<div class="heatmap-label">{html.escape(label or "")}'
+                 f' <span class="hm-scale">{html.escape(scale)}</span></div>')
     spans = []
-    for tok, v, title in zip(tokens, values, titles if titles is not None
-                             else _titles(values, original, ablated), strict=True):
+    for k, (tok, v, title) in enumerate(zip(tokens, values, titles if titles is not None
+                                            else _titles(values, original, ablated), strict=True)):
         rgb = token_rgb(v, max_value)
-        spans.append(f'<span style="background-color: rgb({rgb[0]}, {rgb[1]}, {rgb[2]}); '
-                     f'color: {text_color(rgb)}; padding: 2px;" title="{html.escape(title, quote=True)}">'
-                     f"{html.escape(visible(tok))}</span>")
-    parts.append(" ".join(spans))
+        cls = " ".join(c for c in ("w" if text_color(rgb) == "white" else "",
+                                   "max" if k == mark else "") if c)
+        spans.append(f'<span{f" class={chr(34)}{cls}{chr(34)}" if cls else ""} '
+                     f'style="background:{hex_color(rgb)}" data-t="{html.escape(title, quote=True)}">'
+                     f"{html.escape(html_token(tok))}</span>")
+    parts.append("".join(spans))
     parts.append("</div>")
     return "".join(parts)
 
@@ -195,6 +228,11 @@ def typst_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+# Longest token text in a PDF heat-map box: a Typst box never breaks, and 40 characters of
+# 7 pt monospace (about 170 pt) leave room for the value beside it on a 482 pt line.
+TYPST_TOKEN_MAX = 40
+
+
 def heatmap_typst(tokens: Sequence[str], values: Sequence[float], max_value: float,
                   label: str | None = None, annotate: bool = False) -> str:
     """The same heat map as Typst markup: a block of filled boxes (monospace tokens);
@@ -207,7 +245,10 @@ def heatmap_typst(tokens: Sequence[str], values: Sequence[float], max_value: flo
         lines.append(f"#text(size: 8pt, style: \"italic\", {typst_string(label)}) \\")
     for tok, v in zip(tokens, values, strict=True):
         rgb = token_rgb(v, max_value)
-        body = f'#text(font: "DejaVu Sans Mono", size: 7pt, fill: {text_color(rgb)}, {typst_string(visible(tok))})'
+        shown = visible(tok)
+        if len(shown) > TYPST_TOKEN_MAX:  # a box cannot break: cut it (the HTML shows it whole)
+            shown = shown[: TYPST_TOKEN_MAX - 1] + "…"
+        body = f'#text(font: "DejaVu Sans Mono", size: 7pt, fill: {text_color(rgb)}, {typst_string(shown)})'
         if annotate:
             body += f'#text(size: 5.5pt, fill: {text_color(rgb)}, {typst_string(" " + signed(v))})'
         lines.append(f"#box(fill: rgb({rgb[0]}, {rgb[1]}, {rgb[2]}), inset: (x: 1pt, y: 1.5pt), "
@@ -219,11 +260,13 @@ def heatmap_typst(tokens: Sequence[str], values: Sequence[float], max_value: flo
 def heatmap_bundle(tokens: Sequence[str], values: Sequence[float], max_value: float,
                    original: Sequence[float] | None = None, ablated: Sequence[float] | None = None,
                    label: str | None = None, annotate: bool = False,
-                   titles: Sequence[str] | None = None) -> dict[str, str]:
+                   titles: Sequence[str] | None = None, mark: int | None = None,
+                   unit: str = "") -> dict[str, str]:
     """A notebook display bundle: `text/html` (interactive, for the HTML report) and a
     raw Typst block as `text/markdown` (kept by the PDF conversion)."""
     typ = heatmap_typst(tokens, values, max_value, label=label, annotate=annotate)
-    return {"text/html": heatmap_html(tokens, values, max_value, original, ablated, label, titles),
+    return {"text/html": heatmap_html(tokens, values, max_value, original, ablated, label, titles,
+                                      mark, unit),
             "text/markdown": "```{=typst}\n" + typ + "\n```",
             "text/plain": f"[heat map: {label or ''} ({len(tokens)} tokens)]"}
 
@@ -236,7 +279,7 @@ def show_heatmap(*args, **kwargs) -> None:
 
 
 def token_list_bundle(rows: Sequence[dict], title: str, value: str = "value",
-                      max_value: float | None = None) -> dict[str, str]:
+                      max_value: float | None = None, unit: str = "") -> dict[str, str]:
     """A heat map of a short token list (top-k tokens), values printed in the Typst boxes.
     `rows`: [{"token", value, optionally "original" and "ablated"}]; `max_value` defaults
     to the largest |value|."""
@@ -247,18 +290,18 @@ def token_list_bundle(rows: Sequence[dict], title: str, value: str = "value",
     return heatmap_bundle(tokens, values, scale or 1.0,
                           [r["original"] for r in rows] if both else None,
                           [r["ablated"] for r in rows] if both else None,
-                          label=title, annotate=True)
+                          label=title, annotate=True, unit=unit)
 
 
 def show_token_list(rows: Sequence[dict], title: str, value: str = "value",
-                    max_value: float | None = None) -> None:
+                    max_value: float | None = None, unit: str = "") -> None:
     """Display `token_list_bundle(...)`, or a note when the list is empty."""
     from IPython.display import Markdown, display
 
     if not rows:
         display(Markdown(f"*{title}: no token is left after the exclusions.*"))
         return
-    display(token_list_bundle(rows, title, value, max_value), raw=True)
+    display(token_list_bundle(rows, title, value, max_value, unit), raw=True)
 
 
 def activation_titles(tokens: Sequence[str], token_ids: Sequence[int], activations: Sequence[float],
@@ -279,4 +322,5 @@ def show_activations(example: dict, max_value: float, label: str) -> None:
     titles = activation_titles(example["tokens"], example["token_ids"], example["activations"],
                                example["start"], example["position"])
     display(heatmap_bundle(example["tokens"], example["activations"], max_value, label=label,
-                           titles=titles), raw=True)
+                           titles=titles, mark=example["position"] - example["start"],
+                           unit="activation"), raw=True)

@@ -67,12 +67,27 @@ class Section:
     requires: tuple[str, ...] = ()
     figure_steps: tuple[str, ...] = ()
     when: Callable[[Mapping[str, Any]], bool] | None = None
+    # The section studies neurons named by the seed's Pythia-70M indices (not found in this
+    # run's data): in another model they are arbitrary neurons, and a badge says so.
+    seed_named: bool = False
 
     def included(self, context: Mapping[str, Any]) -> bool:
         artifacts = context.get("artifacts") or {}
         if any(step not in artifacts for step in self.requires):
             return False
         return self.when is None or bool(self.when(context))
+
+
+def seed_named_badge(run: Mapping[str, Any]) -> str | None:
+    """The one-line badge of a section about seed-named neurons, or None for Pythia-70M
+    (where the seed's indices are the neurons it studied)."""
+    if run.get("is_pythia", False):
+        return None
+    kind = ("known-answer control" if run.get("is_planted") else
+            "positive control" if run.get("is_organism") else "model that is not Pythia-70M")
+    return (f"[In this {kind} the neurons named here are the seed's Pythia-70M indices: "
+            f"arbitrary neurons, expected to show nothing; only {run.get('neuron')} has a "
+            "known role.]{.badge}")
 
 
 def _unplaced_figures(context: Mapping[str, Any]) -> list[dict]:
@@ -90,25 +105,26 @@ SECTIONS: tuple[Section, ...] = (
     Section(
         "Context neuron activations", "20_activations.md.j2", ("activations",), ("activations",)
     ),
-    Section("Single-neuron probes", "30_probes.md.j2", ("probes",), ("probes",)),
-    Section("Mean ablation", "40_ablation.md.j2", ("ablation",), ("ablation",)),
+    Section("Single-neuron probes", "30_probes.md.j2", ("probes",), ("probes",), seed_named=True),
+    Section("Mean ablation", "40_ablation.md.j2", ("ablation",), ("ablation",), seed_named=True),
     Section("Direct logit attribution and loss by component", "50_dla.md.j2", ("dla",), ("dla",)),
     Section("Tokens boosted by the context layer", "51_l3_tokens.md.j2", ("l3_tokens",),
             ("l3_tokens",)),
     Section("Unigram statistics", "52_unigrams.md.j2", ("unigrams",), ("unigrams",)),
     Section("Probes with the context neuron ablated", "53_probes_ablated.md.j2",
-            ("probes_ablated",), ("probes_ablated",)),
+            ("probes_ablated",), ("probes_ablated",), seed_named=True),
     Section("English and French neuron probes", "54_language_probes.md.j2",
-            ("probes_english_neurons",)),
+            ("probes_english_neurons",), seed_named=True),
     Section("Correlation with the context neuron", "55_correlations.md.j2", ("correlations",),
             ("correlations",)),
     Section("Backup test: pairs of ablated neurons", "56_backup.md.j2", ("backup",)),
     Section("Downstream neurons by activation difference", "60_downstream.md.j2", ("downstream",),
             ("downstream",)),
-    Section("Individual downstream neurons", "61_neurons.md.j2", ("neurons",), ("neurons",)),
+    Section("Individual downstream neurons", "61_neurons.md.j2", ("neurons",), ("neurons",), seed_named=True),
     Section("L5N1336", "62_l5n1336.md.j2", ("neurons",), ("neurons",),
             when=lambda c: any(e["neuron"] == "L5N1336"
-                               for e in c["artifacts"]["neurons"]["result"]["neurons"])),
+                               for e in c["artifacts"]["neurons"]["result"]["neurons"]),
+            seed_named=True),
     Section("Training dynamics", "70_dynamics.md.j2", ("dynamics",), ("dynamics",)),
     Section("Training dynamics across checkpoints and model sizes", "75_sweep.md.j2", (), ("sweep",),
             when=lambda c: c.get("sweep") is not None),
@@ -349,6 +365,30 @@ def _check_context(context: Mapping[str, Any]) -> None:
         )
 
 
+SEED_REFERENCE = Path(__file__).resolve().parent.parent / "analysis" / "resources" / "seed_reference.json"
+
+
+def seed_reference() -> dict:
+    """The founding notebook's printed numbers for Pythia-70M (analysis/resources)."""
+    return json.loads(SEED_REFERENCE.read_text(encoding="utf-8"))
+
+
+def _seed_searched() -> dict[str, dict]:
+    """For each seed `get_examples_by_neuron` cell (its call text): the seed list entry it
+    searched (`top_negative_l5[1]`) and that neuron in Pythia-70M (`L5N213`), so that a
+    search run on another neuron can say it is a stand-in."""
+    from analysis.families.neurons import SEED_LISTS, SEED_SEARCHES
+
+    out = {}
+    for role, searches in SEED_SEARCHES.items():
+        name, _, rest = role.partition("[")
+        neuron = (f"L{name[-1]}N{SEED_LISTS[name][int(rest.rstrip(']'))]}" if name in SEED_LISTS
+                  else role)
+        for x in searches:
+            out[x.seed_call] = {"role": role, "neuron": neuron}
+    return out
+
+
 def _template_variables(context: Mapping[str, Any]) -> dict[str, Any]:
     artifacts = context["artifacts"]
     figures = list(context["figures"])
@@ -362,21 +402,27 @@ def _template_variables(context: Mapping[str, Any]) -> dict[str, Any]:
     def figures_for(*fig_steps: str) -> list[dict]:
         return [f for f in figures if f.get("step") in fig_steps]
 
+    model = first["model"] if first else None
     return {
         "title": context["title"],
         "run": context["run"],
+        # The seed's printed Pythia-70M numbers, shown beside every model's in the verdict
+        # (`seed` stays None for other models: the sections compare only like with like).
+        "seed_pythia": context["seed"] or seed_reference(),
+        "uniform_loss": math.log(model["d_vocab"]) if model and model.get("d_vocab") else None,
         "artifacts": artifacts,
         "figures": figures,
         "seed": context["seed"],
         "regression": context.get("regression"),
         "steps": steps,
-        "model": first["model"] if first else None,
+        "model": model,
         "libraries": (first.get("libraries") or {}) if first else {},
         "data_files": data,
         "figures_for": figures_for,
         "unplaced_figures": _unplaced_figures(context),
         "sweep": context.get("sweep"),
         "intervals": {"resamples": stats.BOOTSTRAP_RESAMPLES, "seed": stats.BOOTSTRAP_SEED},
+        "seed_searched": _seed_searched() if "neurons" in artifacts else {},
         "cards": [c["neuron"] for c in artifacts["cards"]["result"]["cards"]]
         if "cards" in artifacts else [],
     }
@@ -414,6 +460,9 @@ def build_notebook(
             continue
         cells = _split_cells(_render(env, f"sections/{section.template}", variables))
         heading = f"# {section.heading}"
+        badge = seed_named_badge(context["run"]) if section.seed_named else None
+        if badge:
+            heading += f"\n\n{badge}"
         if cells and cells[0][0] == "markdown":
             cells[0] = ("markdown", f"{heading}\n\n{cells[0][1]}")
         else:
@@ -485,7 +534,8 @@ def _pandoc_common(nb_path: Path, meta: Path, templates_dir: Path) -> list[str]:
         str(nb_path),
         # header_attributes: `## L3N669 {#card-L3N669}` (the cards' link targets);
         # raw_attribute: a raw Typst page break before each card (dropped in the HTML)
-        "--from=ipynb+table_captions+header_attributes+raw_attribute",
+        # fenced_divs, bracketed_spans: the verdict box, badges and anchors
+        "--from=ipynb+table_captions+header_attributes+raw_attribute+fenced_divs+bracketed_spans",
         "--standalone",
         "--toc",
         "--toc-depth=2",
@@ -496,25 +546,64 @@ def _pandoc_common(nb_path: Path, meta: Path, templates_dir: Path) -> list[str]:
     ]
 
 
-def plotly_header(path: Path, templates_dir: Path) -> Path:
-    """Write the HTML header that makes the report's figures interactive, offline: plotly.js
-    (from the installed `plotly` package, inline, once per page) and
-    `pandoc/figures.js`, which draws every `<script class="plotly-spec">` into its div.
-    Nothing is loaded from the network."""
+VENDOR_DIR = Path(__file__).resolve().parent / "vendor"
+# plotly.js-basic-dist-min (report/vendor/README.md): its trace types, and its hash, so that a
+# truncated or edited copy is refused instead of drawing nothing.
+BASIC_BUNDLE = VENDOR_DIR / "plotly-basic.min.js"
+BASIC_BUNDLE_SHA256 = "99784e3abfb07b142a15e521a439e6d9addceadb3f79553fd24c72774f0649ba"
+BASIC_TRACE_TYPES = frozenset({"scatter", "bar", "pie"})
+
+
+def figure_trace_types(figures: list[dict], base: Path) -> set[str]:
+    """The plotly trace types drawn by the report's interactive figures (`figures`: the
+    context's figure records; their `plotly` spec paths are relative to `base`)."""
+    types: set[str] = set()
+    for fig in figures:
+        if fig.get("plotly"):
+            spec = json.loads((base / fig["plotly"]).read_text(encoding="utf-8"))
+            types |= {t.get("type", "scatter") for t in spec.get("data", [])}
+    return types
+
+
+def plotly_js(trace_types: set[str] | None = None) -> tuple[str, str]:
+    """plotly.js source to inline and its name: the vendored partial bundle when it draws every
+    type in `trace_types` (None: unknown, use the full bundle), else the installed `plotly`
+    package's full bundle. Both are offline.
+
+    Raises:
+        ReportError: the vendored bundle does not match its recorded hash.
+    """
+    import hashlib
+
+    if trace_types is not None and trace_types <= BASIC_TRACE_TYPES:
+        data = BASIC_BUNDLE.read_bytes()
+        if hashlib.sha256(data).hexdigest() != BASIC_BUNDLE_SHA256:
+            raise ReportError(f"{BASIC_BUNDLE} does not match its recorded sha256 "
+                              "(report/vendor/README.md)")
+        return data.decode("utf-8"), "plotly-basic.min.js"
     from plotly.offline import get_plotlyjs
 
-    js = get_plotlyjs()
+    return get_plotlyjs(), "plotly.js"
+
+
+def plotly_header(path: Path, templates_dir: Path, trace_types: set[str] | None = None) -> Path:
+    """Write the HTML header that makes the report's figures interactive, offline: plotly.js
+    (`plotly_js(trace_types)`: the partial bundle when it suffices; inline, once per page) and
+    `pandoc/figures.js`, which draws every `<script class="plotly-spec">` into its div.
+    Nothing is loaded from the network."""
+    js, name = plotly_js(trace_types)
     boot = (templates_dir / "pandoc" / "figures.js").read_text(encoding="utf-8")
-    for name, text in (("plotly.js", js), ("figures.js", boot)):
+    for what, text in ((name, js), ("figures.js", boot)):
         if "</script" in text.lower():
-            raise ReportError(f"{name} contains '</script'; it cannot be inlined")
-    path.write_text(f'<script type="text/javascript">{js}</script>\n'
+            raise ReportError(f"{what} contains '</script'; it cannot be inlined")
+    path.write_text(f'<script type="text/javascript" data-bundle="{name}">{js}</script>\n'
                     f'<script type="text/javascript">{boot}</script>\n', encoding="utf-8")
     return path
 
 
-def _render_html_pandoc(nb_path: Path, meta: Path, templates_dir: Path, out: Path) -> None:
-    header = plotly_header(nb_path.parent / "plotly-header.html", templates_dir)
+def _render_html_pandoc(nb_path: Path, meta: Path, templates_dir: Path, out: Path,
+                        trace_types: set[str] | None = None) -> None:
+    header = plotly_header(nb_path.parent / "plotly-header.html", templates_dir, trace_types)
     cmd = _pandoc_common(nb_path, meta, templates_dir) + [
         "--to=html5",
         "--embed-resources",
@@ -562,7 +651,8 @@ def _timestamp(created: str | None) -> int | None:
         return None
 
 
-def _render_quarto(nb_path: Path, meta: Path, templates_dir: Path, html: Path, pdf: Path) -> None:
+def _render_quarto(nb_path: Path, meta: Path, templates_dir: Path, html: Path, pdf: Path,
+                   trace_types: set[str] | None = None) -> None:
     quarto = shutil.which("quarto")
     assert quarto is not None
     lua = templates_dir / "pandoc" / "report.lua"
@@ -581,7 +671,7 @@ def _render_quarto(nb_path: Path, meta: Path, templates_dir: Path, html: Path, p
             "-M",
             f"css:{templates_dir / 'pandoc' / 'report.css'}",
             "-M",
-            f"include-in-header:{plotly_header(nb_path.parent / 'plotly-header.html', templates_dir)}",
+            f"include-in-header:{plotly_header(nb_path.parent / 'plotly-header.html', templates_dir, trace_types)}",
             "--output",
             html.name,
         ],
@@ -634,10 +724,12 @@ def build_report(
         staged = {k: tmp / p.name for k, p in final.items()}
         nbformat.write(nb, str(staged["notebook"]))
         meta = _pandoc_metadata(context, tmp)
+        types = figure_trace_types(list(context["figures"]), out_dir)
         if use_quarto:
-            _render_quarto(staged["notebook"], meta, templates_dir, staged["html"], staged["pdf"])
+            _render_quarto(staged["notebook"], meta, templates_dir, staged["html"], staged["pdf"],
+                           types)
         else:
-            _render_html_pandoc(staged["notebook"], meta, templates_dir, staged["html"])
+            _render_html_pandoc(staged["notebook"], meta, templates_dir, staged["html"], types)
             _render_pdf_pandoc(
                 staged["notebook"],
                 meta,

@@ -12,6 +12,8 @@ skipped, except under CI (`CI` set), where they fail.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import shutil
@@ -29,6 +31,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-dev-shm-usage"]
 LOCAL = ("file:", "data:", "about:", "blob:")
 MAX_HTML_BYTES = 10 * 2**20  # the quick profile's report.html stays under 10 MB
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _need(tool: str | None, name: str) -> str:
@@ -106,7 +109,7 @@ async () => {
     links: Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href')),
     table_links: Array.from(document.querySelectorAll('td a[href^="#card-"]')).map(a => a.getAttribute('href')),
     heatmaps: document.querySelectorAll('.heatmap').length,
-    heatmap_tokens: document.querySelectorAll('.heatmap span[title]').length,
+    heatmap_tokens: document.querySelectorAll('.heatmap span[data-t]').length,
     scripts: Array.from(document.scripts).map(s => s.src).filter(s => s),
     plotly_js: document.querySelectorAll('script:not([src])').length,
     plotly_version: window.Plotly ? window.Plotly.version : null,
@@ -129,7 +132,7 @@ def inspect_page(browser, path: Path) -> tuple[dict, list[str], list[str]]:
 def test_harness_detects_broken_images_console_errors_and_remote_requests(browser, tmp_path):
     page = tmp_path / "bad.html"
     page.write_text('<html><body><h1>A</h1><img src="data:image/png;base64,AAAA">'
-                    '<img src="missing.png"><div class="heatmap"><span title="t">x</span></div>'
+                    '<img src="missing.png"><div class="heatmap"><span data-t="t">x</span></div>'
                     '<img src="https://cdn.example.org/x.png">'
                     '<script>console.error("boom")</script></body></html>', encoding="utf-8")
     checks, errors, remote = inspect_page(browser, page)
@@ -171,7 +174,9 @@ def test_report_html_in_chromium(tiny_report, browser):
         assert f["width"] > 300, f
     assert len(figs) == len(res["figures"])
     html = html_path.read_text(encoding="utf-8")
-    assert html.count("plotly.js v") == 1  # plotly.js embedded once, not once per figure
+    # plotly.js embedded once, not once per figure; the partial bundle when it draws them all
+    assert html.count("data-bundle=") == 1
+    assert 'data-bundle="plotly-basic.min.js"' in html
     expected = [s.heading for s in SECTIONS if s.included(res["context"])]
     assert "Downstream neurons by activation difference" in expected and "L5N1336" in expected
     assert "Neuron cards" in expected
@@ -185,6 +190,59 @@ def test_report_html_in_chromium(tiny_report, browser):
     n_maps += sum(len(c["top_examples"]) for c in cards)
     assert n_maps > 0 and checks["heatmaps"] >= n_maps
     assert checks["heatmap_tokens"] > 10 * n_maps
+
+
+FIRST_SCREEN = """
+() => {
+  const v = document.getElementById('verdict');
+  if (!v) return null;
+  const r = v.getBoundingClientRect();
+  return {top: r.top, bottom: r.bottom, text: v.innerText,
+          headers: Array.from(v.querySelectorAll('th')).map(t => t.textContent.trim()),
+          rows: Array.from(v.querySelectorAll('tbody tr')).map(
+            tr => Array.from(tr.cells).map(c => c.textContent.trim())),
+          toc_fixed: getComputedStyle(document.getElementById('TOC')).position === 'fixed',
+          figures_ms: Number(document.documentElement.getAttribute('data-figures-ms'))};
+}
+"""
+
+
+def test_first_screen_shows_the_verdict(tiny_report, browser):
+    """At 1280×900 the verdict is on the first screen: what the model is (not Pythia-70M
+    here, said so), the three numbers with their intervals beside the seed's Pythia-70M
+    values, and the baseline loss beside the uniform loss; the contents list is a sidebar.
+    Prints the HTML size and the time to the last figure."""
+    res, _, _ = tiny_report
+    path = res["out"] / "report.html"
+    page = Page(browser, path)
+    try:
+        v = page.page.evaluate(FIRST_SCREEN)
+    finally:
+        page.close()
+    assert not page.errors, page.errors
+    print(f"\nreport.html: {path.stat().st_size / 1e6:.2f} MB; last figure drawn "
+          f"{v['figures_ms'] / 1000:.2f} s after navigation")
+    assert v is not None, "no #verdict"
+    assert v["bottom"] <= 900, v  # wholly on the first screen
+    assert v["toc_fixed"]
+    assert "not Pythia-70M" in v["text"] and "Pipeline check" in v["text"]
+    assert v["headers"][1:] == ["This run [95% CI]", "Seed: Pythia-70M L3N669"]
+    rows = {r[0]: r[1:] for r in v["rows"]}
+    ctx = res["artifacts"]["ablation"]["result"]["context"]
+    probe = next(r for r in res["artifacts"]["probes"]["result"]["rows"] if r["neuron"] == "L3N669")
+    seed = json.loads((REPO / "analysis" / "resources" / "seed_reference.json").read_text())
+    assert rows["Probe F1, German vs English tokens"] == [
+        f"{probe['f1']:.2f} [{probe['f1_ci'][0]:.2f}, {probe['f1_ci'][1]:.2f}]",
+        f"{seed['probes']['rows']['L3N669']['f1']:.2f}"]
+    lo, hi = ctx["german"]["percent_increase_ci"]
+    assert rows["Loss increase on German when mean-ablated"][0] == \
+        f"{ctx['german']['percent_increase']:+.2f}% [{lo:+.2f}, {hi:+.2f}]".replace("-0.00", "+0.00")
+    assert rows["Loss increase on German when mean-ablated"][1] == "+11.57%"
+    assert "Loss increase on English when mean-ablated" in rows
+    assert rows["Mean activation, German / English"][1] == "3.82 / -0.07"
+    assert rows["Baseline loss, German / English (nats)"][0].startswith(f"{ctx['german']['original']:.2f}")
+    d_vocab = res["artifacts"]["ablation"]["provenance"]["model"]["d_vocab"]
+    assert f"ln {d_vocab:,} = {math.log(d_vocab):.2f} nats" in v["text"]
 
 
 def test_hovering_a_top_token_bar_shows_the_token(tiny_report, browser):

@@ -228,20 +228,26 @@ NASTY = ["<b>", "a&b", '"q"', " x\n", "</div>", "`x`", "#[y]", "\\", "$z$"]
 
 def test_heatmap_html_escapes_tokens_and_titles():
     values = [0.5, -0.5, 2.0, -2.0, 0.0, 0.1, -0.1, 0.2, 0.3]
-    h = heatmap_html(NASTY, values, 1.0, [-1.0] * 9, [-2.0] * 9, label="<i>label</i> & co")
+    h = heatmap_html(NASTY, values, 1.0, [-1.0] * 9, [-2.0] * 9, label="<i>label</i> & co",
+                     mark=2, unit="nats")
     assert h.startswith('<div class="heatmap"')
     assert "<b>" not in h and "<i>" not in h
     assert h.count("<div") == 2 and h.count("</div>") == 2  # wrapper + label, nothing injected
-    assert h.count("<span") == h.count("</span>") == len(NASTY)
+    assert h.count("<span") == h.count("</span>") == len(NASTY) + 1  # tokens + the scale
     assert "&lt;b&gt;" in h and "a&amp;b" in h and "&quot;q&quot;" in h and "&lt;/div&gt;" in h
     assert "&lt;i&gt;label&lt;/i&gt; &amp; co" in h
-    assert "_x_" in h  # whitespace runs shown as "_", as the seed did
-    spans = re.findall(r'<span style="background-color: rgb\((\d+), (\d+), (\d+)\);[^"]*" title="([^"]*)">', h)
+    assert "colour ±1 nats" in h  # the absolute scale is printed
+    spans = re.findall(r'<span(?: class="([^"]*)")? style="background:#([0-9a-f]{6})" '
+                       r'data-t="([^"]*)">([^<]*)</span>', h)
     assert len(spans) == len(NASTY)
-    assert tuple(map(int, spans[0][:3])) == (255, 127, 127)  # +0.5 of 1: half red
-    assert tuple(map(int, spans[1][:3])) == (127, 127, 255)  # -0.5: half blue
-    assert tuple(map(int, spans[2][:3])) == (255, 0, 0)      # saturated
-    assert html_lib.unescape(spans[0][3]) == "Difference: 0.5000, Original logprob: -1.0000, Ablated logprob: -2.0000"
+    # the tokens are the text itself, contiguous: no inserted spaces or "_" markers
+    assert "".join(html_lib.unescape(t) for *_, t in spans) == "".join(NASTY).replace("\n", "↵")
+    assert "</span><span" in h and "</span> <span" not in h
+    assert spans[0][1] == "ff7f7f"  # +0.5 of 1: half red
+    assert spans[1][1] == "7f7fff"  # -0.5: half blue
+    assert spans[2][1] == "ff0000" and spans[2][0] == "w max"  # saturated, white text, marked
+    assert [i for i, sp in enumerate(spans) if "max" in sp[0].split()] == [2]
+    assert html_lib.unescape(spans[0][2]) == "Δ loss +0.5000 · log-prob -1.000 → -2.000"
     assert token_rgb(0.0, 1.0) == (255, 255, 255)
     with pytest.raises(ValueError):
         heatmap_html(["a"], [1.0, 2.0], 1.0)
@@ -256,6 +262,8 @@ def test_typst_heatmap_escapes_and_compiles(tmp_path):
     src.write_text(typ + "\n", encoding="utf-8")
     pdf = typst.compile(str(src))
     assert pdf[:5] == b"%PDF-"
+    long = heatmap_typst(["-" * 120, "ab"], [0.5, 0.1], 1.0, annotate=True)
+    assert "-" * 120 not in long and "-" * 39 + "…" in long  # cut to fit the line
     bundle = heatmap_bundle(NASTY, [0.1] * len(NASTY), 1.0)
     assert set(bundle) == {"text/html", "text/markdown", "text/plain"}
     md = bundle["text/markdown"]
