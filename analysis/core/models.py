@@ -289,8 +289,10 @@ def random_model(shape: dict, seed: int):
 
 
 def _perturb_norms_and_biases(model, seed: int) -> None:
-    """Give LayerNorms and biases non-trivial values, so that folding LN and centring
-    weights are exercised by every test that runs `tiny` (HF initialises them to 1 and 0)."""
+    """Give LayerNorms and biases non-trivial values (weights 1 + 0.1·N(0,1), biases
+    0.02·N(0,1), from a generator seeded `seed + 1`), so that folding LN and centring weights
+    are exercised by every test that runs `tiny` and by the planted control, as real Pythia's
+    would (HF initialises them to 1 and 0)."""
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
