@@ -240,6 +240,9 @@ def test_another_context_neuron_has_no_baseline_and_no_regression(l5n10_report):
     text = _text((res["out"] / "report.html").read_text(encoding="utf-8"))
     assert sentence in text
     assert "outside tolerance" not in text and "metrics checked" not in text
+    # said in the verdict box on the first screen too, not only in the appendix (issue 18)
+    assert f"Baseline check: no number was checked against a baseline: {sentence}" in text
+    assert text.find("Baseline check:") < text.rfind("Regression check"), "the verdict comes before the appendix"
     # the individual-neuron section says that none is studied, and why
     assert ("None of them is studied here (quick profile): all 4 (L5N1336, L4N683, L4N1331, L5N1292) "
             "are not after the context neuron’s layer 5.") in text, text[text.find("None of"):][:300]
@@ -262,3 +265,8 @@ def test_regression_command_passes_the_default_run(tiny_report):
                         "--out", str(res["out"])], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "failed: PASSED" in r.stdout
+    rg = res["context"]["regression"]
+    assert reg.outcome_sentence(rg) == (f"{rg['n_checked']:,} numbers checked against the baseline "
+                                        "tiny-quick.json, 0 outside tolerance: PASSED") and rg["n_checked"] > 100
+    text = _text((res["out"] / "report.html").read_text(encoding="utf-8"))
+    assert f"Baseline check: {reg.outcome_sentence(rg)}" in text
