@@ -47,3 +47,18 @@ def test_the_planted_control_rebuilt_from_nothing_gives_identical_artifacts(
     assert d["identical"], d
     assert {s["step"] for s in d["steps"]} >= {"activations", "probes", "ablation", "dla",
                                                 "backup", "downstream", "neurons", "planted"}
+
+
+def test_pythia_70m_random_is_the_model_its_committed_baseline_was_recorded_on(shared_inputs):
+    """`pythia-70m-random`, generated here (or read from the store under the key of the code
+    that generates it), has the weights fingerprint that its committed baseline records: the
+    generation gives the same bytes on this machine as on the one that recorded it."""
+    import json
+    from pathlib import Path
+
+    from analysis.core.models import _fingerprint_dir, pythia_random_checkpoint
+    from analysis.core.regression import BASELINES
+
+    path = pythia_random_checkpoint(shared_inputs["tokenizer"])
+    recorded = json.loads(Path(BASELINES / "pythia-70m-random-quick.json").read_text())
+    assert _fingerprint_dir(path) == recorded["configuration"]["fingerprint"]

@@ -263,6 +263,20 @@ def test_the_planted_checkpoint_is_the_same_with_one_thread_and_another_batch_sp
     assert _fingerprint_dir(path) == fingerprint
 
 
+def test_the_plant_is_the_model_its_committed_baseline_was_recorded_on(planted_default):
+    """The default plant built here has the weights fingerprint that the committed quick
+    baseline records, so the README's first command compares its numbers on this machine
+    (issue 18). A change to the plant's generator that moves its bytes fails here until the
+    baseline is recorded again (`nox -s baseline -- --model pythia-70m-planted --update`)."""
+    import json
+
+    from analysis.core.regression import BASELINES
+
+    recorded = json.loads((BASELINES / "pythia-70m-planted-quick.json").read_text())["configuration"]
+    model = planted_default["artifacts"]["discovery"]["provenance"]["model"]
+    assert model["fingerprint"] == recorded["fingerprint"], "record the baseline again"
+
+
 def test_a_plant_elsewhere_is_found_there(shared_inputs, tmp_path):
     """L2N100 planted, `--neuron auto`: discovery ranks it first and the report studies it
     (so nothing depends on L3N669 being the answer); its probe and boosted tokens meet the
