@@ -34,11 +34,34 @@ def organism(session: nox.Session) -> None:
     session.run("german-neuron", "organism", *session.posargs)
 
 
+def _shared_inputs(posargs: list[str]) -> tuple[dict[str, str], list[str]]:
+    """`--tokenizer PATH` and `--data-dir DIR` taken out of the session's arguments and
+    handed to the tests as GERMAN_NEURON_TOKENIZER / GERMAN_NEURON_DATA_DIR (absolute paths),
+    the rest left for pytest. Pytest itself would read `--data-dir ../shared/data` as a test
+    path outside the project, pick its root folder from it and miss the project's options."""
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--tokenizer")
+    parser.add_argument("--data-dir")
+    known, rest = parser.parse_known_args(posargs)
+    env = {}
+    if known.tokenizer:
+        env["GERMAN_NEURON_TOKENIZER"] = os.path.abspath(known.tokenizer)
+    if known.data_dir:
+        env["GERMAN_NEURON_DATA_DIR"] = os.path.abspath(known.data_dir)
+    return env, rest
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Unit and end-to-end tests on the hermetic `tiny` model."""
+    """Every test: `-- --tokenizer PATH/tokenizer.json --data-dir DIR [pytest arguments]`
+    (the real text and tokenizer, as the report takes them; `-m 'not shared'` deselects the
+    tests that need them)."""
     _install(session)
-    session.run("pytest", "-q", *session.posargs)
+    env, rest = _shared_inputs(list(session.posargs))
+    session.run("pytest", "-q", *rest, env=env)
 
 
 @nox.session(python=PYTHON)

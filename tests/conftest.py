@@ -22,6 +22,9 @@ SHARED_INPUTS: dict[str, str | None] = {k: os.environ.get(v) for k, v in ENV.ite
 MODEL_STORE = os.environ.get("GERMAN_NEURON_MODEL_STORE")
 
 
+# For pytest run directly: `--tokenizer=PATH --data-dir=DIR` (with `=`: pytest reads a
+# separate `../shared/...` as a test path and picks its root folder from it). The nox
+# session takes the README's form and passes the variables.
 def pytest_addoption(parser):
     group = parser.getgroup("german-neuron", "the real text and tokenizer (../shared)")
     group.addoption("--data-dir", default=None, help="folder of the seed's data files (../shared/data)")
