@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analysis.core import codehash
-from analysis.core.pipeline import STEPS
+from analysis.orchestration.pipeline import STEPS
 
 REPO = Path(__file__).resolve().parent.parent
 COPIED = ("analysis", "figures", "report", "templates", "baselines", "pyproject.toml")
@@ -202,7 +202,7 @@ def test_the_engine_edit_recomputes_every_loss_and_the_regression_check_reports_
 
 
 def test_a_rerun_reuses_every_artifact_and_figure_and_redraws_only_what_is_missing(tiny_report):
-    from analysis.core.pipeline import run_report
+    from analysis.orchestration.pipeline import run_report
 
     res, _, cfg = tiny_report
     out = res["out"]

@@ -267,7 +267,7 @@ def test_organism_report_with_auto_neuron_and_dynamics(tiny_organism, tmp_path):
     import re
 
     from analysis.core.config import RunConfig, get_profile
-    from analysis.core.pipeline import STEPS, run_report
+    from analysis.orchestration.pipeline import STEPS, run_report
 
     names = [s.name for s in STEPS]
     assert names.index("discovery") < names.index("activations") < names.index("dynamics")

@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import GERMAN_NEURONS, Neuron, Profile, RunConfig, get_profile
-from .engine import Batch, Forward, Weights, per_example_losses, set_neurons
+from ..core.config import GERMAN_NEURONS, Neuron, Profile, RunConfig, get_profile
+from ..core.engine import Batch, Forward, Weights, per_example_losses, set_neurons
 
 TARGETS = {"speedup": (">=", 5.0), "efficiency": (">=", 0.85), "limit_ratio": (">=", 0.5),
            "passes_ratio": ("<=", 0.4), "paper_peak_rss_gb_estimate": ("<=", 6.0)}
@@ -329,10 +329,10 @@ def _worst_batch_child(cfg: RunConfig, queue) -> None:
     per-batch operations: a forward capturing every layer's `hook_post` (discovery), and a
     loss pass with a variant restarted at a middle layer and a last-layer shortcut variant."""
     try:
-        from .config import Neuron
-        from .engine import Batch
-        from .models import load_model
-        from .runner import peak_rss_bytes, reset_peak_rss
+        from ..core.config import Neuron
+        from ..core.engine import Batch
+        from ..core.models import load_model
+        from ..core.runner import peak_rss_bytes, reset_peak_rss
 
         model = load_model(cfg.model, cfg.tokenizer, cfg.device, cfg.profile.seed)
         w = Weights.from_bridge(model.bridge, model.info["rotary_pct"])
@@ -372,7 +372,7 @@ def _report_child(cfg: RunConfig, queue) -> None:
 def run_report_in_child(cfg: RunConfig, target: Callable = _report_child) -> dict:
     """Run a report (or another `target(cfg, queue)`) in a fresh (spawned) process, so its
     peak memory is its own."""
-    from .errors import ReportError
+    from ..core.errors import ReportError
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -412,11 +412,11 @@ def run_bench(model_name: str, tokenizer: str | None, data_dir: str | None, out:
     Raises:
         UsageError / DataError / ModelUnavailableError: as `german-neuron report`.
     """
+    from ..core.artifacts import atomic_write_text, library_versions
+    from ..core.data import CORPORA, load_corpus
+    from ..core.models import load_model
+    from ..core.runner import Run
     from ..families.activations import collect_mlp_activations
-    from .artifacts import atomic_write_text, library_versions
-    from .data import CORPORA, load_corpus
-    from .models import load_model
-    from .runner import Run
 
     quick = get_profile("quick")
     n_ex = examples or quick.loss_examples
@@ -605,7 +605,7 @@ def bench_checkpoints(folder: Path, n: int) -> list[Path]:
     """`n` small random checkpoints (`SWEEP_BENCH_SHAPE`, seeds 0..n-1, the fixture BPE
     tokenizer) saved as Hugging Face folders under `folder` (reused when present)."""
     from ..controls.tiny_tokenizer import train_fixture_tokenizer
-    from .models import TINY_SHAPE, _perturb_norms_and_biases, random_model
+    from ..core.models import TINY_SHAPE, _perturb_norms_and_biases, random_model
 
     tok = None
     paths = []
@@ -630,7 +630,7 @@ def _timed_batch(executor, specs: list[dict]) -> tuple[float, list[dict]]:
     while executor.pending():
         _, rec = executor.next_done()
         if not isinstance(rec, dict) or rec["status"] != "computed":
-            from .errors import ReportError
+            from ..core.errors import ReportError
 
             raise ReportError(f"a benchmark task did not compute: {rec}")
         recs.append(rec)
@@ -659,7 +659,7 @@ def _memory_child(spec: dict, queue) -> None:
 
 
 def _in_child(target: Callable, *args) -> dict:
-    from .errors import ReportError
+    from ..core.errors import ReportError
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -680,7 +680,7 @@ def sweep_memory(tokenizer: str, out: Path, data_dir: str | None, log: Callable[
     The two artifacts must carry the same payload."""
     import shutil
 
-    from .models import pythia_random_checkpoint
+    from ..core.models import pythia_random_checkpoint
     from .sweep import plan_sweep
 
     path = pythia_random_checkpoint(tokenizer, 0)

@@ -60,8 +60,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import ReportError, UsageError
 from ..families.dynamics import PYTHIA_TOKENS_PER_STEP
-from .errors import ReportError, UsageError
 
 RETRIES = 2                 # reruns of a task that raised (a worker that died is rerun anyway)
 ALLOWED_FAILURES = 3        # worker deaths a task may cause before the scheduler gives it up
@@ -147,7 +147,7 @@ def parse_models(text: str) -> list[ModelEntry]:
             `organism` with no trained organism in the cache.
     """
     from ..controls import organism
-    from .models import PYTHIA_SIZES, check_checkpoint_dir, pythia_repo
+    from ..core.models import PYTHIA_SIZES, check_checkpoint_dir, pythia_repo
 
     items = [t.strip() for t in (text or "").split(",") if t.strip()]
     if not items:
@@ -197,7 +197,7 @@ def parse_models(text: str) -> list[ModelEntry]:
 
 def _organism_entry(name: str, final: Path) -> ModelEntry:
     from ..controls import organism
-    from .models import check_checkpoint_dir
+    from ..core.models import check_checkpoint_dir
 
     cfg = check_checkpoint_dir(Path(final))
     cks = [{"revision": f"step{c['step']}", "step": c["step"], "tokens_seen": c["tokens_seen"],
@@ -239,7 +239,7 @@ def pythia_revisions(choice: str | list[str]) -> list[str]:
     Raises:
         UsageError: an explicit `step<N>` that is not one of Pythia's 154 checkpoints.
     """
-    from .models import PYTHIA_CHECKPOINTS, PYTHIA_DYNAMICS_REVISIONS
+    from ..core.models import PYTHIA_CHECKPOINTS, PYTHIA_DYNAMICS_REVISIONS
 
     if choice == "all":
         revs = list(PYTHIA_CHECKPOINTS)
@@ -280,7 +280,7 @@ def available_cores() -> int:
 def keep_weights_for(entry: ModelEntry, choice: str) -> bool:
     """`--keep-weights yes|no|auto` for one model: auto keeps them below 1B parameters.
     Checkpoint folders are never deleted."""
-    from .models import pythia_size_params
+    from ..core.models import pythia_size_params
 
     if entry.kind != "hub":
         return True
@@ -323,7 +323,7 @@ def default_sweep_out(dtype: str = "float32", tf32: bool = False) -> Path:
     """`build/sweep` for float32, `build/sweep-bfloat16`, `build/sweep-tf32`, ... otherwise
     (`precision.out_suffix`): a bf16 or TF32 sweep never replaces float32's sweep.json and
     table (its artifacts are keyed apart anyway)."""
-    from .precision import out_suffix
+    from ..core.precision import out_suffix
 
     return DEFAULT_OUT.with_name(DEFAULT_OUT.name + out_suffix(dtype, tf32))
 
@@ -335,7 +335,7 @@ def check_sweep_precision(out: Path, dtype: str, tf32: bool) -> None:
     Raises:
         UsageError: `out/sweep.json` records another `dtype` or `tf32`.
     """
-    from .precision import describe
+    from ..core.precision import describe
 
     try:
         settings = json.loads((Path(out) / "sweep.json").read_text())["settings"]
@@ -382,7 +382,7 @@ class HubRefs:
     def resolve(self, repo: str, revisions: list[str]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
         """({revision: commit}, {revision: why it does not exist}, {revision: the commit it
         moved from}) for branches of `repo`, without downloading anything."""
-        from .models import local_commit
+        from ..core.models import local_commit
         from .sweep_task import recorded_commit
 
         known, source = {}, {}
@@ -423,7 +423,7 @@ class HubRefs:
     def write(self) -> None:
         """Record the commits learnt from the Hub under `<out>/refs/` (with the commit each
         moved from), for later runs (offline ones included)."""
-        from .artifacts import atomic_write_text
+        from ..core.artifacts import atomic_write_text
         from .sweep_task import refs_path
 
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -475,7 +475,7 @@ def _hub_branches(repo: str) -> dict[str, str] | None:
 def _hub_config(repo: str, revision: str) -> dict | None:
     """A Pythia model's config.json without its weights: from the cache, else (online) the
     one small file from the Hub; None when neither works."""
-    from .models import cached_config
+    from ..core.models import cached_config
 
     cfg = cached_config(repo)
     if cfg is not None or _hub_offline():
@@ -504,14 +504,14 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
             bfloat16) or `--tf32` (on or off).
         DataError: a data file is missing or has the wrong checksum.
     """
-    from .codehash import code_record
-    from .config import Neuron, get_profile
-    from .data import CORPORA, load_corpus
-    from .models import PYTHIA_REPO
+    from ..core.codehash import code_record
+    from ..core.config import Neuron, get_profile
+    from ..core.data import CORPORA, load_corpus
+    from ..core.models import PYTHIA_REPO
 
     if device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
         raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
-    from .precision import parse_dtype, parse_tf32, precision_note, tf32_effective
+    from ..core.precision import parse_dtype, parse_tf32, precision_note, tf32_effective
 
     dtype, tf32 = parse_dtype(dtype), parse_tf32(tf32)
     if keep_weights not in ("auto", "yes", "no"):
@@ -543,7 +543,7 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
     base: dict[str, dict] = {}
     tasks: list[dict] = []
     deferred: dict[str, list[dict]] = {}
-    code = code_record("analysis.core.sweep_task")
+    code = code_record("analysis.orchestration.sweep_task")
     for e in entries:
         if e.kind == "hub":
             revs = pythia_revisions(rev_choice)
@@ -632,7 +632,7 @@ def _spec(base: dict, ck: dict, known: dict, missing: dict, code: dict, anchor: 
           neuron: str | None = None, upstream: dict | None = None, source: str | None = None,
           moved: dict | None = None) -> dict:
     """A task spec (see `sweep_task.task_inputs`) with its key."""
-    from .models import _fingerprint_dir
+    from ..core.models import _fingerprint_dir
     from .sweep_task import task_inputs
 
     spec = {**base, "revision": ck["revision"], "step": ck.get("step"), "tokens_seen": ck.get("tokens_seen"),
@@ -1129,7 +1129,7 @@ def _remove_stale_temporaries(store: Path, older_than_s: float = 3600) -> None:
 
 def _finish(plan: SweepPlan, records: list[dict], out: Path, t0: float, executor, command: str,
             interrupted: bool = False) -> dict:
-    from .artifacts import atomic_write_text, library_versions
+    from ..core.artifacts import atomic_write_text, library_versions
 
     order = {e.name: i for i, e in enumerate(plan.models)}
     records.sort(key=lambda r: (order.get(r["model"], 0), r["step"] if r["step"] is not None else -1,
@@ -1235,7 +1235,7 @@ def write_table(out: Path, manifest: dict) -> dict:
     """Write `table.parquet` and `table.csv` atomically; returns their paths and row count."""
     import io
 
-    from .artifacts import atomic_write_bytes, atomic_write_text
+    from ..core.artifacts import atomic_write_bytes, atomic_write_text
 
     df = build_table(out, manifest)
     buf = io.BytesIO()
