@@ -234,7 +234,7 @@ GENERATOR_EDITS = {
     "perturbation": ("analysis/core/models.py", "p.copy_(0.02 * torch.randn", "p.copy_(0.03 * torch.randn"),
     "plant": ("analysis/controls/planted.py", "CLASS_PRE_ACTIVATION = 4.0", "CLASS_PRE_ACTIVATION = 4.5"),
     "organism training": ("analysis/controls/organism.py", "betas=(0.9, 0.95)", "betas=(0.9, 0.98)"),
-    "tiny tokenizer": ("analysis/controls/tiny_tokenizer.py", "add_prefix_space=False", "add_prefix_space=True"),
+    "tiny tokenizer": ("analysis/core/tiny_tokenizer.py", "add_prefix_space=False", "add_prefix_space=True"),
 }
 GENERATED = """
 import json

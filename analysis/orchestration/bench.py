@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..controls import sources  # noqa: F401  (registers the controls' models with core.models)
 from ..core.config import GERMAN_NEURONS, Neuron, Profile, RunConfig, get_profile
 from ..core.engine import Batch, Forward, Weights, per_example_losses, set_neurons
 
@@ -604,8 +605,8 @@ SWEEP_TARGETS = {"overhead_fraction": ("<=", 0.05)}
 def bench_checkpoints(folder: Path, n: int) -> list[Path]:
     """`n` small random checkpoints (`SWEEP_BENCH_SHAPE`, seeds 0..n-1, the fixture BPE
     tokenizer) saved as Hugging Face folders under `folder` (reused when present)."""
-    from ..controls.tiny_tokenizer import train_fixture_tokenizer
     from ..core.models import TINY_SHAPE, _perturb_norms_and_biases, random_model
+    from ..core.tiny_tokenizer import train_fixture_tokenizer
 
     tok = None
     paths = []

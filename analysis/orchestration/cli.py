@@ -89,7 +89,7 @@ def report(
         if renderer not in ("auto", "quarto", "pandoc"):
             raise UsageError(f"unknown renderer {renderer!r}; choose auto, quarto or pandoc")
         from ..controls.organism import is_organism, resolve_default_model
-        from ..core.models import PLANTED_MODEL
+        from ..controls.planted import PLANTED_MODEL
 
         auto = neuron is not None and neuron.strip().lower() == "auto"
         context_neuron = None if auto or neuron is None else Neuron.parse(neuron)
@@ -250,6 +250,7 @@ def baseline(
     and is never rewritten here."""
     import json
 
+    from ..controls import sources  # noqa: F401  (model_slug knows the organism's folders)
     from ..core.artifacts import atomic_write_text
     from ..core.models import model_slug
     from . import regression as reg

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..controls import planted_check as planted_check_mod
+from ..controls import sources  # noqa: F401  (registers the controls' models with core.models)
+from ..controls.planted import DEFAULT_PLANT, PLANTED_MODEL
 from ..core.config import RunConfig
 from ..core.data import CORPORA
 from ..core.errors import ReportError, UsageError
@@ -171,11 +173,11 @@ def default_out(model: str, plant=None, dtype: str = "float32", tf32: bool = Fal
     Raises:
         UsageError: a dtype or TF32 value `precision` refuses.
     """
-    from ..core.models import PLANTED_MODEL, model_slug
+    from ..core.models import model_slug
     from ..core.precision import out_suffix
 
     slug = model_slug(model)
-    if model == PLANTED_MODEL and plant is not None and str(plant) != _planted_default():
+    if model == PLANTED_MODEL and plant is not None and str(plant) != DEFAULT_PLANT:
         slug += f"-{plant}"
     return Path("build") / (slug + out_suffix(dtype, tf32))
 
@@ -206,12 +208,6 @@ def check_folder_precision(out: Path, dtype: str, tf32: bool, default: Path | No
         return
 
 
-def _planted_default() -> str:
-    from ..controls.planted import DEFAULT_PLANT
-
-    return DEFAULT_PLANT
-
-
 def check_plant(cfg: RunConfig, n_layers: int, d_mlp: int) -> None:
     """`--plant` only with `pythia-70m-planted`, and inside the model (as `--neuron`).
 
@@ -219,13 +215,12 @@ def check_plant(cfg: RunConfig, n_layers: int, d_mlp: int) -> None:
         UsageError: `--plant` with another model, or a planted neuron out of range.
     """
     from ..core.config import Neuron
-    from ..core.models import PLANTED_MODEL
 
     if cfg.model != PLANTED_MODEL:
         if cfg.plant is not None:
             raise UsageError(f"--plant applies only to --model {PLANTED_MODEL} (the model is {cfg.model})")
         return
-    (cfg.plant or Neuron.parse(_planted_default())).check(n_layers, d_mlp)
+    (cfg.plant or Neuron.parse(DEFAULT_PLANT)).check(n_layers, d_mlp)
 
 
 def with_dependencies(names, auto: bool) -> set[str]:
