@@ -249,8 +249,9 @@ def test_tf32_is_recorded_and_on_cpu_changes_the_key_but_no_number(runs):
 
 def test_a_bf16_sweep_task_is_keyed_and_recorded_apart(tmp_path):
     from analysis.orchestration.bench import bench_checkpoints
-    from analysis.orchestration.sweep import plan_sweep, run_sweep
-    from analysis.orchestration.sweep_task import load_artifact
+    from analysis.orchestration.sweep.plan import plan_sweep
+    from analysis.orchestration.sweep.run import run_sweep
+    from analysis.orchestration.sweep.task import load_artifact
 
     (ckpt,) = bench_checkpoints(tmp_path / "ckpts", 1)
     kw = dict(profile="quick", overrides=["activation_examples=4", "probe_samples=60", "loss_examples=4"],
@@ -312,7 +313,7 @@ def test_a_bf16_run_gets_its_own_default_folder_and_leaves_float32_untouched(run
 
 def test_a_bf16_sweep_defaults_to_its_own_folder_and_refuses_a_float32_one(tmp_path):
     from analysis.core.errors import UsageError
-    from analysis.orchestration.sweep import DEFAULT_OUT, default_sweep_out, plan_sweep
+    from analysis.orchestration.sweep.plan import DEFAULT_OUT, default_sweep_out, plan_sweep
 
     assert default_sweep_out() == DEFAULT_OUT == Path("build") / "sweep"
     assert default_sweep_out("bfloat16") == Path("build") / "sweep-bfloat16"

@@ -639,7 +639,7 @@ def _timed_batch(executor, specs: list[dict]) -> tuple[float, list[dict]]:
 
 
 def _sweep_specs(paths: list[Path], out: Path, threads: int) -> list[dict]:
-    from .sweep import plan_sweep
+    from .sweep.plan import plan_sweep
 
     plan = plan_sweep(",".join(str(p) for p in paths), "quick", neuron="L3N100", overrides=SWEEP_BENCH_SIZES,
                       corpus="fixture", out=out, threads=threads)
@@ -650,7 +650,7 @@ def _memory_child(spec: dict, queue) -> None:
     """Child process: one sweep task from a fresh interpreter; sends back its record and the
     artifact's cost."""
     try:
-        from .sweep_task import load_artifact, run_task, task_store
+        from .sweep.task import load_artifact, run_task, task_store
 
         rec = run_task(spec)
         art = load_artifact(task_store(spec), rec["key"])
@@ -682,7 +682,7 @@ def sweep_memory(tokenizer: str, out: Path, data_dir: str | None, log: Callable[
     import shutil
 
     from ..core.models import pythia_random_checkpoint
-    from .sweep import plan_sweep
+    from .sweep.plan import plan_sweep
 
     path = pythia_random_checkpoint(tokenizer, 0)
     res = {}
@@ -722,7 +722,7 @@ def run_sweep_bench(out: Path, tokenizer: str | None = None, data_dir: str | Non
 
     import torch
 
-    from .sweep import SerialExecutor, available_cores, start_executor
+    from .sweep.executors import SerialExecutor, available_cores, start_executor
 
     out = Path(out)
     ckpts = bench_checkpoints(out / "checkpoints", n_tasks + 1)

@@ -75,7 +75,7 @@ def report(
 
     with one_line_errors(debug):
         if sweep is not None and model is None:
-            from .sweep import build_sweep_report
+            from .sweep.report import build_sweep_report
 
             paths = build_sweep_report(sweep, renderer=renderer, log=lambda s: typer.echo(s, err=True))
             for kind in ("html", "pdf"):
@@ -351,7 +351,9 @@ def sweep(
 ) -> None:
     """Measure the German neuron across training checkpoints and model sizes (Dask), one
     cached artifact per checkpoint, and write a tidy table (Parquet, CSV) and a report."""
-    from .sweep import build_sweep_report, plan_sweep, run_sweep
+    from .sweep.plan import plan_sweep
+    from .sweep.report import build_sweep_report
+    from .sweep.run import run_sweep
 
     def log(s):
         typer.echo(s, err=True)

@@ -279,7 +279,7 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
     if corpus not in CORPORA:
         raise UsageError(f"unknown corpus set {corpus!r}; choose one of: {', '.join(CORPORA)}")
     if sweep is not None:
-        from .sweep import sweep_summary
+        from .sweep.summary import sweep_summary
 
         sweep_summary(sweep)  # UsageError before any compute when DIR holds no sweep
     n_layers, d_mlp = model_shape(cfg.model)
@@ -380,7 +380,8 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
             figs += draw_figures(spec, run, arts, out / "figures")
     sweep_context = None
     if sweep is not None:
-        from .sweep import draw_sweep_figures, sweep_summary
+        from .sweep.figures import draw_sweep_figures
+        from .sweep.summary import sweep_summary
 
         sweep_context = sweep_summary(sweep)
         figs += draw_sweep_figures(sweep, out / "figures")
