@@ -51,7 +51,7 @@ def measure_figure(table, spec: dict, marks: dict | None = None):
     """One measure of the sweep against training step, one line per model.
 
     Args:
-        table: the sweep's tidy table (pandas DataFrame, `analysis.core.sweep.TABLE_COLUMNS`).
+        table: the sweep's tidy table (pandas DataFrame, `analysis.orchestration.sweep.table.TABLE_COLUMNS`).
         spec: an entry of `MEASURES` (`measure`, `language`, `ylabel`, `title`, optional
             `ylim`, `label_neurons`).
         marks: `{model: step}` to mark with a dotted vertical line (the first checkpoint

@@ -43,7 +43,7 @@ RENDERERS = ("auto", "pandoc", "quarto")
 
 from analysis.core import stats  # noqa: E402
 from analysis.core.errors import ReportError as _BaseReportError  # noqa: E402
-from analysis.core.regression import outcome_sentence  # noqa: E402
+from analysis.orchestration.regression import outcome_sentence  # noqa: E402
 
 
 class ReportError(_BaseReportError):

@@ -47,9 +47,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from analysis.core import regression as reg  # noqa: E402
 from analysis.core.config import Neuron, RunConfig, get_profile  # noqa: E402
-from analysis.core.pipeline import STEPS, run_report  # noqa: E402
+from analysis.orchestration import regression as reg  # noqa: E402
+from analysis.orchestration.pipeline import STEPS, run_report  # noqa: E402
 
 POLICY = REPO / "baselines" / "tolerance" / "bf16.json"
 DOC = REPO / "docs" / "BF16.md"

@@ -107,7 +107,7 @@ def tiny_fwd(tiny):
 def tiny_report(tmp_path_factory):
     """A full `tiny` run (quick profile, fixture corpora) with the report rendered."""
     from analysis.core.config import Neuron, RunConfig, get_profile
-    from analysis.core.pipeline import run_report
+    from analysis.orchestration.pipeline import run_report
 
     out = Path(tmp_path_factory.mktemp("tiny-report"))
     logs: list[str] = []

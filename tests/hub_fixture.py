@@ -11,7 +11,7 @@ The layout is huggingface_hub's own (`$HF_HOME/hub`):
 
 Each revision holds a tiny random GPT-NeoX (`analysis.core.models.TINY_SHAPE`, LayerNorms
 and biases perturbed as the `tiny` model's) with its own seed, and the fixture BPE tokenizer
-(`analysis.controls.tiny_tokenizer`): `config.json`, `generation_config.json`,
+(`analysis.core.tiny_tokenizer`): `config.json`, `generation_config.json`,
 `model.safetensors` (or `pytorch_model.bin`, or shards of either with their
 `*.index.json`), `tokenizer.json`, `tokenizer_config.json`,
 `special_tokens_map.json`. Reused by the dynamics tests and by sweeps over revisions.
@@ -108,8 +108,8 @@ def _checkpoint_files(seed: int, weights: str, shape: Mapping | None = None) -> 
     keyword arguments over `TINY_SHAPE`)."""
     import torch
 
-    from analysis.controls.tiny_tokenizer import train_fixture_tokenizer
     from analysis.core.models import TINY_SHAPE, _perturb_norms_and_biases, random_model
+    from analysis.core.tiny_tokenizer import train_fixture_tokenizer
 
     model = random_model({**TINY_SHAPE, **(shape or {})}, seed)
     _perturb_norms_and_biases(model, seed)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.core.bench import (
+from analysis.core.config import GERMAN_NEURONS, get_profile
+from analysis.core.engine import make_batches
+from analysis.orchestration.bench import (
     engine_losses,
     forward_flops,
     linear_growth,
@@ -14,8 +16,6 @@ from analysis.core.bench import (
     seed_passes,
     seed_style_losses,
 )
-from analysis.core.config import GERMAN_NEURONS, get_profile
-from analysis.core.engine import make_batches
 
 
 def test_seed_style_loop_and_engine_give_the_same_nine_loss_pairs(tiny, tiny_fwd):

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analysis.core import codehash
-from analysis.core.pipeline import STEPS
+from analysis.orchestration.pipeline import STEPS
 
 REPO = Path(__file__).resolve().parent.parent
 COPIED = ("analysis", "figures", "report", "templates", "baselines", "pyproject.toml")
@@ -202,7 +202,7 @@ def test_the_engine_edit_recomputes_every_loss_and_the_regression_check_reports_
 
 
 def test_a_rerun_reuses_every_artifact_and_figure_and_redraws_only_what_is_missing(tiny_report):
-    from analysis.core.pipeline import run_report
+    from analysis.orchestration.pipeline import run_report
 
     res, _, cfg = tiny_report
     out = res["out"]
@@ -234,7 +234,7 @@ GENERATOR_EDITS = {
     "perturbation": ("analysis/core/models.py", "p.copy_(0.02 * torch.randn", "p.copy_(0.03 * torch.randn"),
     "plant": ("analysis/controls/planted.py", "CLASS_PRE_ACTIVATION = 4.0", "CLASS_PRE_ACTIVATION = 4.5"),
     "organism training": ("analysis/controls/organism.py", "betas=(0.9, 0.95)", "betas=(0.9, 0.98)"),
-    "tiny tokenizer": ("analysis/controls/tiny_tokenizer.py", "add_prefix_space=False", "add_prefix_space=True"),
+    "tiny tokenizer": ("analysis/core/tiny_tokenizer.py", "add_prefix_space=False", "add_prefix_space=True"),
 }
 GENERATED = """
 import json

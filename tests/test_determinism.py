@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-from analysis.core.regression import diff_runs
+from analysis.orchestration.regression import diff_runs
 
 
 def test_two_fresh_tiny_runs_give_identical_artifacts(tiny_report, tmp_path):
     from analysis.core.config import Neuron, RunConfig, get_profile
-    from analysis.core.pipeline import run_report
+    from analysis.orchestration.pipeline import run_report
 
     res, _, _ = tiny_report
     cfg = RunConfig(model="tiny", neuron=Neuron.parse("L3N669"), profile=get_profile("quick"),
@@ -33,7 +33,7 @@ def test_the_planted_control_rebuilt_from_nothing_gives_identical_artifacts(
     profile (`--set`), to keep the suite's time: determinism does not depend on the sizes,
     and CI runs the README's first command on the full quick profile."""
     from analysis.core.config import Neuron, RunConfig, get_profile
-    from analysis.core.pipeline import run_report
+    from analysis.orchestration.pipeline import run_report
 
     outs = []
     for name, store in (("first", os.environ["GERMAN_NEURON_MODEL_STORE"]), ("second", planted_rebuilt[0])):

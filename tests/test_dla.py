@@ -191,11 +191,11 @@ def test_report_has_the_dla_unigram_probe_and_correlation_sections(tiny_report):
 
 
 def test_regression_metrics_cover_the_seed_baseline_names():
-    """`analysis.core.regression`'s pythia-70m baseline checks these seed numbers by name; the
+    """`analysis.orchestration.regression`'s pythia-70m baseline checks these seed numbers by name; the
     modules' `regression_metrics` must produce every one of them."""
-    from analysis.core import regression
     from analysis.core.config import GERMAN_NEURONS
     from analysis.families import dla, probes_ablated, unigrams
+    from analysis.orchestration import regression
 
     comps = list(component_hooks(CTX, 6))
     probe = {"f1": 0.5, "train_acc": 0.5, "test_acc": 0.5, "mean_english": 0.0, "mean_german": 0.0}

@@ -36,7 +36,7 @@ SIZES = ("activation_examples=10", "dla_examples=4")
 def test_bad_dtype_or_tf32_is_one_line_before_any_compute(tmp_path, args, message):
     from typer.testing import CliRunner
 
-    from analysis.core.cli import app
+    from analysis.orchestration.cli import app
 
     out = tmp_path / "o"
     r = CliRunner().invoke(app, [*args, "--corpus", "fixture", "--out", str(out)])
@@ -49,7 +49,7 @@ def test_bad_dtype_or_tf32_is_one_line_before_any_compute(tmp_path, args, messag
 def test_the_api_refuses_a_bad_dtype_before_loading(tmp_path):
     from analysis.core.config import RunConfig, get_profile
     from analysis.core.errors import UsageError
-    from analysis.core.pipeline import run_report
+    from analysis.orchestration.pipeline import run_report
 
     cfg = RunConfig(model="tiny", neuron=None, profile=get_profile("quick"), out=str(tmp_path / "o"),
                     dtype="float16")
@@ -87,7 +87,7 @@ def test_tf32_context_sets_and_restores_the_flags():
 
 
 def test_the_committed_policy_covers_every_metric_family():
-    from analysis.core import regression as reg
+    from analysis.orchestration import regression as reg
 
     pol = reg.precision_policy()
     assert pol["path"] == "baselines/tolerance/bf16.json"
@@ -115,7 +115,7 @@ def _fake_arts(dtype: str, active: float, tf32: bool = False) -> dict:
 
 
 def test_a_bf16_run_against_a_float32_baseline_gets_the_widened_tolerance():
-    from analysis.core import regression as reg
+    from analysis.orchestration import regression as reg
 
     pol = reg.precision_policy()
     act = pol["families"]["activation"]
@@ -137,7 +137,7 @@ def test_a_bf16_run_against_a_float32_baseline_gets_the_widened_tolerance():
 
 
 def test_a_bf16_baseline_gets_its_own_name_and_is_preferred(tmp_path):
-    from analysis.core import regression as reg
+    from analysis.orchestration import regression as reg
 
     cfg = {"model": "tiny", "revision": None, "fingerprint": "f", "context_neuron": "L3N669",
            "corpus": "fixture", "profile": "quick", "sizes": {}, "seed": 0}
@@ -192,7 +192,7 @@ def runs(tmp_path_factory):
     """Partial `tiny` runs (`STEPS`) in float32 and bfloat16, and float32 with `--tf32 on`
     for the activations step only."""
     from analysis.core.config import Neuron, RunConfig, get_profile
-    from analysis.core.pipeline import run_report
+    from analysis.orchestration.pipeline import run_report
 
     root = tmp_path_factory.mktemp("dtype")
     prof = get_profile("quick").with_overrides(list(SIZES))
@@ -222,7 +222,7 @@ def test_bf16_changes_every_key_and_records_its_precision(runs):
 
 
 def test_bf16_numbers_are_within_the_policy_and_not_identical(runs):
-    from analysis.core import regression as reg
+    from analysis.orchestration import regression as reg
 
     a32, a16 = runs["float32"]["artifacts"], runs["bfloat16"]["artifacts"]
     baseline = reg.record_fixture_baseline(a32, "tiny", "quick")  # float32, tolerances ~1e-4 rel
@@ -248,9 +248,10 @@ def test_tf32_is_recorded_and_on_cpu_changes_the_key_but_no_number(runs):
 
 
 def test_a_bf16_sweep_task_is_keyed_and_recorded_apart(tmp_path):
-    from analysis.core.bench import bench_checkpoints
-    from analysis.core.sweep import plan_sweep, run_sweep
-    from analysis.core.sweep_task import load_artifact
+    from analysis.orchestration.bench import bench_checkpoints
+    from analysis.orchestration.sweep.plan import plan_sweep
+    from analysis.orchestration.sweep.run import run_sweep
+    from analysis.orchestration.sweep.task import load_artifact
 
     (ckpt,) = bench_checkpoints(tmp_path / "ckpts", 1)
     kw = dict(profile="quick", overrides=["activation_examples=4", "probe_samples=60", "loss_examples=4"],
@@ -281,7 +282,7 @@ def test_a_bf16_run_gets_its_own_default_folder_and_leaves_float32_untouched(run
     import shutil
 
     from analysis.core.errors import UsageError
-    from analysis.core.pipeline import default_out, run_report
+    from analysis.orchestration.pipeline import default_out, run_report
 
     assert default_out("tiny") == Path("build") / "tiny"
     assert default_out("tiny", dtype="bfloat16") == Path("build") / "tiny-bfloat16"
@@ -312,7 +313,7 @@ def test_a_bf16_run_gets_its_own_default_folder_and_leaves_float32_untouched(run
 
 def test_a_bf16_sweep_defaults_to_its_own_folder_and_refuses_a_float32_one(tmp_path):
     from analysis.core.errors import UsageError
-    from analysis.core.sweep import DEFAULT_OUT, default_sweep_out, plan_sweep
+    from analysis.orchestration.sweep.plan import DEFAULT_OUT, default_sweep_out, plan_sweep
 
     assert default_sweep_out() == DEFAULT_OUT == Path("build") / "sweep"
     assert default_sweep_out("bfloat16") == Path("build") / "sweep-bfloat16"

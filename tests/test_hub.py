@@ -203,7 +203,7 @@ def _tables(html: str) -> dict[str, tuple[list[str], list[list[str]]]]:
 def test_hub_report_names_the_snapshot_in_every_artifact(hub_report):
     commit = hub_report["commits"][PYTHIA_REVISION]
     assert "Traceback" not in hub_report["stderr"]
-    from analysis.core.pipeline import STEPS
+    from analysis.orchestration.pipeline import STEPS
 
     assert hub_report["arts"] and (hub_report["out"] / "report.pdf").is_file()
     steps = {s.name for s in STEPS}
@@ -232,7 +232,7 @@ SEED_TABLES = ("Single-neuron logistic-regression probes", "mean-ablated on its 
 
 
 def test_hub_report_shows_the_seed_beside_ours_in_every_seed_table(hub_report):
-    from analysis.core.pipeline import SEED_REFERENCE
+    from analysis.orchestration.pipeline import SEED_REFERENCE
 
     tables = _tables(hub_report["html"])
     for needle in SEED_TABLES:

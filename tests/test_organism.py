@@ -32,7 +32,7 @@ def _fixture_texts():
 
 def _train(out: Path, **changes):
     from analysis.controls.organism import OrganismConfig, train
-    from analysis.controls.tiny_tokenizer import train_fixture_tokenizer
+    from analysis.core.tiny_tokenizer import train_fixture_tokenizer
 
     texts, record = _fixture_texts()
     cfg = OrganismConfig(**{**TINY_CFG, **changes})
@@ -86,6 +86,7 @@ def test_checkpoint_steps_are_log_spaced():
 
 
 def test_tiny_training_writes_checkpoints_and_manifest(tiny_organism):
+    from analysis.controls import sources  # noqa: F401  (model_slug knows the organism's folders)
     from analysis.controls.organism import (
         _texts_sha,
         checkpoint_info,
@@ -267,7 +268,7 @@ def test_organism_report_with_auto_neuron_and_dynamics(tiny_organism, tmp_path):
     import re
 
     from analysis.core.config import RunConfig, get_profile
-    from analysis.core.pipeline import STEPS, run_report
+    from analysis.orchestration.pipeline import STEPS, run_report
 
     names = [s.name for s in STEPS]
     assert names.index("discovery") < names.index("activations") < names.index("dynamics")

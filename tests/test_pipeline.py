@@ -71,7 +71,7 @@ def test_artifacts_have_provenance_and_expected_results(tiny_report):
 
 
 def test_rerun_hits_the_cache_and_a_changed_artifact_is_recomputed(tiny_report):
-    from analysis.core.pipeline import run_report
+    from analysis.orchestration.pipeline import run_report
 
     res, _, cfg = tiny_report
     logs: list[str] = []

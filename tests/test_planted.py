@@ -46,7 +46,7 @@ def test_bad_plant_fails_before_compute_with_one_line(tmp_path, args, message):
 def test_plant_is_checked_like_neuron_in_the_api(tmp_path):
     from analysis.core.config import Neuron, RunConfig, get_profile
     from analysis.core.errors import UsageError
-    from analysis.core.pipeline import default_out, run_report
+    from analysis.orchestration.pipeline import default_out, run_report
 
     for plant, model, match in ((Neuron(3, 4096), PLANTED, "out of range"),
                                 (Neuron(3, 669), "pythia-70m-random", "--plant applies only")):
@@ -170,7 +170,7 @@ def test_recovery_rows_pass_and_fail():
 
 def _planted_run(shared, out: Path, plant, steps):
     from analysis.core.config import RunConfig, get_profile
-    from analysis.core.pipeline import run_report
+    from analysis.orchestration.pipeline import run_report
 
     cfg = RunConfig(model=PLANTED, neuron=None, profile=get_profile("quick"), plant=plant,
                     studied=(), out=str(out), data_dir=shared["data_dir"], tokenizer=shared["tokenizer"])

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from analysis.core import regression as reg
+from analysis.orchestration import regression as reg
 
 
 def test_committed_seed_baseline_is_derived_from_the_seed_reference():
@@ -160,7 +160,7 @@ def test_committed_tiny_baseline_passes_and_a_perturbed_weight_fails(tiny_report
     (one layer-5 neuron's output row) makes the check fail and name the metrics it moved."""
     from analysis.core.config import Neuron, RunConfig, get_profile
     from analysis.core.models import load_checkpoint, tiny_checkpoint
-    from analysis.core.pipeline import run_report
+    from analysis.orchestration.pipeline import run_report
 
     res, _, _ = tiny_report
     sel = reg.select_baseline(res["artifacts"])
@@ -213,7 +213,7 @@ def l5n10_report(tiny_report, tmp_path_factory):
     import shutil
 
     from analysis.core.config import Neuron, RunConfig, get_profile
-    from analysis.core.pipeline import run_report
+    from analysis.orchestration.pipeline import run_report
 
     res, _, _ = tiny_report
     out = tmp_path_factory.mktemp("tiny-l5n10")

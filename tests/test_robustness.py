@@ -96,7 +96,7 @@ def test_second_run_on_the_same_folder_refuses_with_a_clear_message(tmp_path):
 def test_disk_full_while_writing_the_report_keeps_the_previous_one(tiny_report, tmp_path, monkeypatch):
     import report.build as rb
     from analysis.core.errors import ReportError
-    from analysis.core.pipeline import run_report
+    from analysis.orchestration.pipeline import run_report
 
     res, _, cfg = tiny_report
     out = tmp_path / "o"

@@ -1,4 +1,4 @@
-"""The training-dynamics sweep (analysis.core.sweep, analysis.core.sweep_task) on a Hugging Face
+"""The training-dynamics sweep (analysis.orchestration.sweep: the driver, and the worker's task) on a Hugging Face
 Hub cache built in the Hub's layout (tests/hub_fixture.py): two Pythia repositories of
 different tiny shapes, read with `HF_HUB_OFFLINE=1`, on the fixture corpus with small sizes.
 The serial run (`--scheduler none`) is the reference: a LocalCluster of 2 single-thread
@@ -28,14 +28,14 @@ SIZES = ("activation_examples=4", "probe_samples=60", "loss_examples=4")
 
 
 def _plan(out, revisions=REQUEST, models="pythia-70m,pythia-160m", **kw):
-    from analysis.core.sweep import plan_sweep
+    from analysis.orchestration.sweep.plan import plan_sweep
 
     return plan_sweep(models, revisions, profile="quick", overrides=SIZES, corpus="fixture", out=out,
                       threads=1, **kw)
 
 
 def _run(out, scheduler="none", workers=None, **kw):
-    from analysis.core.sweep import run_sweep
+    from analysis.orchestration.sweep.run import run_sweep
 
     logs: list[str] = []  # the plan's lines, then the run's
     res = run_sweep(_plan(out, log=logs.append, **kw), scheduler=scheduler, workers=workers, log=logs.append,
@@ -87,7 +87,7 @@ def cluster(hub, serial, tmp_path_factory):
 def test_revision_sets_and_model_names():
     from analysis.core.errors import UsageError
     from analysis.core.models import pythia_repo
-    from analysis.core.sweep import parse_revisions, parse_scheduler, pythia_revisions
+    from analysis.orchestration.sweep.args import parse_revisions, parse_scheduler, pythia_revisions
 
     revs = pythia_revisions("all")
     assert len(revs) == 154 and revs[:4] == ["step0", "step1", "step2", "step4"]
@@ -118,7 +118,7 @@ def test_serial_run_measures_every_cached_checkpoint_and_skips_the_missing_one(h
     assert dep["status"] == "computed" and dep["context_neuron"].startswith("L")
     assert sum(t["status"] == "skipped" for (m, _), t in by.items() if m == "pythia-160m") == 5
     assert res["counts"] == {"computed": 8, "skipped": 6}
-    from analysis.core.sweep_task import load_artifact
+    from analysis.orchestration.sweep.task import load_artifact
 
     store = serial["out"] / "store"
     a70 = load_artifact(store, by[("pythia-70m", "step0")]["key"])["result"]
@@ -134,7 +134,7 @@ def test_serial_run_measures_every_cached_checkpoint_and_skips_the_missing_one(h
 def test_the_table_is_tidy_parquet_and_csv(serial):
     import pandas as pd
 
-    from analysis.core.sweep import TABLE_COLUMNS
+    from analysis.orchestration.sweep.table import TABLE_COLUMNS
 
     df = pd.read_parquet(serial["out"] / "table.parquet")
     csv = pd.read_csv(serial["out"] / "table.csv")
@@ -171,7 +171,7 @@ def test_resume_computes_nothing_then_one_new_revision(hub, serial, cluster):
 
 
 def test_a_worker_killed_mid_task_is_rerun_and_the_sweep_completes(hub, serial, tmp_path, monkeypatch):
-    from analysis.core.sweep_task import HOLD_ENV
+    from analysis.orchestration.sweep.task import HOLD_ENV
 
     hold = tmp_path / "hold"
     hold.mkdir()
@@ -247,7 +247,7 @@ def test_a_mistake_is_one_line_before_any_task(hub, tmp_path):
 
     from typer.testing import CliRunner
 
-    from analysis.core.cli import app
+    from analysis.orchestration.cli import app
 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -280,7 +280,7 @@ def test_sweep_report_shows_one_curve_per_model(serial):
 
     from typer.testing import CliRunner
 
-    from analysis.core.cli import app
+    from analysis.orchestration.cli import app
 
     r = CliRunner().invoke(app, ["report", "--sweep", str(serial["out"])])
     assert r.exit_code == 0, r.output
@@ -318,7 +318,7 @@ def test_weights_without_a_copy_equal_the_copy_and_outlive_the_bridge():
 def test_out_of_memory_names_model_revision_and_batch():
     import torch
 
-    from analysis.core.sweep_task import _known_failure
+    from analysis.orchestration.sweep.task import _known_failure
 
     spec = {"model": "pythia-12b", "revision": "step1000", "device": "cuda", "profile": {"batch_tokens": 4096}}
     rec = _known_failure(spec, {"key": "k"}, torch.cuda.OutOfMemoryError("CUDA out of memory"))
@@ -327,10 +327,11 @@ def test_out_of_memory_names_model_revision_and_batch():
 
 
 def test_a_plain_checkpoint_folder_is_one_task_keyed_by_its_fingerprint(tmp_path):
-    from analysis.core.bench import bench_checkpoints
     from analysis.core.models import _fingerprint_dir
-    from analysis.core.sweep import draw_sweep_figures, sweep_summary
-    from analysis.core.sweep_task import load_artifact
+    from analysis.orchestration.bench import bench_checkpoints
+    from analysis.orchestration.sweep.figures import draw_sweep_figures
+    from analysis.orchestration.sweep.summary import sweep_summary
+    from analysis.orchestration.sweep.task import load_artifact
 
     (ckpt,) = bench_checkpoints(tmp_path / "ckpts", 1)
     res, _ = _run(tmp_path / "out", models=str(ckpt), neuron="auto")
@@ -353,8 +354,9 @@ def test_a_plain_checkpoint_folder_is_one_task_keyed_by_its_fingerprint(tmp_path
 def test_a_model_report_shows_the_sweep_beside_its_own_dynamics(tiny_report, serial, tmp_path):
     from analysis.core.config import Neuron, RunConfig, get_profile
     from analysis.core.errors import UsageError
-    from analysis.core.pipeline import run_report
-    from analysis.core.sweep import draw_sweep_figures, sweep_summary
+    from analysis.orchestration.pipeline import run_report
+    from analysis.orchestration.sweep.figures import draw_sweep_figures
+    from analysis.orchestration.sweep.summary import sweep_summary
     from report.build import build_notebook
 
     res, _, _ = tiny_report
@@ -385,7 +387,7 @@ def test_sharded_checkpoints_with_their_index_measure_as_one_file(tmp_path, monk
     from fnmatch import fnmatch
 
     from analysis.core.models import HUB_PATTERNS_PICKLE, HUB_PATTERNS_SAFETENSORS, weight_files
-    from analysis.core.sweep_task import load_artifact
+    from analysis.orchestration.sweep.task import load_artifact
 
     home = tmp_path / "hf"
     commits = {rev: hub_fixture.add_revision(home, rev, 7, weights=w, shape=SHAPE_70M) for rev, w in LAYOUTS.items()}
@@ -436,8 +438,8 @@ def test_a_branch_that_moved_on_the_hub_is_refreshed_recorded_and_kept_offline(t
     """A branch re-uploaded on the Hub (as Pythia's were): online, the Hub's commit replaces
     the cached one, the move is logged and recorded; offline afterwards the record wins over
     the cache's stale `refs/` and nothing is recomputed. The Hub is a stand-in (no network)."""
-    from analysis.core import sweep
-    from analysis.core.sweep_task import load_artifact, refs_path
+    from analysis.orchestration.sweep import hub
+    from analysis.orchestration.sweep.task import load_artifact, refs_path
 
     home = tmp_path / "hf"
     old = hub_fixture.add_revision(home, "step1", 3, shape=SHAPE_70M)
@@ -450,8 +452,8 @@ def test_a_branch_that_moved_on_the_hub_is_refreshed_recorded_and_kept_offline(t
     assert any("offline: the commits of 1 branches are those recorded, not checked" in line for line in logs)
 
     asked = []
-    monkeypatch.setattr(sweep, "_hub_offline", lambda: False)
-    monkeypatch.setattr(sweep, "_hub_branches", lambda repo: asked.append(repo) or {"step1": new})
+    monkeypatch.setattr(hub, "_hub_offline", lambda: False)
+    monkeypatch.setattr(hub, "_hub_branches", lambda repo: asked.append(repo) or {"step1": new})
     res, logs = _run(out, revisions="step1", models="pythia-70m")
     (task,) = res["tasks"]
     assert asked == ["EleutherAI/pythia-70m"]  # one request per repository
@@ -479,8 +481,8 @@ def test_specs_carry_relative_paths_and_a_missing_artifact_is_a_failed_task(tmp_
     import pandas as pd
 
     from analysis.core.errors import ReportError
-    from analysis.core.sweep import build_table
-    from analysis.core.sweep_task import OUT_ENV
+    from analysis.orchestration.sweep.table import build_table
+    from analysis.orchestration.sweep.task import OUT_ENV
 
     home = tmp_path / "hf"
     hub_fixture.add_revision(home, "step1", 3, shape=SHAPE_70M)
@@ -520,7 +522,7 @@ def test_the_readme_worker_commands_give_the_local_clusters_settings():
 
     import dask
 
-    from analysis.core.sweep import (
+    from analysis.orchestration.sweep.executors import (
         SCHEDULER_CONFIG,
         WORKER_CONFIG,
         WORKER_MEMORY_LIMIT,
@@ -545,7 +547,7 @@ def test_the_readme_worker_commands_give_the_local_clusters_settings():
 def test_the_dashboard_the_sweep_prints_serves_its_pages():
     from urllib.request import urlopen
 
-    from analysis.core.sweep import start_executor
+    from analysis.orchestration.sweep.executors import start_executor
 
     logs: list[str] = []
     executor, _ = start_executor("local", "cpu", 1, 1, 1, logs.append)
@@ -564,7 +566,8 @@ def test_torch_threads_and_the_batch_size_are_in_the_key(tmp_path, monkeypatch):
     the thread count is in the key (`params.threads`, default 1 whatever the machine), as the
     forward batch (`--batch-tokens`, `params.batch_tokens`) is; a worker runs with the
     threads its key names."""
-    from analysis.core.sweep import plan_sweep, run_sweep
+    from analysis.orchestration.sweep.plan import plan_sweep
+    from analysis.orchestration.sweep.run import run_sweep
 
     home = tmp_path / "hf"
     hub_fixture.add_revision(home, "step1", 5)

@@ -521,6 +521,19 @@ def require_final_checkpoint() -> Path:
     return path
 
 
+def load_final(tokenizer: str | None = None, device: str = "cpu", seed: int = 0, **_):
+    """`load_model("organism", ...)` (registered by `analysis.controls.sources`): the final
+    checkpoint of the latest organism run, loaded as its folder is (its own tokenizer, its
+    record in `info["organism"]`, the id `organism`).
+
+    Raises:
+        UsageError: no trained organism in the model cache.
+    """
+    from ..core.models import load_model
+
+    return load_model(str(require_final_checkpoint()), None, device)
+
+
 def checkpoint_info(path: str | os.PathLike) -> dict | None:
     """The organism record of a checkpoint folder (None if it is not an organism's)."""
     p = Path(path) / CHECKPOINT_INFO

@@ -77,15 +77,20 @@ import torch
 from ..core.config import Neuron
 from ..core.models import (
     PYTHIA_70M_SHAPE,
+    PYTHIA_REPO,
+    PYTHIA_REVISION,
+    LoadedModel,
     _hub_tokenizer,
     _materialise,
     _perturb_norms_and_biases,
     _tokenizer_hash,
     fast_tokenizer,
     generated_key,
+    load_checkpoint,
     random_model,
 )
 
+PLANTED_MODEL = "pythia-70m-planted"  # the model's name (`--model`; `sources` registers it)
 DEFAULT_PLANT = "L3N669"
 PLANT_FILE = "plant.json"
 PLANT_VERSION = 2         # 2: perturbed LayerNorms and biases; float64 fit; grid-snapped writes
@@ -485,6 +490,25 @@ def planted_checkpoint(tokenizer: str | None, data_dir: str | None, neuron: Neur
 
     key = generated_key(PYTHIA_70M_SHAPE, seed, tok_hash, extra)
     return _materialise(f"pythia-70m-planted-{neuron}", build, key)
+
+
+def load_planted(tokenizer: str | None, device: str = "cpu", seed: int = 0, *, plant: Neuron | None = None,
+                 data_dir: str | None = None, **_) -> LoadedModel:
+    """`load_model("pythia-70m-planted", ...)` (registered by `analysis.controls.sources`):
+    the checkpoint of `planted_checkpoint` for `plant` (default L3N669), with its plant
+    record (`plant.json`) in `info["plant"]`, so in every artifact's provenance.
+
+    Raises:
+        see `planted_checkpoint` and `core.models.load_checkpoint`.
+    """
+    neuron = plant if plant is not None else default_plant()
+    path = planted_checkpoint(tokenizer, data_dir, neuron, seed)
+    return load_checkpoint(path, None, device, model_id=PLANTED_MODEL,
+                           source=f"random GPT-NeoX in Pythia-70M's shape (seed {seed}) with "
+                                  f"{neuron} planted to detect German",
+                           extra_info={"weights_seed": seed,
+                                       "tokenizer": tokenizer or f"{PYTHIA_REPO}@{PYTHIA_REVISION}",
+                                       "plant": plant_info(path)})
 
 
 def plant_info(path: str | Path) -> dict | None:

@@ -1,7 +1,9 @@
-"""The machinery that runs the analyses: configuration, data, model loading, the batched
-hooked forward (`engine`), content-addressed artifacts and their cache, the step runner and
-pipeline, regression checks, the benchmark and the command line.
+"""The machinery the analyses stand on: configuration, data, model loading, the batched
+hooked forward (`engine`), numerical precision, statistics, content-addressed artifacts
+and their code hashes, and the step runner.
 
-Nothing here knows what an analysis means; `pipeline.STEPS` is the one place that names
-the families (`analysis.families`) and wires them into the DAG.
+Nothing here knows what an analysis means, nor imports the analyses (`analysis.families`),
+the controls (`analysis.controls`) or the orchestration that runs them
+(`analysis.orchestration`: the pipeline, whose `STEPS` names the families, the sweep, the
+regression check, the benchmark and the command line).
 """

@@ -26,6 +26,11 @@ imports** of the step's module, read from the import graph:
   (`core.engine`). Those run inside every step, so every key covers the closure of
   `core.runner` (`RUN_CONTEXT`), and the run is assembled there (`runner.open_run`), not
   in the pipeline, which also builds the report context.
+* The model is an input, not code: a step's key holds the loaded model's record
+  (`model.info`: the weights' fingerprint, and the plant's or the organism's record),
+  whatever code built or found its folder. The code that builds the generated checkpoints
+  (`core.models`, and the controls that register theirs with it) is covered by their own
+  key (`models.generator_code_sha256`), so an edit of it gives a new folder.
 * Parent packages (`analysis/__init__.py`, `analysis/core/__init__.py`) are in the
   closure: importing a module runs them.
 * Non-code inputs: every file under `analysis/resources/` (the seed's printed numbers,

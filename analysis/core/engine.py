@@ -125,7 +125,7 @@ class Weights:
         tensor. `copy=False` takes the bridge's tensors as they are where they already are
         fp32 and contiguous (the per-layer stacks are fresh tensors anyway; `W_E` then shares
         the embedding's storage): drop the bridge afterwards and only one copy of the weights
-        remains, as a sweep worker does (`analysis.core.sweep_task`). The numbers are the
+        remains, as a sweep worker does (`analysis.orchestration.sweep.task`). The numbers are the
         same either way.
         """
         names = ["W_E", "W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O",

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,9 @@ TINY_SHAPE = dict(
     num_attention_heads=4,
 )
 
-BUILTIN_MODELS = ("pythia-70m", "pythia-70m-random", "pythia-70m-planted", "tiny", "organism")
-PLANTED_MODEL = "pythia-70m-planted"  # the known-answer control (analysis.controls.planted)
+# The models this module builds or fetches itself; the controls add theirs
+# (`pythia-70m-planted`, `organism`) through `register_source` (see `model_names`).
+BUILTIN_MODELS = ("pythia-70m", "pythia-70m-random", "tiny")
 
 # Pythia-70M training checkpoints (Hub branches) for the training-dynamics step: log-spaced
 # as the paper's curves (`paper`), or a short subset (`quick`).
@@ -351,23 +353,23 @@ def _materialise(name: str, build, key: str) -> Path:
     return target
 
 
-# The module whose code builds the generated checkpoints: its closure of project imports
-# (`codehash.closure`) holds the random initialisation and perturbation (this module), the
-# tiny tokenizer, the plant and the organism's training (`analysis.controls`, reached
-# through `load_model`), and what they read (`core.data`, `core.config`, ...).
-GENERATOR_MODULE = "analysis.core.models"
+# The modules whose code builds the generated checkpoints: this one (the random
+# initialisation and perturbation, and through its imports the tiny tokenizer), the plant
+# and the organism's training. Named, not imported: the controls stand above this module
+# (tests/test_layout.py checks that every module that builds one is covered).
+GENERATOR_MODULES = ("analysis.core.models", "analysis.controls.planted", "analysis.controls.organism")
 
 
-def generator_code_sha256(module: str = GENERATOR_MODULE, root: Path | None = None) -> str:
+def generator_code_sha256(modules: tuple[str, ...] = GENERATOR_MODULES, root: Path | None = None) -> str:
     """sha256 of the source of every project module the generated checkpoints' builders can
-    run (the closure of `module`'s imports within `analysis`, as the steps' keys use) and of
-    the package resources (the fixture text the tiny tokenizer is trained on). Editing any
-    of them, e.g. the `0.02` of `_perturb_norms_and_biases`, gives every generated model a
-    new key, so it is rebuilt rather than read from a store filled by older code.
-    Over-approximates (a loader's docstring counts too): at worst a rebuild."""
+    run (the union of the closures of `modules`' imports within `analysis`, as the steps'
+    keys use) and of the package resources (the fixture text the tiny tokenizer is trained
+    on). Editing any of them, e.g. the `0.02` of `_perturb_norms_and_biases`, gives every
+    generated model a new key, so it is rebuilt rather than read from a store filled by
+    older code. Over-approximates (a loader's docstring counts too): at worst a rebuild."""
     from .codehash import ROOT, code_record
 
-    return code_record(module, root or ROOT, context=())["sha256"]
+    return code_record(modules[0], root or ROOT, context=modules[1:])["sha256"]
 
 
 def generated_key(shape: dict, seed: int, tokenizer_hash: str, extra: str = "") -> str:
@@ -386,7 +388,7 @@ def generated_key(shape: dict, seed: int, tokenizer_hash: str, extra: str = "") 
 def tiny_checkpoint(seed: int = 0) -> Path:
     """`tiny`: random ~1.8M-parameter GPT-NeoX + byte-level BPE trained on fixture text.
     Hermetic: needs nothing outside the package."""
-    from ..controls.tiny_tokenizer import train_fixture_tokenizer
+    from .tiny_tokenizer import train_fixture_tokenizer
 
     tok = train_fixture_tokenizer(vocab_size=TINY_SHAPE["vocab_size"])
 
@@ -628,7 +630,7 @@ def check_checkpoint_dir(path: Path) -> dict:
     """
     if not path.is_dir():
         raise UsageError(
-            f"model {str(path)!r} is neither a known model ({', '.join(BUILTIN_MODELS)}) "
+            f"model {str(path)!r} is neither a known model ({', '.join(model_names())}) "
             "nor an existing checkpoint folder"
         )
     cfg_path = path / "config.json"
@@ -723,7 +725,9 @@ def load_checkpoint(path: str | os.PathLike, tokenizer: str | None = None, devic
 
 def load_model(name: str, tokenizer: str | None = None, device: str = "cpu", seed: int = 0, *,
                plant=None, data_dir: str | None = None) -> LoadedModel:
-    """Load `pythia-70m`, `pythia-70m-random`, `pythia-70m-planted`, `tiny`, or a checkpoint folder.
+    """Load `pythia-70m`, `pythia-70m-random`, `tiny`, a registered model (`register_source`:
+    `pythia-70m-planted`, `organism`), or a checkpoint folder (one of a registered kind,
+    `register_checkpoint_kind`, with its own tokenizer and its record in `info[kind]`).
 
     `plant` (a `config.Neuron`; default L3N669) and `data_dir` (where the Europarl passages
     the plant is fitted on are read) apply to `pythia-70m-planted` only; its plant record
@@ -748,37 +752,83 @@ def load_model(name: str, tokenizer: str | None = None, device: str = "cpu", see
                                source=f"random GPT-NeoX in Pythia-70M's shape (seed {seed})",
                                extra_info={"weights_seed": seed,
                                            "tokenizer": tokenizer or f"{PYTHIA_REPO}@{PYTHIA_REVISION}"})
-    if name == PLANTED_MODEL:
-        from ..controls import planted
-
-        neuron = plant if plant is not None else planted.default_plant()
-        path = planted.planted_checkpoint(tokenizer, data_dir, neuron, seed)
-        return load_checkpoint(path, None, device, model_id=PLANTED_MODEL,
-                               source=f"random GPT-NeoX in Pythia-70M's shape (seed {seed}) with "
-                                      f"{neuron} planted to detect German",
-                               extra_info={"weights_seed": seed,
-                                           "tokenizer": tokenizer or f"{PYTHIA_REPO}@{PYTHIA_REVISION}",
-                                           "plant": planted.plant_info(path)})
+    if name in _SOURCES:
+        return _SOURCES[name](tokenizer, device, seed, plant=plant, data_dir=data_dir)
     if name == "pythia-70m":
         snap = _hub_snapshot()
         return load_checkpoint(snap, tokenizer, device, model_id="pythia-70m",
                                revision=PYTHIA_REVISION, source=PYTHIA_REPO,
                                extra_info={"commit": snapshot_commit(snap)})
-    from ..controls import organism
-
-    path = organism.require_final_checkpoint() if name == "organism" else Path(name).expanduser()
-    info = organism.checkpoint_info(path)
-    if info is not None:  # the organism trained here: its own tokenizer, its training record
-        return load_checkpoint(path, None, device, model_id=model_slug(str(path)),
-                               source=str(Path(path).resolve()), extra_info={"organism": info})
+    path = Path(name).expanduser()
+    for kind in _KINDS.values():
+        record = kind.record(path)
+        if record is not None:  # e.g. the organism trained here: its own tokenizer, its record
+            return load_checkpoint(path, None, device, model_id=model_slug(str(path)),
+                                   source=str(path.resolve()), extra_info={kind.name: record})
     return load_checkpoint(name, tokenizer, device)
 
 
 def model_slug(name: str) -> str:
-    """A folder-safe id for `build/<model-id>/`."""
-    if name in BUILTIN_MODELS:
+    """A folder-safe id for `build/<model-id>/`: a known model's name, the id a registered
+    kind gives its checkpoint folders (`organism-step<N>`), else the folder's name."""
+    if name in model_names():
         return name
-    from ..controls.organism import slug
-
     path = Path(name).expanduser().resolve()
-    return slug(path) or path.name or "checkpoint"
+    slugs = (kind.slug(path) for kind in _KINDS.values())
+    return next((s for s in slugs if s), None) or path.name or "checkpoint"
+
+
+# ------------------------------------------------------------------ models built above
+
+# The controls (`analysis.controls`) build models of their own: `pythia-70m-planted`, the
+# organism trained on Europarl. They stand above this module, so they tell it about them
+# (`analysis.controls.sources`, imported by the orchestration) rather than being imported
+# here: a name `load_model` hands to the control's loader, and a kind of checkpoint folder
+# that a control recognises by a record it wrote there.
+
+ModelLoader = Callable[..., LoadedModel]  # (tokenizer, device, seed, *, plant, data_dir)
+
+
+@dataclass(frozen=True)
+class CheckpointKind:
+    """Checkpoint folders that a control recognises (the organism's, by its training
+    record): loaded with their own tokenizer, named by `slug`, their `record` kept in
+    `info[name]`.
+
+    Attributes:
+        name: the kind, and the key of its record in the model's `info`.
+        record: `record(path)`: the folder's record, None when it is not one of this kind.
+        slug: `slug(path)`: the folder's model id (`model_slug`), None when not of this kind.
+    """
+
+    name: str
+    record: Callable[[Path], dict | None]
+    slug: Callable[[Path], str | None]
+
+
+_SOURCES: dict[str, ModelLoader] = {}
+_KINDS: dict[str, CheckpointKind] = {}
+
+
+def register_source(name: str, load: ModelLoader) -> None:
+    """Make `load_model(name, tokenizer, device, seed, plant=..., data_dir=...)` return
+    `load(tokenizer, device, seed, plant=..., data_dir=...)`. Registering a name again
+    replaces its loader.
+
+    Raises:
+        ValueError: `name` is one of `BUILTIN_MODELS`.
+    """
+    if name in BUILTIN_MODELS:
+        raise ValueError(f"{name!r} is built in; a source cannot replace it")
+    _SOURCES[name] = load
+
+
+def register_checkpoint_kind(kind: CheckpointKind) -> None:
+    """Recognise the checkpoint folders of `kind` in `load_model` and `model_slug`
+    (registering a kind of the same name again replaces it)."""
+    _KINDS[kind.name] = kind
+
+
+def model_names() -> tuple[str, ...]:
+    """The models `load_model` knows by name: the built-in ones, then the registered ones."""
+    return BUILTIN_MODELS + tuple(_SOURCES)

@@ -1,7 +1,7 @@
 """The state one report run shares between its steps, and the cached-step mechanism.
 
 A step is a function `fn(run, arts) -> artifact` registered as a `StepSpec` in
-`analysis.core.pipeline.STEPS`. Inside it, the step's compute function (pure: model, tokens,
+`analysis.orchestration.pipeline.STEPS`. Inside it, the step's compute function (pure: model, tokens,
 parameters -> result, arrays) is wrapped by `run.step(...)`, which derives the cache key
 from the step's inputs, reuses a valid artifact with that key, or computes and writes a
 new artifact atomically. Figures are drawn by the spec's `figures(run, arts, fig_dir)`.

@@ -242,7 +242,7 @@ def figures(run, arts: dict, fig_dir) -> list[dict]:
 
 
 def regression_metrics(arts: Mapping[str, dict]):
-    """(name, value, seed section) for `analysis.core.regression`, named as its pythia-70m
+    """(name, value, seed section) for `analysis.orchestration.regression`, named as its pythia-70m
     baseline names them (`component_patching.<component>.percent_increase`)."""
     if "dla" not in arts:
         return

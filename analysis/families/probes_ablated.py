@@ -98,7 +98,7 @@ def figures(run, arts: dict, fig_dir) -> list[dict]:
 
 
 def regression_metrics(arts):
-    """(name, value, seed section) for `analysis.core.regression`
+    """(name, value, seed section) for `analysis.orchestration.regression`
     (`probes_context_ablated.<neuron>.<f1|train_acc|test_acc|mean_english|mean_german>`)."""
     if "probes_ablated" not in arts:
         return

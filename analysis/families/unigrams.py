@@ -124,7 +124,7 @@ def figures(run, arts: dict, fig_dir) -> list[dict]:
 
 
 def regression_metrics(arts):
-    """(name, value, seed section) for `analysis.core.regression` (`unigrams.<lang>_mean_logit_diff`,
+    """(name, value, seed section) for `analysis.orchestration.regression` (`unigrams.<lang>_mean_logit_diff`,
     the neuron-direction means the seed printed)."""
     if "unigrams" not in arts:
         return

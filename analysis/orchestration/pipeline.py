@@ -17,6 +17,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..controls import planted_check as planted_check_mod
+from ..controls import sources  # noqa: F401  (registers the controls' models with core.models)
+from ..controls.planted import DEFAULT_PLANT, PLANTED_MODEL
+from ..core.config import RunConfig
+from ..core.data import CORPORA
+from ..core.errors import ReportError, UsageError
+from ..core.models import PYTHIA_70M_SHAPE, TINY_SHAPE, check_checkpoint_dir
+from ..core.runner import StepSpec, open_run
 from ..families import ablation as ablation_mod
 from ..families import activations as activations_mod
 from ..families import backup as backup_mod
@@ -32,11 +39,6 @@ from ..families import neurons as neurons_mod
 from ..families import probes as probes_mod
 from ..families import probes_ablated as probes_ablated_mod
 from ..families import unigrams as unigrams_mod
-from .config import RunConfig
-from .data import CORPORA
-from .errors import ReportError, UsageError
-from .models import PYTHIA_70M_SHAPE, TINY_SHAPE, check_checkpoint_dir
-from .runner import StepSpec, open_run
 
 SEED_REFERENCE = Path(__file__).resolve().parents[1] / "resources" / "seed_reference.json"
 
@@ -116,8 +118,8 @@ def figure_key(spec: StepSpec, arts: dict) -> str:
     the plotting libraries' versions. The analysis code is covered through the artifact keys."""
     from importlib import metadata
 
-    from .artifacts import canonical_json, sha256_text
-    from .codehash import figure_code_record
+    from ..core.artifacts import canonical_json, sha256_text
+    from ..core.codehash import figure_code_record
 
     return sha256_text(canonical_json({
         "step": spec.name, "code": figure_code_record(spec.figures.__module__),
@@ -133,7 +135,7 @@ def draw_figures(spec: StepSpec, run, arts: dict, fig_dir: Path) -> list[dict]:
     that import it; editing a template redraws none."""
     import hashlib
 
-    from .artifacts import atomic_write_text
+    from ..core.artifacts import atomic_write_text
 
     key = figure_key(spec, arts)
     manifest = fig_dir / ".cache" / f"{spec.name}.json"
@@ -171,11 +173,11 @@ def default_out(model: str, plant=None, dtype: str = "float32", tf32: bool = Fal
     Raises:
         UsageError: a dtype or TF32 value `precision` refuses.
     """
-    from .models import PLANTED_MODEL, model_slug
-    from .precision import out_suffix
+    from ..core.models import model_slug
+    from ..core.precision import out_suffix
 
     slug = model_slug(model)
-    if model == PLANTED_MODEL and plant is not None and str(plant) != _planted_default():
+    if model == PLANTED_MODEL and plant is not None and str(plant) != DEFAULT_PLANT:
         slug += f"-{plant}"
     return Path("build") / (slug + out_suffix(dtype, tf32))
 
@@ -189,7 +191,7 @@ def check_folder_precision(out: Path, dtype: str, tf32: bool, default: Path | No
         UsageError: `out/artifacts` holds a step artifact of another precision (its hint
             names `default`, the folder of this precision).
     """
-    from .precision import describe
+    from ..core.precision import describe
 
     for p in sorted((Path(out) / "artifacts").glob("*.json")):
         try:
@@ -206,26 +208,19 @@ def check_folder_precision(out: Path, dtype: str, tf32: bool, default: Path | No
         return
 
 
-def _planted_default() -> str:
-    from ..controls.planted import DEFAULT_PLANT
-
-    return DEFAULT_PLANT
-
-
 def check_plant(cfg: RunConfig, n_layers: int, d_mlp: int) -> None:
     """`--plant` only with `pythia-70m-planted`, and inside the model (as `--neuron`).
 
     Raises:
         UsageError: `--plant` with another model, or a planted neuron out of range.
     """
-    from .config import Neuron
-    from .models import PLANTED_MODEL
+    from ..core.config import Neuron
 
     if cfg.model != PLANTED_MODEL:
         if cfg.plant is not None:
             raise UsageError(f"--plant applies only to --model {PLANTED_MODEL} (the model is {cfg.model})")
         return
-    (cfg.plant or Neuron.parse(_planted_default())).check(n_layers, d_mlp)
+    (cfg.plant or Neuron.parse(DEFAULT_PLANT)).check(n_layers, d_mlp)
 
 
 def with_dependencies(names, auto: bool) -> set[str]:
@@ -271,7 +266,7 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
     """
     from filelock import FileLock, Timeout
 
-    from .precision import matmul_precision, parse_dtype, parse_tf32
+    from ..core.precision import matmul_precision, parse_dtype, parse_tf32
 
     parse_dtype(cfg.dtype)  # a one-line UsageError before any compute
     parse_tf32(cfg.tf32)
@@ -284,7 +279,7 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
     if corpus not in CORPORA:
         raise UsageError(f"unknown corpus set {corpus!r}; choose one of: {', '.join(CORPORA)}")
     if sweep is not None:
-        from .sweep import sweep_summary
+        from .sweep.summary import sweep_summary
 
         sweep_summary(sweep)  # UsageError before any compute when DIR holds no sweep
     n_layers, d_mlp = model_shape(cfg.model)
@@ -345,8 +340,8 @@ def precision_context(info: dict) -> dict:
     not float32's (bfloat16, or TF32 in effect), the tolerance policy they are held to
     (`regression.precision_policy`: its file and the largest differences from float32 it
     measured, per metric family)."""
+    from ..core.errors import ReportError
     from . import regression as reg
-    from .errors import ReportError
 
     out = {k: info.get(k) for k in ("dtype", "matmul", "tf32", "tf32_effective", "precision_note")}
     out["dtype"] = out["dtype"] or "float32"
@@ -385,7 +380,8 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
             figs += draw_figures(spec, run, arts, out / "figures")
     sweep_context = None
     if sweep is not None:
-        from .sweep import draw_sweep_figures, sweep_summary
+        from .sweep.figures import draw_sweep_figures
+        from .sweep.summary import sweep_summary
 
         sweep_context = sweep_summary(sweep)
         figs += draw_sweep_figures(sweep, out / "figures")

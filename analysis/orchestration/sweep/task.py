@@ -1,9 +1,9 @@
 """One task of a training-dynamics sweep: one (model, revision) checkpoint, on a worker.
 
-The driver (`analysis.core.sweep`) plans the tasks and schedules them; this module is what a
-worker runs, and the only code whose source is in a task's cache key (its import closure
-within `analysis`, `codehash.code_record`), so editing the driver (progress display,
-scheduling, the table, the report) recomputes nothing, while editing anything a
+The driver (the rest of `analysis.orchestration.sweep`) plans the tasks and schedules them;
+this module is what a worker runs, and the only code whose source is in a task's cache key
+(its import closure within `analysis`, `codehash.code_record`), so editing the driver
+(progress display, scheduling, the table, the report) recomputes nothing, while editing anything a
 measurement executes (this module, `families.dynamics`, the engine, model loading) does.
 
 Only plain data crosses the scheduler: a task spec in (`run_task`'s argument, a dict of
@@ -48,7 +48,7 @@ def artifact_dir(store: str | os.PathLike, key: str) -> Path:
 def load_artifact(store: str | os.PathLike, key: str) -> dict | None:
     """The valid artifact with `key` in the store (payload and arrays still hash to what
     was recorded, `ArtifactStore.load_valid`), else None."""
-    from .artifacts import ArtifactStore
+    from ...core.artifacts import ArtifactStore
 
     return ArtifactStore(artifact_dir(store, key)).load_valid(TASK_STEP, key)
 
@@ -63,7 +63,7 @@ def model_identity(spec: dict, commit: str | None = None) -> dict:
     tokenizer and weight files, `models._fingerprint_dir`): where the folder lives is not
     part of what it is. Plus how it is loaded (`models.PROCESSING`, eager attention, BOS).
     """
-    from .models import PROCESSING
+    from ...core.models import PROCESSING
 
     load = {"attn_implementation": "eager", "prepend_bos": True, "processing": dict(PROCESSING),
             "loader": "TransformerBridge.boot_transformers + enable_compatibility_mode"}
@@ -78,8 +78,8 @@ def task_inputs(spec: dict, commit: str | None = None, code: dict | None = None)
     record, `model_identity`, the data files' provenance (sha256), the measurement's
     parameters, the seed, `upstream` (for `--neuron auto`: the key of the checkpoint the
     neuron was discovered at) and the device."""
-    from .artifacts import StepInputs
-    from .codehash import code_record
+    from ...core.artifacts import StepInputs
+    from ...core.codehash import code_record
 
     return StepInputs(step=TASK_STEP, code=code or code_record(__name__),
                       model=model_identity(spec, commit), data=spec["data"], params=spec["params"],
@@ -125,7 +125,7 @@ def recorded_commit(refs_dir: str | os.PathLike, repo: str, revision: str) -> st
 
 def profile_from_spec(spec: dict):
     """The `Profile` whose sizes the task measures with."""
-    from .config import Profile
+    from ...core.config import Profile
 
     p = spec["profile"]
     return Profile(name=p["name"], batch_tokens=int(p["batch_tokens"]), **p["sizes"])
@@ -221,7 +221,7 @@ def run_task(spec: dict) -> dict:
 def _known_failure(spec: dict, base: dict, exc: Exception) -> dict | None:
     import torch
 
-    from .errors import ModelUnavailableError, ReportError
+    from ...core.errors import ModelUnavailableError, ReportError
 
     if isinstance(exc, ModelUnavailableError):
         return {**base, "status": "skipped", "reason": _one_line(exc)}
@@ -237,15 +237,14 @@ def _known_failure(spec: dict, base: dict, exc: Exception) -> dict | None:
 
 
 def _measure(spec: dict, base: dict, t0: float) -> dict:
-    from ..controls.organism import quiet_hf_progress
-    from ..families.dynamics import measure_checkpoint
-    from .artifacts import ArtifactStore, atomic_write_text
-    from .codehash import code_record
-    from .config import Neuron
-    from .data import load_corpus
-    from .engine import Forward, Weights
-    from .errors import ReportError
-    from .models import (
+    from ...controls.organism import quiet_hf_progress
+    from ...core.artifacts import ArtifactStore, atomic_write_text
+    from ...core.codehash import code_record
+    from ...core.config import Neuron
+    from ...core.data import load_corpus
+    from ...core.engine import Forward, Weights
+    from ...core.errors import ReportError
+    from ...core.models import (
         _fingerprint_dir,
         _hub_snapshot,
         delete_cached_weights,
@@ -253,8 +252,9 @@ def _measure(spec: dict, base: dict, t0: float) -> dict:
         load_revision,
         snapshot_commit,
     )
-    from .precision import matmul_precision
-    from .runner import peak_rss_bytes, reset_peak_rss, tokenize_examples
+    from ...core.precision import matmul_precision
+    from ...core.runner import peak_rss_bytes, reset_peak_rss, tokenize_examples
+    from ...families.dynamics import measure_checkpoint
 
     code = code_record(__name__)
     if task_inputs(spec, code=code).key() != spec["key"]:

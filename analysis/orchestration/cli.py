@@ -12,8 +12,8 @@ import sys
 
 import typer
 
-from .config import settable_sizes
-from .errors import ReportError
+from ..core.config import settable_sizes
+from ..core.errors import ReportError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Reproducible report on the German context neuron (L3N669) in Pythia-70M.")
@@ -69,13 +69,13 @@ def report(
 ) -> None:
     """Compute (or reuse) the artifacts and build report.html + report.pdf; or, with
     `--sweep DIR` alone, the report of a training-dynamics sweep."""
-    from .config import Neuron, RunConfig, get_profile
-    from .errors import UsageError
+    from ..core.config import Neuron, RunConfig, get_profile
+    from ..core.errors import UsageError
     from .pipeline import run_report
 
     with one_line_errors(debug):
         if sweep is not None and model is None:
-            from .sweep import build_sweep_report
+            from .sweep.report import build_sweep_report
 
             paths = build_sweep_report(sweep, renderer=renderer, log=lambda s: typer.echo(s, err=True))
             for kind in ("html", "pdf"):
@@ -83,13 +83,13 @@ def report(
             return
         if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
             raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
-        from .precision import parse_dtype, parse_tf32
+        from ..core.precision import parse_dtype, parse_tf32
 
         dtype, tf32_on = parse_dtype(dtype), parse_tf32(tf32)  # before any default-model work
         if renderer not in ("auto", "quarto", "pandoc"):
             raise UsageError(f"unknown renderer {renderer!r}; choose auto, quarto or pandoc")
         from ..controls.organism import is_organism, resolve_default_model
-        from .models import PLANTED_MODEL
+        from ..controls.planted import PLANTED_MODEL
 
         auto = neuron is not None and neuron.strip().lower() == "auto"
         context_neuron = None if auto or neuron is None else Neuron.parse(neuron)
@@ -164,8 +164,8 @@ def _out_dir(model: str, out: str | None, dtype: str = "float32", tf32: str = "o
     """
     from pathlib import Path
 
+    from ..core.precision import parse_dtype, parse_tf32
     from .pipeline import default_out
-    from .precision import parse_dtype, parse_tf32
 
     return Path(out) if out else default_out(model, dtype=parse_dtype(dtype), tf32=parse_tf32(tf32))
 
@@ -250,9 +250,10 @@ def baseline(
     and is never rewritten here."""
     import json
 
+    from ..controls import sources  # noqa: F401  (model_slug knows the organism's folders)
+    from ..core.artifacts import atomic_write_text
+    from ..core.models import model_slug
     from . import regression as reg
-    from .artifacts import atomic_write_text
-    from .models import model_slug
 
     slug = model_slug(model)
     if slug == "pythia-70m":
@@ -350,7 +351,9 @@ def sweep(
 ) -> None:
     """Measure the German neuron across training checkpoints and model sizes (Dask), one
     cached artifact per checkpoint, and write a tidy table (Parquet, CSV) and a report."""
-    from .sweep import build_sweep_report, plan_sweep, run_sweep
+    from .sweep.plan import plan_sweep
+    from .sweep.report import build_sweep_report
+    from .sweep.run import run_sweep
 
     def log(s):
         typer.echo(s, err=True)

@@ -43,7 +43,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from .artifacts import atomic_write_text
+from ..core.artifacts import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[2]
 BASELINES = REPO / "baselines"
@@ -217,7 +217,7 @@ def seed_baseline() -> dict:
     wt = ref["weird_tokens"]
     for k in ("W_U", "W_E", "unique"):
         add(f"weird_tokens.{k}", wt[k], "count", wt["section"])
-    from .config import PROFILES
+    from ..core.config import PROFILES
 
     sizes = {k: v for k, v in PROFILES["paper"].sizes().items() if k != "seed"}
     configuration = {"model": "pythia-70m", "revision": "step143000", "fingerprint": None,
@@ -469,7 +469,7 @@ def precision_policy(path: Path | None = None) -> dict:
 
     Raises:
         ReportError: the file is missing or not a policy."""
-    from .errors import ReportError
+    from ..core.errors import ReportError
 
     path = Path(path) if path is not None else PRECISION_POLICY
     hint = "restore it from git, or measure it again: PYTHONPATH=. python scripts/bf16_tolerance.py --write"
@@ -719,7 +719,7 @@ def key_changes(a: Mapping, b: Mapping) -> list[str]:
     out: list[str] = []
     if a.get("schema_version") != b.get("schema_version"):
         out.append("schema")
-    from .codehash import changed_modules
+    from ..core.codehash import changed_modules
 
     ca, cb = pa.get("code") or {}, pb.get("code") or {}
     if ca.get("sha256") != cb.get("sha256"):

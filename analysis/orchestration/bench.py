@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import GERMAN_NEURONS, Neuron, Profile, RunConfig, get_profile
-from .engine import Batch, Forward, Weights, per_example_losses, set_neurons
+from ..controls import sources  # noqa: F401  (registers the controls' models with core.models)
+from ..core.config import GERMAN_NEURONS, Neuron, Profile, RunConfig, get_profile
+from ..core.engine import Batch, Forward, Weights, per_example_losses, set_neurons
 
 TARGETS = {"speedup": (">=", 5.0), "efficiency": (">=", 0.85), "limit_ratio": (">=", 0.5),
            "passes_ratio": ("<=", 0.4), "paper_peak_rss_gb_estimate": ("<=", 6.0)}
@@ -329,10 +330,10 @@ def _worst_batch_child(cfg: RunConfig, queue) -> None:
     per-batch operations: a forward capturing every layer's `hook_post` (discovery), and a
     loss pass with a variant restarted at a middle layer and a last-layer shortcut variant."""
     try:
-        from .config import Neuron
-        from .engine import Batch
-        from .models import load_model
-        from .runner import peak_rss_bytes, reset_peak_rss
+        from ..core.config import Neuron
+        from ..core.engine import Batch
+        from ..core.models import load_model
+        from ..core.runner import peak_rss_bytes, reset_peak_rss
 
         model = load_model(cfg.model, cfg.tokenizer, cfg.device, cfg.profile.seed)
         w = Weights.from_bridge(model.bridge, model.info["rotary_pct"])
@@ -372,7 +373,7 @@ def _report_child(cfg: RunConfig, queue) -> None:
 def run_report_in_child(cfg: RunConfig, target: Callable = _report_child) -> dict:
     """Run a report (or another `target(cfg, queue)`) in a fresh (spawned) process, so its
     peak memory is its own."""
-    from .errors import ReportError
+    from ..core.errors import ReportError
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -412,11 +413,11 @@ def run_bench(model_name: str, tokenizer: str | None, data_dir: str | None, out:
     Raises:
         UsageError / DataError / ModelUnavailableError: as `german-neuron report`.
     """
+    from ..core.artifacts import atomic_write_text, library_versions
+    from ..core.data import CORPORA, load_corpus
+    from ..core.models import load_model
+    from ..core.runner import Run
     from ..families.activations import collect_mlp_activations
-    from .artifacts import atomic_write_text, library_versions
-    from .data import CORPORA, load_corpus
-    from .models import load_model
-    from .runner import Run
 
     quick = get_profile("quick")
     n_ex = examples or quick.loss_examples
@@ -604,8 +605,8 @@ SWEEP_TARGETS = {"overhead_fraction": ("<=", 0.05)}
 def bench_checkpoints(folder: Path, n: int) -> list[Path]:
     """`n` small random checkpoints (`SWEEP_BENCH_SHAPE`, seeds 0..n-1, the fixture BPE
     tokenizer) saved as Hugging Face folders under `folder` (reused when present)."""
-    from ..controls.tiny_tokenizer import train_fixture_tokenizer
-    from .models import TINY_SHAPE, _perturb_norms_and_biases, random_model
+    from ..core.models import TINY_SHAPE, _perturb_norms_and_biases, random_model
+    from ..core.tiny_tokenizer import train_fixture_tokenizer
 
     tok = None
     paths = []
@@ -630,7 +631,7 @@ def _timed_batch(executor, specs: list[dict]) -> tuple[float, list[dict]]:
     while executor.pending():
         _, rec = executor.next_done()
         if not isinstance(rec, dict) or rec["status"] != "computed":
-            from .errors import ReportError
+            from ..core.errors import ReportError
 
             raise ReportError(f"a benchmark task did not compute: {rec}")
         recs.append(rec)
@@ -638,7 +639,7 @@ def _timed_batch(executor, specs: list[dict]) -> tuple[float, list[dict]]:
 
 
 def _sweep_specs(paths: list[Path], out: Path, threads: int) -> list[dict]:
-    from .sweep import plan_sweep
+    from .sweep.plan import plan_sweep
 
     plan = plan_sweep(",".join(str(p) for p in paths), "quick", neuron="L3N100", overrides=SWEEP_BENCH_SIZES,
                       corpus="fixture", out=out, threads=threads)
@@ -649,7 +650,7 @@ def _memory_child(spec: dict, queue) -> None:
     """Child process: one sweep task from a fresh interpreter; sends back its record and the
     artifact's cost."""
     try:
-        from .sweep_task import load_artifact, run_task, task_store
+        from .sweep.task import load_artifact, run_task, task_store
 
         rec = run_task(spec)
         art = load_artifact(task_store(spec), rec["key"])
@@ -659,7 +660,7 @@ def _memory_child(spec: dict, queue) -> None:
 
 
 def _in_child(target: Callable, *args) -> dict:
-    from .errors import ReportError
+    from ..core.errors import ReportError
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -680,8 +681,8 @@ def sweep_memory(tokenizer: str, out: Path, data_dir: str | None, log: Callable[
     The two artifacts must carry the same payload."""
     import shutil
 
-    from .models import pythia_random_checkpoint
-    from .sweep import plan_sweep
+    from ..core.models import pythia_random_checkpoint
+    from .sweep.plan import plan_sweep
 
     path = pythia_random_checkpoint(tokenizer, 0)
     res = {}
@@ -721,7 +722,7 @@ def run_sweep_bench(out: Path, tokenizer: str | None = None, data_dir: str | Non
 
     import torch
 
-    from .sweep import SerialExecutor, available_cores, start_executor
+    from .sweep.executors import SerialExecutor, available_cores, start_executor
 
     out = Path(out)
     ckpts = bench_checkpoints(out / "checkpoints", n_tasks + 1)
