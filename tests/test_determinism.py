@@ -57,7 +57,7 @@ def test_pythia_70m_random_is_the_model_its_committed_baseline_was_recorded_on(s
     from pathlib import Path
 
     from analysis.core.models import _fingerprint_dir, pythia_random_checkpoint
-    from analysis.core.regression import BASELINES
+    from analysis.orchestration.regression import BASELINES
 
     path = pythia_random_checkpoint(shared_inputs["tokenizer"])
     recorded = json.loads(Path(BASELINES / "pythia-70m-random-quick.json").read_text())

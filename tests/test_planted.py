@@ -270,7 +270,7 @@ def test_the_plant_is_the_model_its_committed_baseline_was_recorded_on(planted_d
     baseline is recorded again (`nox -s baseline -- --model pythia-70m-planted --update`)."""
     import json
 
-    from analysis.core.regression import BASELINES
+    from analysis.orchestration.regression import BASELINES
 
     recorded = json.loads((BASELINES / "pythia-70m-planted-quick.json").read_text())["configuration"]
     model = planted_default["artifacts"]["discovery"]["provenance"]["model"]
