@@ -42,8 +42,10 @@ RENDERERS = ("auto", "pandoc", "quarto")
 
 
 from analysis.core import stats  # noqa: E402
+from analysis.core.config import PROFILES  # noqa: E402
 from analysis.core.errors import ReportError as _BaseReportError  # noqa: E402
 from analysis.core.regression import outcome_sentence  # noqa: E402
+from report.degenerate import Rules  # noqa: E402
 
 
 class ReportError(_BaseReportError):
@@ -404,6 +406,9 @@ def _template_variables(context: Mapping[str, Any]) -> dict[str, Any]:
 
     model = first["model"] if first else None
     return {
+        # the degeneracy rules, bound to the run's profile's display thresholds (a profile
+        # name this version does not know, e.g. an old run's, gets the quick profile's)
+        "degenerate": Rules(PROFILES.get(context["run"].get("profile"), PROFILES["quick"])),
         "title": context["title"],
         "run": context["run"],
         # The seed's printed Pythia-70M numbers, shown beside every model's in the verdict
