@@ -22,11 +22,25 @@ from .plots import (
 
 def card_density(density: Mapping, neuron: str) -> Chart:
     """Percent histogram of the neuron's activation on German and on English text, from
-    the card's bin counts (`{"edges", "german", "english"}`)."""
+    the card's bin counts (`{"edges", "german", "english"}`), on a log scale: a neuron's
+    activations pile up near zero, and its rare large activations (the ones that matter)
+    would be invisible bars on a linear scale; empty bins are left out."""
     table = counts_table(density["edges"], {"German": density["german"], "English": density["english"]})
-    return histogram_chart(table, f"{neuron} activation (hook_post)",
-                           f"{neuron}: activation density on German and English text",
-                           "figures.cards.card_density")
+    chart = histogram_chart(table, f"{neuron} activation (hook_post)",
+                            f"{neuron}: activation density on German and English text (log scale)",
+                            "figures.cards.card_density")
+    for ax in chart.static.axes:
+        ax.set_yscale("log", nonpositive="clip")
+    chart.static.tight_layout()  # the log ticks are wider than the linear ones
+    yaxis = chart.interactive["layout"]["yaxis"]
+    yaxis.pop("rangemode", None)  # a log axis has no zero
+    yaxis.update(type="log", exponentformat="power")
+    for trace in chart.interactive["data"]:  # log(0) has no bar: leave empty bins out
+        keep = [i for i, y in enumerate(trace["y"]) if y and y > 0]
+        for key in ("x", "y", "width", "customdata"):
+            trace[key] = [trace[key][i] for i in keep]
+    check_spec(chart.interactive)
+    return chart
 
 
 def card_logits(logits: Mapping, neuron: str) -> Chart:

@@ -305,22 +305,24 @@ def show_token_list(rows: Sequence[dict], title: str, value: str = "value",
 
 
 def activation_titles(tokens: Sequence[str], token_ids: Sequence[int], activations: Sequence[float],
-                      start: int, top: int | None = None) -> list[str]:
+                      start: int, top: int | None = None, mark: str = "top") -> list[str]:
     """Hover text of an activation heat map: each token, its id, its position and the
     neuron's activation there (`start`: position of the first token; `top`: the position of
-    the top activation, marked)."""
+    the top activation, marked "(`mark`)")."""
     return [f"token {t!r} (id {i}), position {start + k}: activation {a:.4f}"
-            + (" (top)" if top is not None and start + k == top else "")
+            + (f" ({mark})" if top is not None and start + k == top else "")
             for k, (t, i, a) in enumerate(zip(tokens, token_ids, activations, strict=True))]
 
 
-def show_activations(example: dict, max_value: float, label: str) -> None:
-    """Display a card's top-activating example (`cards` artifact `top_examples` entry) as a
-    heat map of the neuron's activation on every token, hover: token, id, activation."""
+def show_activations(example: dict, max_value: float, label: str, mark: str = "top") -> None:
+    """Display a card's example (`cards` artifact `top_examples`, `quantile_examples` or
+    `negative_examples` entry) as a heat map of the neuron's activation on every token,
+    hover: token, id, activation; the token at `position` is outlined, its hover text says
+    "(`mark`)"."""
     from IPython.display import display
 
     titles = activation_titles(example["tokens"], example["token_ids"], example["activations"],
-                               example["start"], example["position"])
+                               example["start"], example["position"], mark)
     display(heatmap_bundle(example["tokens"], example["activations"], max_value, label=label,
                            titles=titles, mark=example["position"] - example["start"],
                            unit="activation"), raw=True)

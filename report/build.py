@@ -42,8 +42,11 @@ RENDERERS = ("auto", "pandoc", "quarto")
 
 
 from analysis.core import stats  # noqa: E402
+from analysis.core.config import PROFILES  # noqa: E402
 from analysis.core.errors import ReportError as _BaseReportError  # noqa: E402
 from analysis.orchestration.regression import outcome_sentence  # noqa: E402
+from report.degenerate import Rules  # noqa: E402
+from report.describe import describe  # noqa: E402
 
 
 class ReportError(_BaseReportError):
@@ -404,6 +407,10 @@ def _template_variables(context: Mapping[str, Any]) -> dict[str, Any]:
 
     model = first["model"] if first else None
     return {
+        # the degeneracy rules, bound to the run's profile's display thresholds (a profile
+        # name this version does not know, e.g. an old run's, gets the quick profile's)
+        "degenerate": Rules(PROFILES.get(context["run"].get("profile"), PROFILES["quick"])),
+        "describe": describe,  # a neuron card's one-line description
         "title": context["title"],
         "run": context["run"],
         # The seed's printed Pythia-70M numbers, shown beside every model's in the verdict

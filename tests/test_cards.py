@@ -57,6 +57,60 @@ def test_top_activating_picks_the_best_examples_and_windows_them():
     assert (top[1]["start"], top[1]["end"]) == (1, 3)  # 3 before (clipped at BOS), 1 after
 
 
+def test_top_activating_narrows_the_window_after_the_first_examples():
+    acts = {"german": [np.array([0.0] + [0.0] * 30 + [float(i + 1)] + [0.0] * 30) for i in range(4)]}
+    top = cards.top_activating(acts, k=3, window=(20, 5), short=(2, 1), n_full=2)
+    assert [t["example"] for t in top] == [3, 2, 1]
+    assert [t["end"] - t["start"] for t in top] == [26, 26, 4]
+
+
+def test_quantile_examples_follow_the_distribution_of_maxima_below_the_top():
+    maxima = [float(i) for i in range(1, 101)]  # example i has maximum i + 1
+    acts = {"german": [np.array([0.0, 0.0, m]) for m in maxima]}
+    top = [("german", i) for i in range(80, 100)]  # the top 20 are shown already
+    got = cards.quantile_examples(acts, quantiles=(0.5, 0.9), per_quantile=2, window=(1, 0),
+                                  exclude=top)
+    assert [e["quantile"] for e in got] == [0.9, 0.9, 0.5, 0.5]  # highest quantile first
+    pool = maxima[:80]  # quantiles of the examples below the top
+    assert got[0]["quantile_value"] == pytest.approx(np.quantile(pool, 0.9))
+    assert got[2]["quantile_value"] == pytest.approx(np.quantile(pool, 0.5))
+    for e in got:  # the picks are the pool maxima nearest each quantile
+        nearest = sorted(pool, key=lambda m: abs(m - e["quantile_value"]))[:2]
+        assert e["max_activation"] in nearest and ("german", e["example"]) not in top
+        assert (e["start"], e["end"], e["position"]) == (1, 3, 2)
+    assert len({(e["language"], e["example"]) for e in got}) == 4
+
+
+def test_most_negative_and_firing():
+    acts = {"german": [np.array([-9.0, 0.5, -0.1]), np.array([-9.0, -0.3, 2.0])],
+            "english": [np.array([0.0, -0.2])]}
+    neg = cards.most_negative(acts, k=2, window=(5, 5))
+    assert [(e["language"], e["example"], e["position"]) for e in neg] == [("german", 1, 1),
+                                                                          ("english", 0, 1)]
+    assert neg[0]["min_activation"] == -0.3 and neg[0]["max_activation"] == 2.0  # BOS never counts
+    f = cards.firing(np.array([0.0, 1.0, 2.0, -1.0]), np.array([-1.0]))
+    assert f == {"threshold": 0.0, "german": 0.5, "english": 0.0}
+
+
+def test_description_states_its_numbers():
+    from report.describe import describe, language_preference, md_token
+
+    card = {"density": {"mean": {"german": 3.67, "english": 0.15}},
+            "probe": {"test_acc": 0.94, "test_acc_ci": [0.92, 0.95]},
+            "firing": {"threshold": 0.0, "german": 0.62, "english": 0.04},
+            "top_examples": [{"language": "german"}] * 19 + [{"language": "english"}],
+            "logits": {"boosted": [{"token": " der", "value": 1.234}, {"token": "*", "value": 1.0}]},
+            "ablation": {"german": {"percent_increase": 2.42, "percent_increase_ci": [2.23, 2.63]}}}
+    text = describe(card)
+    for part in ("More active on German", "mean 3.67 vs 0.15", "probe accuracy 0.94 [0.92, 0.95]",
+                 "62% of German and 4% of English", "19 of its top 20 examples are German",
+                 "“der”, “\\*”", "+1.23 logits", "+2.42% [+2.23, +2.63]"):
+        assert part in text, (part, text)
+    chance = {**card, "probe": {"test_acc": 0.52, "test_acc_ci": [0.49, 0.55]}}
+    assert language_preference(chance) is None and "Does not separate" in describe(chance)
+    assert md_token("_a") == "\\_a"
+
+
 def test_output_logits_exclude_weird_tokens():
     import torch
 
@@ -145,7 +199,19 @@ def test_cards_agree_with_the_steps_they_summarise(tiny_report):
         else:
             assert c["ablation"] is None
         assert len(c["top_examples"]) == cards.TOP_EXAMPLES
-        for e in c["top_examples"]:
+        shown = {(e["language"], e["example"]) for e in c["top_examples"]}
+        quant = c["quantile_examples"]
+        assert len(quant) == len(cards.QUANTILES) * cards.QUANTILE_EXAMPLES
+        assert not shown & {(e["language"], e["example"]) for e in quant}
+        neg = c["negative_examples"]
+        assert len(neg) == cards.NEGATIVE_EXAMPLES
+        assert [e["min_activation"] for e in neg] == sorted(e["min_activation"] for e in neg)
+        for e in neg:
+            assert min(e["activations"]) == pytest.approx(e["min_activation"])
+        for lang in ("german", "english"):  # a share of the density's positions
+            n = c["density"]["n"][lang]
+            assert c["firing"][lang] * n == pytest.approx(round(c["firing"][lang] * n), abs=1e-6)
+        for e in c["top_examples"] + quant:
             assert len(e["tokens"]) == len(e["activations"]) == e["end"] - e["start"]
             assert max(e["activations"]) == pytest.approx(e["max_activation"])
         if cr["n_weird_tokens"] < arts["neurons"]["result"]["weird_tokens"]["d_vocab"]:

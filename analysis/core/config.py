@@ -96,6 +96,15 @@ class Profile:
         top_examples: examples shown per neuron as heat maps (seed 5).
         seed: the seed of every random choice (the probe's train/test split; random weights).
         batch_tokens: padded tokens per forward batch (memory, not results).
+        heatmap_min_delta_e, negligible_percent: display thresholds, not sizes (`DISPLAY`):
+            they decide what the report summarises in one sentence instead of printing
+            (`report.degenerate`), never a number of the run.
+        heatmap_min_delta_e: a heat map is drawn only when its most coloured token differs
+            from white by at least this CIE76 colour difference (2.3: the just-noticeable
+            difference, Sharma 2003); below it every token looks white.
+        negligible_percent: a loss increase (percent) whose value and interval all lie
+            within ± this prints as ±0.00 in the report's 2-decimal tables (half the last
+            printed digit): such a row, or a ratio with it as denominator, says nothing.
     """
 
     name: str
@@ -112,13 +121,16 @@ class Profile:
     probe_test_size: float = 0.2
     seed: int = 0
     batch_tokens: int = 4096
+    heatmap_min_delta_e: float = 2.3
+    negligible_percent: float = 0.005
     # `--set NAME=VALUE` overrides, as given (name, value): shown beside the profile's name.
     overrides: tuple[tuple[str, int | float | None], ...] = ()
 
     def sizes(self) -> dict:
-        """The sizes that define the run's numbers (not `name`, `batch_tokens`, `overrides`)."""
+        """The sizes that define the run's numbers (not `name`, `batch_tokens`, `overrides`,
+        nor the display thresholds `DISPLAY`)."""
         d = asdict(self)
-        for k in ("name", "batch_tokens", "overrides"):
+        for k in ("name", "batch_tokens", "overrides", *DISPLAY):
             d.pop(k)
         return d
 
@@ -168,6 +180,10 @@ class Profile:
                              f"{self.neuron_examples}: the examples shown are chosen among those searched")
 
 
+# Fields of `Profile` that are display thresholds, not sizes: kept out of `sizes()` (so cache
+# keys, regression baselines and `--set` see only what defines the run's numbers).
+DISPLAY = ("heatmap_min_delta_e", "negligible_percent")
+
 # What each size must at least be (`--set` is refused below it), and why.
 SIZE_MINIMUMS = {"activation_examples": 2, "probe_samples": 10, "loss_examples": 2,
                  "dla_examples": 1, "downstream_examples": 1, "shift_examples": 1,
@@ -183,7 +199,8 @@ SIZE_NEEDS = {"activation_examples": "activation mean and probe split", "probe_s
 
 def settable_sizes() -> list[str]:
     """The names `--set` accepts: the fields of `Profile.sizes()`."""
-    return [f.name for f in fields(Profile) if f.name not in ("name", "batch_tokens", "overrides")]
+    return [f.name for f in fields(Profile)
+            if f.name not in ("name", "batch_tokens", "overrides", *DISPLAY)]
 
 
 def _parse_size(name: str, raw: str):

@@ -18,6 +18,11 @@ examples, `blocks.L.mlp.hook_post`):
 * its top activating examples (`top_activating`): the examples with the largest activation
   at any position after BOS, each as a window of tokens around that position with the
   activation of every token (seed `haystack_utils.print_strings_as_html` style heat maps);
+  examples across the quantiles of the per-example maximum of the examples below the top
+  (`quantile_examples`: what a typical example looks like, not only the extreme ones) and the most negative examples
+  (`most_negative`), as Neuronpedia shows them;
+* its firing frequency on each language (`firing`: the fraction of positions with a
+  positive activation);
 * its single-neuron probe (German vs English), exactly the `probes` step's
   (`probes.single_neuron_probe` on the first `probe_samples` of those activations, the same
   split seed), so its F1 and test accuracy carry their 95% intervals;
@@ -42,8 +47,16 @@ import torch
 from ..core.config import Neuron
 from ..core.engine import Batch, Forward, progress
 
-TOP_EXAMPLES = 5       # top activating examples per card
+TOP_EXAMPLES = 20      # top activating examples per card (Neuronpedia shows 20 or more)
 WINDOW = (24, 8)       # tokens shown before / after the top-activating token
+# Only the first FULL_WINDOW top examples get the wide window; the others, the quantile and
+# the negative examples get SHORT_WINDOW: 3x more examples per card for about 1.5x the page
+# weight (every token is a coloured span with its hover text; the HTML must stay < 4 MB).
+FULL_WINDOW = 5
+SHORT_WINDOW = (10, 3)
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  # quantiles of the per-example maximum activation
+QUANTILE_EXAMPLES = 2  # examples shown per quantile
+NEGATIVE_EXAMPLES = 5  # most negative examples per card
 HIST_BINS = 60         # bins of the density histograms (as `figures.plots.activation_histogram`)
 LOGIT_TOP_K = 20       # boosted / suppressed tokens of the output direction
 N_DISCOVERED = 5       # top German-positive neurons of neuron discovery with a card
@@ -146,28 +159,86 @@ def density(german: np.ndarray, english: np.ndarray, bins: int = HIST_BINS) -> d
                      "english": float(e.mean()) if len(e) else None}}
 
 
-def top_activating(per_example: Mapping[str, Sequence[np.ndarray]], k: int = TOP_EXAMPLES,
-                   window: tuple[int, int] = WINDOW) -> list[dict]:
-    """The `k` examples with the largest activation at any position after BOS, over every
-    language: [{"language", "example", "position", "max_activation", "start", "end"}],
-    best first (ties: language order, then example order); `start:end` is the window of
-    positions shown, `window[0]` before the top position and `window[1]` after it, BOS
-    excluded. `per_example[language][i]`: the neuron's activation at every position of
-    example i (`[n_tokens]`, position 0 is BOS)."""
-    found = []
+def _extremes(per_example: Mapping[str, Sequence[np.ndarray]]) -> list[tuple]:
+    """(language, example, n_tokens, argmax, max, argmin, min) of every example with a
+    position after BOS (BOS, position 0, never counts), in language then example order."""
+    out = []
     for lang, acts in per_example.items():
         for i, a in enumerate(acts):
             if len(a) < 2:
                 continue
-            pos = 1 + int(np.argmax(a[1:]))
-            found.append((-float(a[pos]), lang, i, pos, len(a)))
-    order = {lang: j for j, lang in enumerate(per_example)}
-    found.sort(key=lambda f: (f[0], order[f[1]], f[2]))
-    out = []
-    for neg, lang, i, pos, n in found[:k]:
-        out.append({"language": lang, "example": i, "position": pos, "max_activation": -neg,
-                    "start": max(1, pos - window[0]), "end": min(n, pos + window[1] + 1)})
+            hi, lo = 1 + int(np.argmax(a[1:])), 1 + int(np.argmin(a[1:]))
+            out.append((lang, i, len(a), hi, float(a[hi]), lo, float(a[lo])))
     return out
+
+
+def _window(lang: str, i: int, n: int, pos: int, window: tuple[int, int]) -> dict:
+    return {"language": lang, "example": i, "position": pos,
+            "start": max(1, pos - window[0]), "end": min(n, pos + window[1] + 1)}
+
+
+def top_activating(per_example: Mapping[str, Sequence[np.ndarray]], k: int = TOP_EXAMPLES,
+                   window: tuple[int, int] = WINDOW, short: tuple[int, int] | None = None,
+                   n_full: int = FULL_WINDOW) -> list[dict]:
+    """The `k` examples with the largest activation at any position after BOS, over every
+    language: [{"language", "example", "position", "max_activation", "start", "end"}],
+    best first (ties: language order, then example order); `start:end` is the window of
+    positions shown, `window[0]` before the top position and `window[1]` after it, BOS
+    excluded (from the `n_full`-th example on, the `short` window when given).
+    `per_example[language][i]`: the neuron's activation at every position of example i
+    (`[n_tokens]`, position 0 is BOS)."""
+    found = sorted(_extremes(per_example), key=lambda f: -f[4])  # stable: language, example
+    return [{**_window(lang, i, n, pos, window if short is None or r < n_full else short),
+             "max_activation": v}
+            for r, (lang, i, n, pos, v, _, _) in enumerate(found[:k])]
+
+
+def quantile_examples(per_example: Mapping[str, Sequence[np.ndarray]],
+                      quantiles: Sequence[float] = QUANTILES, per_quantile: int = QUANTILE_EXAMPLES,
+                      window: tuple[int, int] = SHORT_WINDOW,
+                      exclude: Sequence[tuple[str, int]] = ()) -> list[dict]:
+    """Examples across the distribution of the per-example maximum activation, below the
+    top examples: the examples not in `exclude` (`(language, example)` pairs: the top
+    examples already shown) are the pool, and for each quantile q, the `per_quantile` pool
+    examples whose maximum is nearest the pool's q-quantile (none twice). Quantiles of the
+    pool, not of all examples: the top examples already cover the upper quantiles of all.
+    Entries as `top_activating`'s plus "quantile" and "quantile_value", highest first."""
+    skip = set(exclude)
+    found = [f for f in _extremes(per_example) if (f[0], f[1]) not in skip]
+    if not found:
+        return []
+    maxima = np.array([f[4] for f in found])
+    taken: set[int] = set()
+    out = []
+    for q in sorted(quantiles, reverse=True):
+        target = float(np.quantile(maxima, q))
+        order = sorted(range(len(found)), key=lambda j: (abs(maxima[j] - target), j))
+        for j in [j for j in order if j not in taken][:per_quantile]:
+            lang, i, n, pos, v, _, _ = found[j]
+            taken.add(j)
+            out.append({**_window(lang, i, n, pos, window), "max_activation": v,
+                        "quantile": q, "quantile_value": target})
+    return out
+
+
+def most_negative(per_example: Mapping[str, Sequence[np.ndarray]], k: int = NEGATIVE_EXAMPLES,
+                  window: tuple[int, int] = SHORT_WINDOW) -> list[dict]:
+    """The `k` examples with the most negative activation at any position after BOS
+    (lowest first; ties: language, then example order), windowed around that position:
+    entries as `top_activating`'s, with "min_activation" (and "max_activation", the
+    example's largest, for the colour scale)."""
+    found = sorted(_extremes(per_example), key=lambda f: f[6])
+    return [{**_window(lang, i, n, lo, window), "min_activation": vlo, "max_activation": vhi}
+            for lang, i, n, _, vhi, lo, vlo in found[:k]]
+
+
+def firing(german: np.ndarray, english: np.ndarray, threshold: float = 0.0) -> dict:
+    """Firing frequency: the fraction of positions where the activation exceeds `threshold`
+    (0: GELU's output is positive exactly where the pre-activation is), per language."""
+    def frac(a: np.ndarray) -> float | None:
+        return float(np.mean(np.asarray(a) > threshold)) if len(a) else None
+
+    return {"threshold": threshold, "german": frac(german), "english": frac(english)}
 
 
 def output_logits(W_out: torch.Tensor, W_U: torch.Tensor, neuron: Neuron, exclude: np.ndarray,
@@ -214,6 +285,9 @@ def run_step(run, arts: dict) -> dict:
     params = {"cards": cards, "context_neuron": ctx, "crop": [p.crop_start, p.crop_end],
               "examples_per_language": p.activation_examples, "hook": "mlp.hook_post",
               "top_examples": TOP_EXAMPLES, "window": list(WINDOW), "bins": HIST_BINS,
+              "full_window": FULL_WINDOW, "short_window": list(SHORT_WINDOW),
+              "quantiles": list(QUANTILES), "quantile_examples": QUANTILE_EXAMPLES,
+              "negative_examples": NEGATIVE_EXAMPLES,
               "logit_top_k": LOGIT_TOP_K, "n_discovered": N_DISCOVERED,
               "n_downstream": N_DOWNSTREAM, "probe": {"n_per_language": p.probe_samples,
                                                       "test_size": p.probe_test_size,
@@ -262,13 +336,22 @@ def run_step(run, arts: dict) -> dict:
             probe = single_neuron_probe(de, en, p.probe_samples, p.probe_test_size, p.seed)
             abl = ablated.get(name) or computed.get(name)
             _, logits = output_logits(run.fwd.w.W_out, run.fwd.w.W_U, n, weird)
-            examples = []
-            for t in top_activating({lang: [a[:, j] for a in per_example[lang]] for lang in LANGUAGES}):
-                ids = toks[t["language"]][0][t["example"]]
-                acts = per_example[t["language"]][t["example"]][t["start"]:t["end"], j]
-                examples.append({**t, "token_ids": [int(i) for i in ids[t["start"]:t["end"]]],
+            cols = {lang: [a[:, j] for a in per_example[lang]] for lang in LANGUAGES}
+
+            def with_tokens(found: list[dict], j: int = j) -> list[dict]:
+                out_ = []
+                for t in found:
+                    ids = toks[t["language"]][0][t["example"]]
+                    acts = per_example[t["language"]][t["example"]][t["start"]:t["end"], j]
+                    out_.append({**t, "token_ids": [int(i) for i in ids[t["start"]:t["end"]]],
                                  "tokens": s(ids[t["start"]:t["end"]]),
                                  "activations": [float(a) for a in acts]})
+                return out_
+
+            examples = with_tokens(top_activating(cols, short=SHORT_WINDOW))
+            quantile = with_tokens(quantile_examples(
+                cols, exclude=[(e["language"], e["example"]) for e in examples]))
+            negative = with_tokens(most_negative(cols))
             relation = None
             if n.layer > run.context.layer and (name in shifts or name in ds_mean):
                 relation = {"context_neuron": ctx,
@@ -279,6 +362,9 @@ def run_step(run, arts: dict) -> dict:
                 **card, "layer": n.layer, "index": n.index,
                 "density": density(de, en),
                 "top_examples": examples,
+                "quantile_examples": quantile,
+                "negative_examples": negative,
+                "firing": firing(de, en),
                 "probe": probe,
                 "ablation": None if abl is None else {
                     "value": abl["value"], "source": "ablation" if name in ablated else "cards",
@@ -296,7 +382,8 @@ def run_step(run, arts: dict) -> dict:
         return {"context_neuron": ctx, "cards": out, "crop": [p.crop_start, p.crop_end],
                 "hook": "mlp.hook_post", "n_examples": {lang: toks[lang][1]["used"] for lang in toks},
                 "n_activations": {lang: int(len(samples[lang])) for lang in LANGUAGES},
-                "window": list(WINDOW), "bins": HIST_BINS, "logit_top_k": LOGIT_TOP_K,
+                "window": list(WINDOW), "short_window": list(SHORT_WINDOW), "full_window": FULL_WINDOW,
+                "quantiles": list(QUANTILES), "bins": HIST_BINS, "logit_top_k": LOGIT_TOP_K,
                 "n_weird_tokens": int(len(weird)),
                 "loss_examples": {lang: loss_toks[lang][1]["used"] for lang in LANGUAGES},
                 "interval": {"probe": METHODS["probe"], "loss": METHODS["loss"]},
@@ -323,7 +410,7 @@ def figures(run, arts: dict, fig_dir) -> list[dict]:
             "caption": f"{n} activation density (`blocks.{c['layer']}.mlp.hook_post`, positions "
                        f"{r['crop'][0]}–{r['crop'][1]} of {r['n_examples']['german']:,} German and "
                        f"{r['n_examples']['english']:,} English examples), percent of each "
-                       "language's activations per bin.",
+                       "language's activations per bin, on a log scale (empty bins left out).",
             "seed_cell": None}))
         if c["logits"]["boosted"] or c["logits"]["suppressed"]:
             out.append(save(cplots.card_logits(c["logits"], n), fig_dir, f"card_logits_{n}", {

@@ -633,6 +633,11 @@ def run_step(run, arts: dict) -> dict:
                 orig, abl = position_logprobs(run.fwd, tok, ctx, active, nrn, ent["shift"], idx)
                 row["from_token"], row["to_token"] = s([tok[idx], tok[idx + 1]])
                 lists = top_differences(orig, abl, weird["all"], k)
+                # the best log-prob left after the weird-token exclusion: when the lists come
+                # out empty, the report says how far below the cut the model's best guess is
+                keep = torch.from_numpy(np.setdiff1d(np.arange(len(orig)), weird["all"]))
+                row["max_logprob"] = {"original": float(orig[keep].max()) if len(keep) else None,
+                                      "ablated": float(abl[keep].max()) if len(keep) else None}
                 for rows in lists.values():
                     for r, t in zip(rows, s([r["id"] for r in rows]), strict=True):
                         r["token"] = t
