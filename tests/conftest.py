@@ -39,6 +39,7 @@ def pytest_configure(config):
             SHARED_INPUTS[key] = str(Path(value).expanduser().resolve())
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "shared_inputs" in getattr(item, "fixturenames", ()):
