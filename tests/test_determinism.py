@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from analysis.orchestration.pipeline import STEPS
 from analysis.orchestration.regression import diff_runs
 
 
@@ -14,11 +15,16 @@ def test_two_fresh_tiny_runs_give_identical_artifacts(tiny_report, tmp_path):
     res, _, _ = tiny_report
     cfg = RunConfig(model="tiny", neuron=Neuron.parse("L3N669"), profile=get_profile("quick"),
                     out=str(tmp_path / "second"))
-    run_report(cfg, corpus="fixture", show_progress=False, log=lambda s: None, render=False)
+    run_report(cfg, corpus="fixture", show_progress=False, log=lambda s: None, steps=EVERY_STEP)
     d = diff_runs(res["out"], tmp_path / "second")
     assert d["identical"], d
     assert {s["step"] for s in d["steps"]} >= {"activations", "probes", "ablation"}
 
+
+# Every step, as a partial run (`run_report(steps=...)`): the artifacts are computed and
+# compared; figures, the baseline check and the rendering, which determinism does not
+# concern, are left out (they took about half of each run).
+EVERY_STEP = tuple(s.name for s in STEPS)
 
 SMALL = ["activation_examples=8", "probe_samples=300", "loss_examples=8", "dla_examples=4",
          "downstream_examples=4", "shift_examples=4", "neuron_examples=4", "top_examples=2"]
@@ -41,7 +47,7 @@ def test_the_planted_control_rebuilt_from_nothing_gives_identical_artifacts(
         cfg = RunConfig(model="pythia-70m-planted", neuron=Neuron.parse("L3N669"),
                         profile=get_profile("quick").with_overrides(SMALL), out=str(tmp_path / name),
                         tokenizer=shared_inputs["tokenizer"], data_dir=shared_inputs["data_dir"])
-        run_report(cfg, show_progress=False, log=lambda s: None, render=False)
+        run_report(cfg, show_progress=False, log=lambda s: None, steps=EVERY_STEP)
         outs.append(tmp_path / name)
     d = diff_runs(*outs)
     assert d["identical"], d
