@@ -89,7 +89,11 @@ def tests(session: nox.Session) -> None:
     (the real text and tokenizer, as the report takes them; `-m 'not shared'` deselects the
     tests that need them)."""
     env, rest = _shared_inputs(list(session.posargs))
-    _run(session, "pytest", "-q", *rest, env=env)
+    # two pytest-xdist workers unless the caller chose (`-n 0`: one process): the tests that
+    # read the same expensive build run in one worker (tests/conftest.py)
+    parallel = [] if any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in rest) \
+        else ["-n", "2", "--dist", "loadgroup"]
+    _run(session, "pytest", "-q", *parallel, *rest, env=env)
 
 
 @nox.session(venv_backend="none")

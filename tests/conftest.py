@@ -16,6 +16,14 @@ ENV = {"data_dir": "GERMAN_NEURON_DATA_DIR", "tokenizer": "GERMAN_NEURON_TOKENIZ
 HOW = ("run the tests as the README says: nox -s tests -- --tokenizer "
        "../shared/tokenizers/gpt-neox-20b/tokenizer.json --data-dir ../shared/data "
        "(or deselect them on purpose with -m 'not shared')")
+# pytest-xdist workers share the machine's cores: each takes its share of torch threads (and
+# so do the child processes its tests start), instead of every worker taking all of them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _threads
+    import torch
+
+    torch.set_num_threads(int(_threads))
 SHARED_INPUTS: dict[str, str | None] = {k: os.environ.get(v) for k, v in ENV.items()}
 # The user's store of generated checkpoints, kept across test runs (content-keyed: a model
 # is reused only when the code and inputs that built it are unchanged).
@@ -39,11 +47,50 @@ def pytest_configure(config):
             SHARED_INPUTS[key] = str(Path(value).expanduser().resolve())
 
 
+# Under pytest-xdist (`-n 2`, as the nox session runs the suite) the tests that read the
+# same expensive build go to the same worker (`--dist loadgroup`), so that each build is
+# made once per run, not once per worker: these session fixtures, and every module-scoped
+# fixture. Tests that share any of them form one group (xdist hands out the groups with
+# the most tests first).
+SHARED_BUILDS = ("tiny_report", "planted_default", "planted_rebuilt")
+
+
+def _shared_builds(item) -> set[str]:
+    names = getattr(item, "fixturenames", ())
+    info = getattr(item, "_fixtureinfo", None)
+    found = {n for n in names if n in SHARED_BUILDS}
+    for name in names:
+        defs = info.name2fixturedefs.get(name) if info else None
+        if defs and defs[-1].scope == "module":
+            found.add(f"{item.module.__name__}.{name}")
+    return found
+
+
+def _groups(items) -> dict[int, str]:
+    """{id(item): group name} for the items that read a shared build: the connected
+    components of "reads the same build" (union-find over build names)."""
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    builds = {id(it): sorted(_shared_builds(it)) for it in items}
+    for names in builds.values():
+        for other in names[1:]:
+            parent[root(other)] = root(names[0])
+    return {i: root(names[0]) for i, names in builds.items() if names}
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
+    groups = _groups(items)
     for item in items:
         if "shared_inputs" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.shared)
+        if id(item) in groups:
+            item.add_marker(pytest.mark.xdist_group(groups[id(item)]))
 
 
 @pytest.fixture(scope="session")

@@ -164,13 +164,13 @@ def test_any_byte_changed_in_any_hashed_file_changes_the_key(data):
 def _report(root: Path, out: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(root), PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "analysis", "report", "--model", "tiny", "--corpus",
-                           "fixture", "--no-render", "--out", str(out)], cwd=root, env=env,
+                           "fixture", "--no-figures", "--out", str(out)], cwd=root, env=env,
                           capture_output=True, text=True, timeout=900)
 
 
 def test_the_engine_edit_recomputes_every_loss_and_the_regression_check_reports_it(pkg, tmp_path, tiny_report):
-    """The maintainer's scenario of issue 11: run, multiply the chunked loss by 1.01, rerun
-    into the same folder. Every step must be recomputed (none 'cached'), the regression
+    """The maintainer's scenario of issue 11: run (`--no-figures`), multiply the chunked loss
+    by 1.01, rerun into the same folder. Every step must be recomputed (none 'cached'), the regression
     check against the committed baseline must see the change, and `diff` must name the file.
 
     The first run starts from the shared `tiny` report's artifacts: the unedited copy hashes
@@ -181,6 +181,8 @@ def test_the_engine_edit_recomputes_every_loss_and_the_regression_check_reports_
     assert first.returncode == 0, first.stderr[-3000:]
     assert ": computed" not in first.stderr and ": cached (" in first.stderr, first.stderr[-3000:]
     assert "0 outside tolerance" in first.stderr, first.stderr[-2000:]
+    # --no-figures: the numbers and their check only, which is all this scenario reads
+    assert not list(out.glob("figures/*")) and not (out / "report.html").exists()
     shutil.copytree(out, tmp_path / "A0")
     edit(pkg / "analysis/core/engine.py", *ENGINE_EDIT)
     second = _report(pkg, out)

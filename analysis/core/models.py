@@ -328,13 +328,29 @@ def _materialise(name: str, build, key: str) -> Path:
     `build() -> (model, tokenizer)` or `(model, tokenizer, {file name: text})`: the extra
     text files (e.g. the planted control's `plant.json`) are written beside config.json,
     so that the weights fingerprint covers them."""
+    from filelock import FileLock
+
+    target = model_store_dir() / f"{name}-{key[:16]}"
+
+    def done() -> bool:
+        return (target / "config.json").is_file() and any(target.glob("*.safetensors"))
+
+    if done():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # one builder per model: a second process (another test worker, a second report) waits
+    # for the first instead of fitting the same model again
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if not done():
+            _build_into(target, build, name)
+    return target
+
+
+def _build_into(target: Path, build, name: str) -> None:
+    """`build()`'s checkpoint written to a temporary folder renamed to `target` when complete."""
     import shutil
     import tempfile
 
-    target = model_store_dir() / f"{name}-{key[:16]}"
-    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
         built = build()
@@ -350,7 +366,6 @@ def _materialise(name: str, build, key: str) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
 
 
 # The modules whose code builds the generated checkpoints: this one (the random

@@ -64,6 +64,7 @@ def report(
     corpus: str | None = typer.Option(None, help="seed (KDE4 English / WMT German) | fixture (the package's own short texts) | europarl-heldout (the organism's held-out passages); default: europarl-heldout for the organism, else seed"),
     renderer: str = typer.Option("auto", help="auto (quarto if installed, else pandoc+typst) | quarto | pandoc"),
     render: bool = typer.Option(True, help="build report.html/report.pdf after the artifacts"),
+    figures: bool = typer.Option(True, help="draw the figures; --no-figures: the artifacts and their baseline check only, the quickest way to see which number moved (implies --no-render)"),
     sweep: str | None = typer.Option(None, help="a sweep's output folder (german-neuron sweep --out DIR): without --model, build that sweep's report (curves over checkpoints and sizes) in DIR; with --model, add its curves to the model's report"),
     debug: bool = typer.Option(False, help="show tracebacks"),
 ) -> None:
@@ -105,7 +106,7 @@ def report(
         cfg = RunConfig(model=model, neuron=context_neuron, profile=prof, device=device,
                         data_dir=data_dir, tokenizer=tokenizer, out=out, note=note, plant=planted,
                         dtype=dtype, tf32=tf32_on)
-        res = run_report(cfg, render=render, renderer=renderer, corpus=corpus, sweep=sweep,
+        res = run_report(cfg, render=render, renderer=renderer, corpus=corpus, sweep=sweep, figures=figures,
                          command="german-neuron " + shlex.join(sys.argv[1:]))
     if res["report"]:
         for kind in ("html", "pdf"):

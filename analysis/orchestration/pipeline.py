@@ -246,7 +246,8 @@ def with_dependencies(names, auto: bool) -> set[str]:
 def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
                show_progress: bool | None = None, log: Callable[[str], None] | None = None,
                corpus: str | None = None, command: str = "",
-               steps: Sequence[str] | None = None, sweep: str | None = None) -> dict:
+               steps: Sequence[str] | None = None, sweep: str | None = None,
+               figures: bool = True) -> dict:
     """Compute (or reuse) every artifact, draw the figures and build the report.
 
     `corpus` None: `europarl-heldout` for the organism (its held-out passages), else `seed`.
@@ -254,6 +255,8 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
     `steps`: compute only these steps and those they depend on (`with_dependencies`); a
     partial run (e.g. for the tests) draws, checks against a baseline, renders and removes
     nothing else. None: every step.
+    `figures` False: every step and the baseline check, no figure and no report (`render`
+    is then ignored): what a maintainer needs to see which number moved.
     `sweep`: a training-dynamics sweep's folder (`german-neuron sweep --out DIR`), whose
     curves over checkpoints and model sizes the report shows beside its own dynamics.
 
@@ -300,8 +303,8 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
     try:
         _remove_stale_temporaries(out)
         with matmul_precision(cfg.tf32):  # TF32 (CUDA float32 matmuls) as asked, restored after
-            return _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
-                               wanted, sweep)
+            return _run_locked(cfg, out, render and figures, renderer, show_progress, log, corpus,
+                               command, wanted, sweep, figures)
     except OSError as exc:
         # e.g. ENOSPC while writing: every write is atomic, so what is on disk is either
         # the previous complete file or nothing.
@@ -355,7 +358,7 @@ def precision_context(info: dict) -> dict:
 
 
 def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command, wanted=None,
-                sweep=None):
+                sweep=None, draw=True):
     """The body of `run_report`, with the output folder's lock held (`wanted`: the steps
     of a partial run, or None)."""
     t0 = time.perf_counter()
@@ -375,11 +378,11 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
     if wanted is None:  # a partial run leaves the other steps' artifacts alone
         _remove_skipped_artifacts(out / "artifacts", arts)
     figs: list[dict] = []
-    for spec in STEPS if wanted is None else ():
+    for spec in STEPS if wanted is None and draw else ():
         if spec.figures is not None and spec.name in arts:
             figs += draw_figures(spec, run, arts, out / "figures")
     sweep_context = None
-    if sweep is not None:
+    if sweep is not None and draw:
         from .sweep.figures import draw_sweep_figures
         from .sweep.summary import sweep_summary
 
