@@ -13,8 +13,9 @@ import hub_fixture
 import pytest
 from typer.testing import CliRunner
 
-from analysis.core.pythia import PYTHIA_SHAPES, parse_pythia, pythia_names, reference_neurons
+from analysis.core.pythia import PYTHIA_SHAPES, parse_pythia, pythia_names
 from analysis.orchestration.cli import app
+from analysis.orchestration.references import reference_neurons
 
 SIZES = ("activation_examples=4", "probe_samples=60", "loss_examples=4")
 # The report's sentences that quote a number the seed notebook printed (its method is
@@ -172,5 +173,5 @@ def test_the_seed_values_are_printed_for_pythia_70m_only(tiny_report):
         assert "Pipeline check" not in md, name
     assert "Pythia-70M retrained with PolyPythias seed 1" in notebook("pythia-70m-seed1")[0]
     md = notebook("pythia-160m")[0]
-    assert "For reference only, never as a default: Gurnee et al." in md
-    assert "**L8N2994** (F1 1.00; discovery here ranks it" in md
+    assert "For reference only, never as a default: Gurnee et al. name **L5N2649** (F1 1.00; discovery here ranks it" in md
+    assert re.search(r"\) and \*\*L8N2994\*\* \(F1 1.00; discovery here ranks it [^)]*\) as German neurons of this model \(", md)

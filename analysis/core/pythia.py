@@ -18,6 +18,10 @@ Shapes are known without a download (`PYTHIA_SHAPES`, from the Pythia paper's ta
 the PolyPythias model cards; a seed has its size's shape), so that `--neuron` and `--plant`
 are checked before any compute. Only `pythia-70m` holds the weights the seed notebook
 studied: its printed values, and L3N669, belong to that model alone.
+
+The model loader imports this module, so its source is in every step's cache key and in the
+generated models' key: what only the report's text needs (the German neurons other work
+names) is kept in `analysis/orchestration/references.py`.
 """
 
 from __future__ import annotations
@@ -59,24 +63,6 @@ VARIATION_MEANING = {
 # Pythia's 154 checkpoints: step0, the log-spaced step1 ... step512, then every 1,000 steps.
 PYTHIA_CHECKPOINTS = tuple(["step0"] + [f"step{2 ** i}" for i in range(10)]
                            + [f"step{k * 1000}" for k in range(1, 144)])
-
-# German neurons that published work names in a model, shown beside discovery's ranking as
-# references, never used as a default context neuron. Gurnee et al.'s replication of the
-# language-context neurons probes each neuron's *sequence-mean* activation over Europarl (the
-# seed probes per token, on other text), so a neuron may rank differently here. Its
-# pythia-70m table is ../shared/paper/europarl_lang_neurons_gurnee.csv; for pythia-160m, the
-# German rows with F1 1.0 of the same repository's table.
-REFERENCE_GERMAN_NEURONS: dict[str, dict] = {
-    "pythia-160m": {
-        "source": "Gurnee et al., wesg52/llm-context-neurons@1f8083c, "
-                  "context_neurons/pythia-160m/europarl_lang_neurons.csv",
-        "method": "single-neuron logistic probe on sequence-mean activations, Europarl German vs the "
-                  "7 other languages, fitted and scored on the same sequences, among the 10 neurons "
-                  "whose mean differs most",
-        "neurons": ({"neuron": "L5N2649", "f1": 1.0, "mean_dif": 1.4336652},
-                    {"neuron": "L8N2994", "f1": 1.0, "mean_dif": 2.6311102}),
-    },
-}
 
 _SIZE = "|".join(re.escape(s) for s in PYTHIA_SIZES)
 _NAME = re.compile(rf"^(?:{OWNER}/)?pythia-({_SIZE})(?:-(deduped)|-(seed|data-seed|weight-seed)(\d+))?$")
@@ -148,15 +134,6 @@ class PythiaModel:
         return {"name": self.name, "repo": self.repo, "suite": self.suite, "size": self.size,
                 "deduped": self.deduped, "variation": self.variation, "seed": self.seed,
                 "description": self.describe(), "seed_model": self.is_seed_model}
-
-
-def reference_neurons(name: str) -> dict | None:
-    """The published German neurons of a Pythia model (`REFERENCE_GERMAN_NEURONS`, a copy
-    with lists), None for a model with none here (pythia-70m's are the seed's and
-    ../shared/paper's)."""
-    p = parse_pythia(name)
-    ref = REFERENCE_GERMAN_NEURONS.get(p.name) if p is not None else None
-    return None if ref is None else {**ref, "neurons": [dict(n) for n in ref["neurons"]]}
 
 
 def parse_pythia(text: str) -> PythiaModel | None:

@@ -29,7 +29,7 @@ from ..core.models import (
     pythia_shape,
     unknown_model,
 )
-from ..core.pythia import parse_pythia, reference_neurons
+from ..core.pythia import parse_pythia
 from ..core.runner import StepSpec, open_run
 from ..families import ablation as ablation_mod
 from ..families import activations as activations_mod
@@ -46,6 +46,7 @@ from ..families import neurons as neurons_mod
 from ..families import probes as probes_mod
 from ..families import probes_ablated as probes_ablated_mod
 from ..families import unigrams as unigrams_mod
+from .references import reference_neurons
 
 SEED_REFERENCE = Path(__file__).resolve().parents[1] / "resources" / "seed_reference.json"
 
