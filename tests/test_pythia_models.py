@@ -92,6 +92,9 @@ def test_unknown_names_fail_in_one_line_and_known_ones_are_checked_before_any_lo
         r = _report("--model", model, "--neuron", neuron, "--out", str(out))
         assert r.exit_code == 2
         _one_line_error(r, f"neuron {neuron} is out of range: {needle}")
+    r = _report("--model", "pythia-160m", "--steps", "discovery,nosuch", "--out", str(out))
+    assert r.exit_code == 2
+    _one_line_error(r, "unknown step nosuch; steps: discovery, activations")
     assert not out.exists()
     r = _report("--model", "pythia-160m", "--out", str(out))  # a real name, whose weights are absent
     assert r.exit_code == 3, r.output
