@@ -18,7 +18,9 @@ and biases perturbed as the `tiny` model's) with its own seed, and the fixture B
 
 Other repositories (`repo="EleutherAI/pythia-160m"`) and other shapes (`shape=`, keyword
 arguments of `GPTNeoXConfig` over `TINY_SHAPE`) build the same layout, for sweeps over
-model sizes.
+model sizes. `build_pythia_runs` serves other Pythia runs by their registry names (PolyPythias
+seeds of 70M, the 14M size) with the layer count and MLP width of the registry's table, so that
+the shape checked before compute is the one loaded.
 """
 
 from __future__ import annotations
@@ -189,6 +191,31 @@ def build_hub_cache(hf_home: str | os.PathLike, revisions: Mapping[str, int] | I
     return {rev: add_revision(hf_home, rev, seed, weights=layouts.get(rev, "safetensors"),
                               trap_bin=rev in traps, repo=repo, shape=shape)
             for rev, seed in revisions.items()}
+
+
+# Other Pythia runs, as tiny random models: `TINY_SHAPE` has Pythia-70M's 6 layers and 2,048
+# MLP neurons, so only 14M's narrower MLP (512, `pythia.PYTHIA_SHAPES`) is set.
+PYTHIA_RUNS: dict[str, dict] = {
+    "EleutherAI/pythia-70m-seed1": {},
+    "EleutherAI/pythia-70m-seed2": {},
+    "EleutherAI/pythia-14m": {"intermediate_size": 512},
+}
+
+
+def build_pythia_runs(hf_home: str | os.PathLike, repos: Mapping[str, Mapping] | Iterable[str] = PYTHIA_RUNS,
+                      revisions: Iterable[str] = ("step143000",), *, shape: Mapping | None = None,
+                      seed: int = 100) -> dict[str, dict[str, str]]:
+    """Put `revisions` of other Pythia repositories into the cache under `hf_home`: `repos`
+    as `{repo: shape}` (default `PYTHIA_RUNS`) or repository names (shape `{}`); `shape`
+    (keyword arguments over `TINY_SHAPE`) applies to all of them, before their own. The
+    j-th revision of the i-th repository is seeded `seed + 10 i + j`, so no two share
+    weights. Returns `{repo: {revision: commit id}}`."""
+    if not isinstance(repos, Mapping):
+        repos = {r: {} for r in repos}
+    revisions = tuple(revisions)
+    return {repo: build_hub_cache(hf_home, {r: seed + 10 * i + j for j, r in enumerate(revisions)},
+                                  repo=repo, shape={**(shape or {}), **own})
+            for i, (repo, own) in enumerate(repos.items())}
 
 
 def offline_env(hf_home: str | os.PathLike, base: Mapping[str, str] | None = None) -> dict[str, str]:

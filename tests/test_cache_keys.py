@@ -99,8 +99,10 @@ def test_editing_one_family_changes_only_the_steps_that_import_it(pkg):
 def test_editing_a_template_or_the_report_builder_changes_no_key(pkg):
     a0, f0 = artifact_keys(pkg), figure_keys(pkg)
     edit(pkg / "templates/sections/40_ablation.md.j2", "Mean ablation", "Mean ablation (edited)")
-    with open(pkg / "report/build.py", "a", encoding="utf-8") as f:
-        f.write("\n# edited\n")
+    for rel in ("report/build.py", "analysis/orchestration/references.py"):  # text the report reads
+        assert (pkg / rel).is_file(), rel
+        with open(pkg / rel, "a", encoding="utf-8") as f:
+            f.write("\n# edited\n")
     assert artifact_keys(pkg) == a0
     assert figure_keys(pkg) == f0
 

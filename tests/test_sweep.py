@@ -95,6 +95,7 @@ def test_revision_sets_and_model_names():
     assert pythia_revisions(parse_revisions("step2000,step1000")) == ["step1000", "step2000"]
     assert pythia_repo("pythia-1.4b-deduped") == "EleutherAI/pythia-1.4b-deduped"
     assert pythia_repo("EleutherAI/pythia-12b") == "EleutherAI/pythia-12b"
+    assert pythia_repo("pythia-70m-seed1") == "EleutherAI/pythia-70m-seed1"  # the report's names too
     assert pythia_repo("pythia-71m") is None and pythia_repo("gpt2") is None
     assert parse_scheduler("tcp://10.0.0.1:8786") == ("tcp", "tcp://10.0.0.1:8786")
     with pytest.raises(UsageError):
@@ -221,6 +222,37 @@ def test_keep_weights_no_frees_each_revision_after_its_task(tmp_path, monkeypatc
     assert len(gone) == 2  # the two weight blobs
     res, _ = _run(tmp_path / "out", revisions="step1,step143000", models="pythia-70m", keep_weights="no")
     assert res["counts"] == {"reused": 2}  # commits known from refs/: nothing to download
+
+
+def test_a_seed_sweep_over_polypythias_plans_and_runs(tmp_path, monkeypatch):
+    """`--models pythia-70m-seed1,EleutherAI/pythia-70m-seed2`: the registry's names (the
+    ones `report --model` takes), each its own repository, `--neuron auto` by default
+    (L3N669 is the seed's neuron of pythia-70m only), anchored on its final checkpoint."""
+    from analysis.core.errors import UsageError
+    from analysis.orchestration.sweep.task import load_artifact
+
+    home = tmp_path / "hf"
+    repos = ("EleutherAI/pythia-70m-seed1", "EleutherAI/pythia-70m-seed2")
+    commits = hub_fixture.build_pythia_runs(home, repos, shape=SHAPE_70M)
+    hub_fixture.patch_offline(monkeypatch, home)
+    with pytest.raises(UsageError, match="pythia-70m-seed1: neuron L4N0 is out of range"):  # its config
+        _plan(tmp_path / "out", revisions="step143000", models="pythia-70m-seed1", neuron="L4N0")
+    res, _ = _run(tmp_path / "out", revisions="step143000", models="pythia-70m-seed1,EleutherAI/pythia-70m-seed2")
+    assert res["counts"] == {"computed": 2}, res["tasks"]
+    settings = res["manifest"]["settings"]["models"]
+    assert [(m["name"], m["source"], m["neuron"], m["pythia"]["seed"]) for m in settings] == [
+        ("pythia-70m-seed1", repos[0], "auto", 1), ("pythia-70m-seed2", repos[1], "auto", 2)]
+    by = {t["model"]: t for t in res["tasks"]}
+    for repo in repos:
+        task = by[repo.removeprefix("EleutherAI/")]
+        assert task["anchor"] and task["context_neuron"] == "auto" and task["revision"] == "step143000"
+        art = load_artifact(tmp_path / "out" / "store", task["key"])["result"]
+        assert art["model"]["commit"] == commits[repo]["step143000"]
+        assert art["context"]["neuron"] == art["best"]["neuron"]  # its own best neuron, not L3N669
+    import pandas as pd
+
+    df = pd.read_parquet(tmp_path / "out" / "table.parquet")
+    assert set(df["model"]) == {"pythia-70m-seed1", "pythia-70m-seed2"} and set(df["size"]) == {"70m"}
 
 
 def test_organism_expands_to_its_saved_checkpoints(tmp_path):

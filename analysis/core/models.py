@@ -24,11 +24,12 @@ from typing import Any
 
 import torch
 
+from . import pythia
 from .errors import ModelUnavailableError, UsageError
 
-PYTHIA_REPO = "EleutherAI/pythia-70m"
-# The final-checkpoint branch: a stable pin (the `main` branch can move).
-PYTHIA_REVISION = "step143000"
+PYTHIA_REPO = "EleutherAI/pythia-70m"  # the seed notebook's model
+# The final-checkpoint branch of every Pythia run: a stable pin (the `main` branch can move).
+PYTHIA_REVISION = pythia.FINAL_REVISION
 
 PROCESSING = {
     "fold_ln": True,
@@ -539,29 +540,40 @@ def load_revision(revision: str, tokenizer: str | None = None, device: str = "cp
 
 # ------------------------------------------------------------------ any Pythia, the HF cache
 
-# `EleutherAI/pythia-<size>[-deduped]`: every size of the suite (the `-v0` and other
-# variants are not training-checkpoint suites with this schedule).
-PYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
-_PYTHIA_NAME = re.compile(r"^(?:EleutherAI/)?pythia-(14m|31m|70m|160m|410m|1b|1\.4b|2\.8b|6\.9b|12b)(-deduped)?$")
-# Pythia's 154 checkpoints: step0, the log-spaced step1 ... step512, then every 1,000 steps.
-PYTHIA_CHECKPOINTS = tuple(["step0"] + [f"step{2 ** i}" for i in range(10)]
-                           + [f"step{k * 1000}" for k in range(1, 144)])
+# The names, shapes and checkpoints of every Pythia run are the registry's (`pythia.py`);
+# these two are kept here for the callers that import them from this module.
+PYTHIA_SIZES = pythia.PYTHIA_SIZES
+PYTHIA_CHECKPOINTS = pythia.PYTHIA_CHECKPOINTS
 
 
 def pythia_repo(name: str) -> str | None:
-    """`EleutherAI/pythia-<size>[-deduped]` for a Pythia name (`pythia-160m`,
-    `EleutherAI/pythia-1.4b-deduped`), None for anything else."""
-    m = _PYTHIA_NAME.match(name.strip())
-    return None if m is None else f"EleutherAI/pythia-{m.group(1)}{m.group(2) or ''}"
+    """`EleutherAI/<name>` for a Pythia name of the registry (`pythia-160m`,
+    `EleutherAI/pythia-1.4b-deduped`, `pythia-70m-seed3`), None for anything else."""
+    p = pythia.parse_pythia(name)
+    return None if p is None else p.repo
 
 
 def pythia_size_params(repo: str) -> float | None:
     """The nominal size of a Pythia repository in parameters (`pythia-1.4b` -> 1.4e9)."""
-    m = _PYTHIA_NAME.match(repo)
-    if m is None:
+    p = pythia.parse_pythia(repo)
+    return None if p is None else p.n_params
+
+
+def pythia_shape(name: str) -> dict | None:
+    """`{"n_layers", "d_mlp", "source"}` of a Pythia name, known without loading weights:
+    from the `config.json` of a snapshot of its repository in the local Hugging Face cache
+    (what `load_model` will load), else from the registry's table (`pythia.PYTHIA_SHAPES`,
+    what the Hub serves); None when `name` is no Pythia name. Never touches the network."""
+    p = pythia.parse_pythia(name)
+    if p is None:
         return None
-    size = m.group(1)
-    return float(size[:-1]) * (1e9 if size.endswith("b") else 1e6)
+    cfg = cached_config(p.repo)
+    try:
+        return {"n_layers": int(cfg["num_hidden_layers"]), "d_mlp": int(cfg["intermediate_size"]),
+                "source": f"config.json of {p.repo} in the local Hugging Face cache"}
+    except (TypeError, KeyError, ValueError):  # not cached (None) or not a GPT-NeoX config
+        return {"n_layers": p.shape["n_layers"], "d_mlp": p.shape["d_mlp"],
+                "source": f"the Pythia table for size {p.size}"}
 
 
 def hub_repo_dir(repo: str) -> Path:
@@ -644,10 +656,7 @@ def check_checkpoint_dir(path: Path) -> dict:
             not a GPT-NeoX model (the analyses assume Pythia's architecture).
     """
     if not path.is_dir():
-        raise UsageError(
-            f"model {str(path)!r} is neither a known model ({', '.join(model_names())}) "
-            "nor an existing checkpoint folder"
-        )
+        raise unknown_model(str(path))
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise UsageError(f"checkpoint folder {path} has no config.json")
@@ -671,6 +680,17 @@ def check_checkpoint_dir(path: Path) -> dict:
             "their shards with model.safetensors.index.json or pytorch_model.bin.index.json)"
         )
     return cfg
+
+
+def unknown_model(name: str) -> UsageError:
+    """The one-line error for a `--model` that names nothing: the accepted Pythia forms for
+    text meant as a Pythia name (`pythia-71m`, `EleutherAI/pythia-70m-seed10`), else the
+    known names besides and the checkpoint folder it is not."""
+    hint = "e.g. --model pythia-160m, or the path of a Hugging Face GPT-NeoX checkpoint folder"
+    if pythia.looks_like_pythia(name):
+        return UsageError(f"unknown Pythia model {name!r}: expected {pythia.ACCEPTED_FORMS}", hint=hint)
+    return UsageError(f"model {name!r} is neither a known model ({', '.join(model_names())}, or a "
+                      f"Pythia name: {pythia.ACCEPTED_FORMS}) nor an existing checkpoint folder", hint=hint)
 
 
 def _saved_tokenizer(tokenizer: str | None, path: Path):
@@ -740,7 +760,10 @@ def load_checkpoint(path: str | os.PathLike, tokenizer: str | None = None, devic
 
 def load_model(name: str, tokenizer: str | None = None, device: str = "cpu", seed: int = 0, *,
                plant=None, data_dir: str | None = None) -> LoadedModel:
-    """Load `pythia-70m`, `pythia-70m-random`, `tiny`, a registered model (`register_source`:
+    """Load a Pythia model by name (`pythia-70m`, `pythia-160m`, `EleutherAI/pythia-70m-seed1`:
+    any name of the registry `pythia.parse_pythia`, at its final checkpoint `step143000`,
+    from the Hugging Face cache or the Hub; its record in `info["pythia"]`, its id the short
+    name), `pythia-70m-random`, `tiny`, a registered model (`register_source`:
     `pythia-70m-planted`, `organism`), or a checkpoint folder (one of a registered kind,
     `register_checkpoint_kind`, with its own tokenizer and its record in `info[kind]`).
 
@@ -753,7 +776,7 @@ def load_model(name: str, tokenizer: str | None = None, device: str = "cpu", see
         UsageError: unknown name / bad folder / bad tokenizer path / unavailable device /
             `plant` out of range.
         DataError: (`pythia-70m-planted`) the fitting passages are missing or corrupt.
-        ModelUnavailableError: Pythia-70M is not cached and the Hub cannot be reached.
+        ModelUnavailableError: a Pythia model is not cached and the Hub cannot be reached.
     """
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda was given but no CUDA device is available")
@@ -769,25 +792,32 @@ def load_model(name: str, tokenizer: str | None = None, device: str = "cpu", see
                                            "tokenizer": tokenizer or f"{PYTHIA_REPO}@{PYTHIA_REVISION}"})
     if name in _SOURCES:
         return _SOURCES[name](tokenizer, device, seed, plant=plant, data_dir=data_dir)
-    if name == "pythia-70m":
-        snap = _hub_snapshot()
-        return load_checkpoint(snap, tokenizer, device, model_id="pythia-70m",
-                               revision=PYTHIA_REVISION, source=PYTHIA_REPO,
-                               extra_info={"commit": snapshot_commit(snap)})
+    run = pythia.parse_pythia(name)
+    if run is not None:
+        snap = _hub_snapshot(pythia.FINAL_REVISION, run.repo)
+        return load_checkpoint(snap, tokenizer, device, model_id=run.name,
+                               revision=pythia.FINAL_REVISION, source=run.repo,
+                               extra_info={"commit": snapshot_commit(snap), "pythia": run.record()})
     path = Path(name).expanduser()
     for kind in _KINDS.values():
         record = kind.record(path)
         if record is not None:  # e.g. the organism trained here: its own tokenizer, its record
             return load_checkpoint(path, None, device, model_id=model_slug(str(path)),
                                    source=str(path.resolve()), extra_info={kind.name: record})
+    if not path.is_dir():
+        raise unknown_model(name)
     return load_checkpoint(name, tokenizer, device)
 
 
 def model_slug(name: str) -> str:
-    """A folder-safe id for `build/<model-id>/`: a known model's name, the id a registered
-    kind gives its checkpoint folders (`organism-step<N>`), else the folder's name."""
+    """A folder-safe id for `build/<model-id>/`: a known model's name (a Pythia model's
+    short name, `EleutherAI/pythia-160m` -> `pythia-160m`), the id a registered kind gives
+    its checkpoint folders (`organism-step<N>`), else the folder's name."""
     if name in model_names():
         return name
+    run = pythia.parse_pythia(name)
+    if run is not None:
+        return run.name
     path = Path(name).expanduser().resolve()
     slugs = (kind.slug(path) for kind in _KINDS.values())
     return next((s for s in slugs if s), None) or path.name or "checkpoint"
@@ -845,5 +875,6 @@ def register_checkpoint_kind(kind: CheckpointKind) -> None:
 
 
 def model_names() -> tuple[str, ...]:
-    """The models `load_model` knows by name: the built-in ones, then the registered ones."""
+    """The models `load_model` knows by a name of their own: the built-in ones, then the
+    registered ones (and any Pythia name, `pythia.parse_pythia`, not listed here)."""
     return BUILTIN_MODELS + tuple(_SOURCES)

@@ -50,10 +50,10 @@ _TF32_HELP = ("on | off (default): TF32 for float32 matmuls on CUDA; no effect o
 
 @app.command()
 def report(
-    model: str | None = typer.Option(None, help="pythia-70m | pythia-70m-planted | pythia-70m-random | tiny | organism | PATH to a HF GPT-NeoX checkpoint folder; default: pythia-70m if it can be loaded, else the organism (trained first if none is cached)"),
+    model: str | None = typer.Option(None, help="pythia-70m | any Pythia name the sweep takes (pythia-<size>[-deduped], 14m ... 12b; PolyPythias pythia-<size>-seed<1-9>; also EleutherAI/<name>; final checkpoint step143000) | pythia-70m-planted | pythia-70m-random | tiny | organism | PATH to a HF GPT-NeoX checkpoint folder; default: pythia-70m if it can be loaded, else the organism (trained first if none is cached)"),
     tokenizer: str | None = typer.Option(None, envvar="GERMAN_NEURON_TOKENIZER", help="tokenizer.json (GPT-NeoX-20B) for pythia-70m-random or a checkpoint without one"),
     data_dir: str | None = typer.Option(None, envvar="GERMAN_NEURON_DATA_DIR", help="folder with the seed's data files (offline); default $GERMAN_NEURON_DATA_DIR, else download"),
-    neuron: str | None = typer.Option(None, help="the context neuron under study, LxNy, or auto (the top German-positive neuron found by probing every neuron); default L3N669, auto for the organism and pythia-70m-planted"),
+    neuron: str | None = typer.Option(None, help="the context neuron under study, LxNy, or auto (the top German-positive neuron found by probing every neuron); default L3N669 (the seed's neuron of pythia-70m), auto for every other Pythia model, the organism and pythia-70m-planted"),
     plant: str | None = typer.Option(None, help="pythia-70m-planted only: the neuron rewired to detect German, LxNy (default L3N669)"),
     profile: str = typer.Option("quick", help="quick | paper (sample sizes)"),
     set_: list[str] | None = typer.Option(None, "--set", help=_SET_HELP),  # noqa: B008 (typer idiom)
@@ -65,6 +65,7 @@ def report(
     renderer: str = typer.Option("auto", help="auto (quarto if installed, else pandoc+typst) | quarto | pandoc"),
     render: bool = typer.Option(True, help="build report.html/report.pdf after the artifacts"),
     figures: bool = typer.Option(True, help="draw the figures; --no-figures: the artifacts and their baseline check only, the quickest way to see which number moved (implies --no-render)"),
+    steps: str | None = typer.Option(None, help="a partial run: compute only these steps (comma-separated, e.g. discovery) and the steps they need; no figure, baseline check or report"),
     sweep: str | None = typer.Option(None, help="a sweep's output folder (german-neuron sweep --out DIR): without --model, build that sweep's report (curves over checkpoints and sizes) in DIR; with --model, add its curves to the model's report"),
     debug: bool = typer.Option(False, help="show tracebacks"),
 ) -> None:
@@ -89,8 +90,10 @@ def report(
         dtype, tf32_on = parse_dtype(dtype), parse_tf32(tf32)  # before any default-model work
         if renderer not in ("auto", "quarto", "pandoc"):
             raise UsageError(f"unknown renderer {renderer!r}; choose auto, quarto or pandoc")
-        from ..controls.organism import is_organism, resolve_default_model
+        from ..controls.organism import resolve_default_model
         from ..controls.planted import PLANTED_MODEL
+        from ..core.pythia import parse_pythia
+        from .pipeline import default_context_neuron
 
         auto = neuron is not None and neuron.strip().lower() == "auto"
         context_neuron = None if auto or neuron is None else Neuron.parse(neuron)
@@ -100,17 +103,27 @@ def report(
         prof, note = get_profile(profile).with_overrides(set_ or []), None
         if model is None:  # pythia-70m if loadable, else the organism (said on the console)
             model, note = resolve_default_model(tokenizer, data_dir, log=lambda s: typer.echo(s, err=True))
-        if neuron is None and not is_organism(model) and model != PLANTED_MODEL:
-            # the seed's neuron; the organism and the planted control find their own
-            context_neuron = Neuron.parse("L3N669")
+        run = parse_pythia(model)
+        if run is not None:  # `EleutherAI/pythia-160m` is `pythia-160m` (its id and folder)
+            model = run.name
+        if neuron is None:
+            # the seed's L3N669 for pythia-70m; the other Pythia models, the organism and the
+            # planted control find their own (`--neuron auto`)
+            context_neuron = default_context_neuron(model)
         cfg = RunConfig(model=model, neuron=context_neuron, profile=prof, device=device,
                         data_dir=data_dir, tokenizer=tokenizer, out=out, note=note, plant=planted,
                         dtype=dtype, tf32=tf32_on)
-        res = run_report(cfg, render=render, renderer=renderer, corpus=corpus, sweep=sweep, figures=figures,
-                         command="german-neuron " + shlex.join(sys.argv[1:]))
+        wanted = None if steps is None else [t.strip() for t in steps.split(",") if t.strip()]
+        if wanted is not None and not wanted:
+            raise UsageError("--steps is empty", hint="e.g. --steps discovery")
+        res = run_report(cfg, render=render, renderer=renderer, corpus=corpus, sweep=sweep,
+                         figures=figures, command="german-neuron " + shlex.join(sys.argv[1:]),
+                         steps=wanted)
     if res["report"]:
         for kind in ("html", "pdf"):
             typer.echo(f"{kind}: {res['report'][kind]}")
+    if wanted is not None:
+        typer.echo(f"artifacts: {res['out'] / 'artifacts'} ({', '.join(sorted(res['artifacts']))})")
     if res["context"].get("regression") is not None:
         from .regression import outcome_sentence
 
@@ -330,7 +343,7 @@ def bench(
 
 @app.command()
 def sweep(
-    models: str = typer.Option(..., help="comma-separated: pythia-<size>[-deduped] (14m, 31m, 70m, 160m, 410m, 1b, 1.4b, 2.8b, 6.9b, 12b; also EleutherAI/pythia-...), organism (its saved checkpoints), or checkpoint folders"),
+    models: str = typer.Option(..., help="comma-separated: pythia-<size>[-deduped] (14m, 31m, 70m, 160m, 410m, 1b, 1.4b, 2.8b, 6.9b, 12b), PolyPythias pythia-<size>-seed<1-9> (14m ... 410m) or pythia-160m-data-seed<1-3>/-weight-seed<1-3> (each also EleutherAI/<name>; the names report --model takes), organism (its saved checkpoints), or checkpoint folders"),
     revisions: str = typer.Option("quick", help="all (Pythia's 154 checkpoints) | quick | paper | step1000,step2000,... (for the organism: its saved checkpoints, or a list of them)"),
     neuron: str | None = typer.Option(None, help="LxNy, or auto (the best German-positive neuron of discovery at each model's final checkpoint, tracked through its training); default L3N669 for pythia-70m, auto for the others"),
     profile: str = typer.Option("quick", help="quick | paper (sample sizes)"),

@@ -19,10 +19,17 @@ from pathlib import Path
 from ..controls import planted_check as planted_check_mod
 from ..controls import sources  # noqa: F401  (registers the controls' models with core.models)
 from ..controls.planted import DEFAULT_PLANT, PLANTED_MODEL
-from ..core.config import RunConfig
+from ..core.config import Neuron, RunConfig
 from ..core.data import CORPORA
 from ..core.errors import ReportError, UsageError
-from ..core.models import PYTHIA_70M_SHAPE, TINY_SHAPE, check_checkpoint_dir
+from ..core.models import (
+    PYTHIA_70M_SHAPE,
+    TINY_SHAPE,
+    check_checkpoint_dir,
+    pythia_shape,
+    unknown_model,
+)
+from ..core.pythia import parse_pythia
 from ..core.runner import StepSpec, open_run
 from ..families import ablation as ablation_mod
 from ..families import activations as activations_mod
@@ -39,14 +46,24 @@ from ..families import neurons as neurons_mod
 from ..families import probes as probes_mod
 from ..families import probes_ablated as probes_ablated_mod
 from ..families import unigrams as unigrams_mod
+from .references import reference_neurons
 
 SEED_REFERENCE = Path(__file__).resolve().parents[1] / "resources" / "seed_reference.json"
 
 
 def model_shape(name: str) -> tuple[int, int]:
     """(n_layers, d_mlp) of a model, read without loading weights (to validate neurons
-    before any compute)."""
-    if name in ("pythia-70m", "pythia-70m-random", "pythia-70m-planted"):
+    before any compute): a Pythia name's from its cached config.json or the Pythia table
+    (`models.pythia_shape`), a generated model's from its shape, a folder's from its config.
+
+    Raises:
+        UsageError: a name that is no known model and no checkpoint folder (one line: the
+            accepted forms), or a folder that is not a GPT-NeoX checkpoint.
+    """
+    shape = pythia_shape(name)
+    if shape is not None:
+        return shape["n_layers"], shape["d_mlp"]
+    if name in ("pythia-70m-random", "pythia-70m-planted"):
         return PYTHIA_70M_SHAPE["num_hidden_layers"], PYTHIA_70M_SHAPE["intermediate_size"]
     if name == "tiny":
         return TINY_SHAPE["num_hidden_layers"], TINY_SHAPE["intermediate_size"]
@@ -54,8 +71,24 @@ def model_shape(name: str) -> tuple[int, int]:
         from ..controls.organism import require_final_checkpoint
 
         name = str(require_final_checkpoint())
+    if not Path(name).expanduser().is_dir():
+        raise unknown_model(name)  # named as given, not as a resolved path
     cfg = check_checkpoint_dir(Path(name).expanduser().resolve())
     return int(cfg["num_hidden_layers"]), int(cfg["intermediate_size"])
+
+
+def default_context_neuron(model: str) -> Neuron | None:
+    """The context neuron when `--neuron` is not given: the seed's L3N669 for `pythia-70m`
+    and for the models of its shape that stand in for it (`pythia-70m-random`, `tiny`,
+    checkpoint folders); None (`--neuron auto`: discovery's top German-positive neuron) for
+    the organism, the planted control and every other Pythia model, where L3N669 is only
+    the seed's index, found in other weights."""
+    from ..controls.organism import is_organism
+
+    run = parse_pythia(model)
+    if model == PLANTED_MODEL or is_organism(model) or (run is not None and not run.is_seed_model):
+        return None
+    return Neuron.parse("L3N669")
 
 
 # The analysis DAG, in execution order (a step's deps come before it). Each family's
@@ -214,8 +247,6 @@ def check_plant(cfg: RunConfig, n_layers: int, d_mlp: int) -> None:
     Raises:
         UsageError: `--plant` with another model, or a planted neuron out of range.
     """
-    from ..core.config import Neuron
-
     if cfg.model != PLANTED_MODEL:
         if cfg.plant is not None:
             raise UsageError(f"--plant applies only to --model {PLANTED_MODEL} (the model is {cfg.model})")
@@ -402,6 +433,10 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
             "is_organism": "organism" in model.info, "banner": cfg.note,
             "is_planted": bool(model.info.get("plant")), "plant": model.info.get("plant"),
             "neuron_discovered": cfg.neuron_discovered,
+            # a Pythia model of the registry (None for generated models and folders), and the
+            # German neurons published for it, shown as references only
+            "pythia": model.info.get("pythia"),
+            "reference_neurons": reference_neurons(model.model_id),
             "created": (arts.get("ablation") or next(iter(arts.values()), {})).get("created"),
         },
         "artifacts": arts,

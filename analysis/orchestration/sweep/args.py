@@ -30,6 +30,8 @@ class ModelEntry:
         config: the model's `config.json` when it can be read without a download, else None.
         size: the nominal size (`160m`) for Pythia, else None.
         final: the revision of the model's final checkpoint (anchor of `--neuron auto`).
+        pythia: the registry's record of a Pythia model (`pythia.PythiaModel.record`:
+            suite, deduped, PolyPythias variation and seed), else None.
     """
 
     name: str
@@ -40,6 +42,7 @@ class ModelEntry:
     config: dict | None = None
     size: str | None = None
     final: str | None = None
+    pythia: dict | None = None
 
     @property
     def deduped(self) -> bool:
@@ -51,10 +54,12 @@ class ModelEntry:
 
 
 def parse_models(text: str) -> list[ModelEntry]:
-    """`--models`: comma-separated `pythia-<size>[-deduped]` (or `EleutherAI/pythia-...`;
-    sizes 14m, 31m, 70m, 160m, 410m, 1b, 1.4b, 2.8b, 6.9b, 12b), `organism`, or checkpoint
-    folders (a Hugging Face GPT-NeoX folder; an organism run folder, with `manifest.json`,
-    expands to its checkpoints). Duplicates are dropped.
+    """`--models`: comma-separated Pythia names (the registry's, `pythia.ACCEPTED_FORMS`,
+    the same as `report --model` takes: `pythia-<size>[-deduped]`, sizes 14m, 31m, 70m,
+    160m, 410m, 1b, 1.4b, 2.8b, 6.9b, 12b; PolyPythias `pythia-<size>-seed<1-9>`; each also
+    as `EleutherAI/...`), `organism`, or checkpoint folders (a Hugging Face GPT-NeoX folder;
+    an organism run folder, with `manifest.json`, expands to its checkpoints). Duplicates
+    are dropped.
 
     Raises:
         UsageError: an empty list, a name that is none of these (a misspelt size, a
@@ -62,7 +67,8 @@ def parse_models(text: str) -> list[ModelEntry]:
             `organism` with no trained organism in the cache.
     """
     from ...controls import organism
-    from ...core.models import PYTHIA_SIZES, check_checkpoint_dir, pythia_repo
+    from ...core.models import check_checkpoint_dir
+    from ...core.pythia import ACCEPTED_FORMS, FINAL_REVISION, parse_pythia
 
     items = [t.strip() for t in (text or "").split(",") if t.strip()]
     if not items:
@@ -70,11 +76,10 @@ def parse_models(text: str) -> list[ModelEntry]:
     out: list[ModelEntry] = []
     seen: set[str] = set()
     for item in items:
-        repo = pythia_repo(item)
-        if repo is not None:
-            entry = ModelEntry(name=repo.rpartition("/")[2], kind="hub", repo=repo,
-                               size=repo.rpartition("pythia-")[2].removesuffix("-deduped"),
-                               final="step143000")
+        run = parse_pythia(item)
+        if run is not None:
+            entry = ModelEntry(name=run.name, kind="hub", repo=run.repo, size=run.size,
+                               final=FINAL_REVISION, pythia=run.record())
         elif item == "organism":
             final = organism.require_final_checkpoint()
             entry = _organism_entry("organism", final)
@@ -93,9 +98,8 @@ def parse_models(text: str) -> list[ModelEntry]:
                                                  "train_loss": info.get("train_loss"), "path": str(path)}])
         elif item.startswith(("EleutherAI/", "pythia")) or "/" not in item:
             raise UsageError(
-                f"unknown model {item!r}: expected pythia-<size>[-deduped] with a size among "
-                f"{', '.join(PYTHIA_SIZES)}, organism, or a checkpoint folder",
-                hint="e.g. --models pythia-70m,pythia-160m-deduped")
+                f"unknown model {item!r}: expected {ACCEPTED_FORMS}; organism; or a checkpoint folder",
+                hint="e.g. --models pythia-70m,pythia-160m-deduped or --models pythia-70m-seed1,pythia-70m-seed2")
         else:
             raise UsageError(f"model {item!r} is neither a Pythia name nor an existing checkpoint folder",
                              hint="a folder needs config.json, model.safetensors and tokenizer.json")

@@ -159,9 +159,10 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
                                  hint=f"its checkpoints: {', '.join(c['revision'] for c in have.values())}")
         e_neuron = given if given is not None else (
             None if auto or e.repo != PYTHIA_REPO else Neuron.parse("L3N669"))
-        if e_neuron is not None and e.config is not None:
+        shape = _known_shape(e)
+        if e_neuron is not None and shape is not None:
             try:
-                e_neuron.check(int(e.config["num_hidden_layers"]), int(e.config["intermediate_size"]))
+                e_neuron.check(*shape)
             except UsageError as exc:
                 raise UsageError(f"{e.name}: {exc}") from None
         cname = corpus or ("europarl-heldout" if e.kind == "organism" else "seed")
@@ -209,7 +210,7 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
             tasks += [_spec(base[e.name], c, known, missing, code, moved=moved) for c in cks]
     settings = {
         "models": [{"name": e.name, "kind": e.kind, "source": e.source, "size": e.size,
-                    "deduped": e.deduped, "final": e.final,
+                    "deduped": e.deduped, "final": e.final, "pythia": e.pythia,
                     "shape": None if e.config is None else {
                         k: e.config.get(k) for k in ("num_hidden_layers", "hidden_size", "intermediate_size",
                                                      "num_attention_heads", "vocab_size")},
@@ -223,6 +224,17 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
     }
     return SweepPlan(out=out, models=entries, tasks=tasks, deferred=deferred, settings=settings,
                      base=base, code=code, refs=hub_refs)
+
+
+def _known_shape(e: ModelEntry) -> tuple[int, int] | None:
+    """(layers, d_mlp) of a model before any task: its config.json when read, else, for a
+    Pythia model offline with nothing cached, the registry's table (`models.pythia_shape`)."""
+    from ...core.models import pythia_shape
+
+    if e.config is not None:
+        return int(e.config["num_hidden_layers"]), int(e.config["intermediate_size"])
+    shape = pythia_shape(e.repo) if e.kind == "hub" else None
+    return None if shape is None else (shape["n_layers"], shape["d_mlp"])
 
 
 def _spec(base: dict, ck: dict, known: dict, missing: dict, code: dict, anchor: bool = False,
