@@ -29,7 +29,7 @@ REFERENCE_FIGURES = (
                 "(total), when only its path through later layers is ablated (layers 4–5 attention "
                 "and MLP outputs frozen at their ablated values: the file's column 'Direct Effect'), "
                 "and when only its direct path to the unembedding is ablated (column 'Indirect "
-                "Effect'); context_effect_split.csv, every 5th checkpoint."},
+                "Effect'); context_effect_split.csv, every 5th checkpoint (their figure_5)."},
     {"name": "paper_trigram_losses", "ours": None,
      "authors": ("trigram_original", "trigram_ablated", "trigram_indirect_path_ablated",
                  "trigram_direct_path_ablated"),
@@ -38,7 +38,7 @@ REFERENCE_FIGURES = (
      "caption": "Quirke et al.'s loss on the last token of their 228 German trigrams (mean over "
                 "trigrams) as it is, with L3N669 mean-ablated, with only its indirect path ablated "
                 "and with only its direct path ablated, at all 154 checkpoints; "
-                "trigram_losses_checkpoints.csv."},
+                "trigram_losses_checkpoints.csv (their figure_2 and figure_6 draw medians)."},
     {"name": "paper_other_neurons", "ours": None,
      "authors": ("neurons_l3n669", "neurons_other_median", "neurons_other_max"),
      "title": "Mean-ablating German neurons over training: L3N669 and the others",
@@ -46,7 +46,7 @@ REFERENCE_FIGURES = (
      "caption": "Quirke et al.'s German-loss increase when each of 229 candidate German neurons "
                 "(F1 > 0.85 at some checkpoint) is mean-ablated: L3N669, and the median and the "
                 "largest of the other 228; checkpoint_ablation_data_all_neurons.csv, every 10th "
-                "checkpoint."},
+                "checkpoint (their figure_4)."},
 )
 
 

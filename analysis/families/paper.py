@@ -152,7 +152,7 @@ def _step(s) -> str:
     return f"step {int(s):,}"
 
 
-def _at(df, index: int, file: str) -> str:
+def _at(index: int, file: str) -> str:
     from ..core.paper import checkpoint_step
 
     return f"{file}, checkpoint {index} = {_step(checkpoint_step(index))}"
@@ -193,7 +193,7 @@ def _authors_f1_formed(p):
     ev = p.eval
     hit = ev[ev["f1"] >= F1_FORMED].iloc[0]
     return {"value": int(hit["step"]), "text": f"{_step(hit['step'])} (F1 {hit['f1']:.3f})",
-            "where": _at(ev, int(hit["index"]), "checkpoint_eval.csv") + ", its first row with F1 ≥ "
+            "where": _at(int(hit["index"]), "checkpoint_eval.csv") + ", its first row with F1 ≥ "
             f"{F1_FORMED}"}
 
 
@@ -212,7 +212,7 @@ def _ours_f1_formed(ours):
 def _authors_final_f1(p):
     last = p.eval.iloc[-1]
     return {"value": float(last["f1"]), "text": f"{last['f1']:.3f}",
-            "where": _at(p.eval, int(last["index"]), "checkpoint_eval.csv") + ", its last row"}
+            "where": _at(int(last["index"]), "checkpoint_eval.csv") + ", its last row"}
 
 
 def _ours_final_f1(ours):
@@ -227,7 +227,7 @@ def _authors_final_increase(p):
     last = rows.iloc[-1]
     return {"value": float(last["ablation_increase"]),
             "text": f"{last['ablation_increase']:+.3f} nats (of {last['original_loss']:.2f})",
-            "where": _at(rows, int(last["index"]), "checkpoint_ablation_data_all_neurons.csv")
+            "where": _at(int(last["index"]), "checkpoint_ablation_data_all_neurons.csv")
             + f", row {CONTEXT_NEURON}"}
 
 
@@ -266,7 +266,7 @@ def _authors_share(p):
     share = float(last["indirect_path_ablated"] / last["total"])
     return {"value": share,
             "text": f"{share:.2f} = {last['indirect_path_ablated']:.3f} / {last['total']:.3f} nats",
-            "where": _at(p.effect_split, int(last["index"]), "context_effect_split.csv")
+            "where": _at(int(last["index"]), "context_effect_split.csv")
             + ", columns 'Direct Effect' (computed with layers 4–5 frozen at their ablated values: "
               "the indirect path ablated) over 'Total Effect'"}
 
@@ -310,6 +310,7 @@ class Claim:
 
     id: str
     claim: str
+    figure: str           # the authors' figures showing it (contextual-ngrams figures.py)
     tolerance: str
     reason: str
     authors: Callable
@@ -322,14 +323,16 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("f1_formed",
           f"L3N669 forms early: its probe F1 (German vs English) first reaches {F1_FORMED} at about "
           "the authors' step",
+          "figure_1, figure_3",
           f"the authors' step inside the steps of our checkpoints that bracket the crossing, "
           f"widened ×{F1_STEP_FACTOR:g}",
           "our probe reads other text (the seed's) with another split, and our checkpoints only "
-          "bracket the crossing; a factor of 2 in step is within what text and split move",
+          f"bracket the crossing; a factor of {F1_STEP_FACTOR:g} in step is within what text and split move",
           _authors_f1_formed, _ours_f1_formed,
           lambda a, o: check_crossing_step(a["value"], o["crossing"])),
     Claim("final_f1",
           "At the final checkpoint L3N669 separates German from English with the authors' probe F1",
+          "figure_3",
           f"±{FINAL_F1_TOL:g}",
           "another text and split move F1 by about a hundredth (the seed notebook's own F1 differs "
           "from the authors' by that much); three times that is allowed",
@@ -338,15 +341,17 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("final_increase",
           "At the final checkpoint mean-ablating L3N669 raises the German loss by the authors' "
           "amount (nats)",
+          "figure_4",
           f"±{FINAL_INCREASE_TOL:g} nats",
           "our German text is not the authors' (the seed's WMT vs their Europarl) and the loss "
-          "level differs; 0.1 nats, about a third of the effect, separates the same effect from "
+          f"level differs; {FINAL_INCREASE_TOL:g} nats, about a third of the effect, separates the same effect from "
           "another",
           _authors_final_increase, _ours_final_increase,
           lambda a, o: check_within(o["value"], a["value"], FINAL_INCREASE_TOL)),
     Claim("effect_grows",
           f"L3N669's effect keeps growing after its F1 reaches {F1_FORMED}: the German-loss "
           "increase from ablating it rises long after the neuron has formed",
+          "figure_1, figure_4",
           f"final increase ≥ {GROWTH_FACTOR:g}× the increase where F1 first reaches {F1_FORMED}, "
           f"and ≥ {GROWTH_MIN_NATS:g} nats above it",
           "a doubling is growth that no drift of the loss level explains; the absolute margin "
@@ -356,18 +361,20 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("indirect_share",
           "At the final checkpoint most of L3N669's effect on German loss goes through later "
           "layers: the share of the total effect that ablating only its indirect path removes",
+          "figure_5",
           f"±{SHARE_TOL:g}",
           "the split depends on which later components are frozen (the authors: layers 4–5 "
-          "attention and MLP outputs) and on the text; 0.15 keeps 'most' apart from 'half'",
+          f"attention and MLP outputs) and on the text; {SHARE_TOL:g} keeps 'most' apart from 'half'",
           _authors_share, _ours_share,
           lambda a, o: check_within(o["value"], a["value"], SHARE_TOL)),
     Claim("trigrams_first",
           "German trigrams are learned long before they depend on L3N669: the median trigram's "
           f"loss falls below {TRIGRAM_LOW_LOSS:g} nats at least {TRIGRAM_GAP:g}× earlier (in steps) "
           f"than its ablation increase exceeds {TRIGRAM_DEPENDENT:g} nats",
+          "figure_1, figure_2",
           f"dependence ≥ {TRIGRAM_GAP:g}× later than low loss",
           "the thresholds are the authors' own selection of their trigrams (at the final "
-          "checkpoint), so every trigram reaches both; a factor of 4 is two doublings of "
+          f"checkpoint), so every trigram reaches both; a factor of {TRIGRAM_GAP:g} is two doublings of "
           "training, more than our checkpoints' spacing",
           _authors_trigrams, _ours_trigrams,
           lambda a, o: o["timing"] is not None and check_trigram_timing(o["timing"]["low"],
@@ -401,7 +408,7 @@ def evaluate(paper, ours: Ours) -> dict:
     `core.paper.PaperData`).
 
     Returns:
-        `{"claims": [{"id", "claim", "tolerance", "reason", "authors": {"value", "text",
+        `{"claims": [{"id", "claim", "figure", "tolerance", "reason", "authors": {"value", "text",
         "where"}, "ours": {"value", "text"}, "verdict", "why"}], "counts": {verdict: n}}`;
         `why`: for `not measured`, the reason in one line.
     """
@@ -418,7 +425,7 @@ def evaluate(paper, ours: Ours) -> dict:
             mine, verdict, why = {"value": None, "text": "not measured"}, NOT_MEASURED, str(exc)
         else:
             verdict, why = (REPRODUCED if c.passes(authors, mine) else NOT_REPRODUCED), None
-        rows.append({"id": c.id, "claim": c.claim, "tolerance": c.tolerance, "reason": c.reason,
+        rows.append({"id": c.id, "claim": c.claim, "figure": c.figure, "tolerance": c.tolerance, "reason": c.reason,
                      "authors": _clean(authors), "ours": _clean(mine), "verdict": verdict, "why": why})
     counts = {v: sum(r["verdict"] == v for r in rows) for v in (REPRODUCED, NOT_REPRODUCED, NOT_MEASURED)}
     return {"claims": rows, "counts": counts}
