@@ -94,10 +94,17 @@ def dynamics_table(result: dict) -> Table:
     return Table(cols)
 
 
-def dynamics_figure(result: dict) -> Chart:
+def dynamics_figure(result: dict, authors=None) -> Chart:
     """Three panels over training steps (symlog axis, step 0 included): probe F1 of the
     context neuron and of each checkpoint's best neuron; the context neuron's mean-ablation
-    loss increase on German and English; the German and English loss."""
+    loss increase on German and English; the German and English loss.
+
+    `authors`: the authors' published series (pandas DataFrame, `core.paper.authors_series`;
+    `EleutherAI/pythia-70m` only), drawn dashed in the panels `figures.paper.DYNAMICS_OVERLAYS`
+    names (L3N669's F1 and MCC, its German ablation increase, the German and English loss)
+    and added to the figure's table; None for none."""
+    from .paper import DYNAMICS_OVERLAYS, authors_lines, authors_table, authors_traces
+
     table = dynamics_table(result)
     ctx = result["context_neuron"]
     panels = (("probe F1", "Probe F1", ((ctx, GERMAN, "o-"), ("best neuron", "black", "s--"))),
@@ -121,6 +128,9 @@ def dynamics_figure(result: dict) -> Chart:
                          "line": {"color": color, "dash": "dash" if "--" in style else "solid"},
                          "hovertemplate": f"<b>{ia.plot_text(name)}</b><br>step %{{x:,}}<br>"
                                           f"{panel} %{{y:.4f}}<extra></extra>"})
+        if authors is not None:
+            authors_lines(ax, authors, DYNAMICS_OVERLAYS[panel])
+            data += authors_traces(authors, DYNAMICS_OVERLAYS[panel], f"x{sx}", f"y{sx}")
         if panel == "loss increase (%)":
             ax.axhline(0, color="black", lw=0.6)
         if panel == "probe F1":
@@ -130,11 +140,15 @@ def dynamics_figure(result: dict) -> Chart:
         ax.set_xscale("symlog", linthresh=1)
         ax.set_xlim(left=0)
         ax.set_xlabel("training step")
-        ax.legend(frameon=False, fontsize=8)
+        ax.legend(frameon=False, fontsize=8 if authors is None else 6)
         # plotly has no symlog axis: log axis, step 0 drawn at the axis' left end
         lay[f"xaxis{sx}"] = ia.axis("training step", domain=doms[i], anchor=f"y{sx}")
         lay[f"yaxis{sx}"] = ia.axis(panel, anchor=f"x{sx}")
         notes.append(ia.subplot_title(ia.plot_text(title), sum(doms[i]) / 2))
     fig.tight_layout()
     lay["annotations"] = notes
+    if authors is not None:
+        ours = Table({"who": ["ours"] * len(table), **table.columns})
+        table = Table.concat([ours] + [authors_table(authors, names, panel)
+                                       for panel, names in DYNAMICS_OVERLAYS.items()])
     return Chart(table, fig, check_spec(ia.spec(data, lay)), "figures.organism.dynamics_figure")

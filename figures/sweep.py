@@ -12,12 +12,16 @@ import numpy as np
 
 from .plots import plt
 
-# name: figure file; measure/language: rows of the table; ylabel; caption.
+# name: figure file; measure/language: rows of the table; ylabel; caption; authors: the
+# series of the authors (`core.paper.SERIES`) drawn beside a model that is Pythia-70M itself
+# (L3N669's: the authors measured no other neuron over training; none for the best neuron).
 MEASURES = (
     {"name": "sweep_context_f1", "measure": "context_f1", "language": None, "ylim": (-0.02, 1.02),
+     "authors": ("f1", "mcc"),
      "ylabel": "probe F1 (German)", "title": "Context neuron: probe F1",
      "caption": "Probe F1 (German vs English) of each model's context neuron at each checkpoint."},
     {"name": "sweep_ablation_german", "measure": "context_ablation_pct", "language": "german",
+     "authors": ("ablation_pct_german",),
      "ylabel": "German loss increase (%)", "title": "Mean-ablating the context neuron: German",
      "caption": "Loss increase on German (%) when the context neuron is set to its mean English "
                 "activation at that checkpoint (band: 95% interval)."},
@@ -30,8 +34,10 @@ MEASURES = (
      "caption": "Probe F1 of the best German-positive neuron found by discovery at each checkpoint; "
                 "its name is printed where it changes."},
     {"name": "sweep_loss_german", "measure": "loss", "language": "german", "ylabel": "loss (nats)",
+     "authors": ("loss_german",),
      "title": "German loss", "caption": "Mean next-token loss on the German examples (nats)."},
     {"name": "sweep_loss_english", "measure": "loss", "language": "english", "ylabel": "loss (nats)",
+     "authors": ("loss_english",),
      "title": "English loss", "caption": "Mean next-token loss on the English examples (nats)."},
 )
 
@@ -47,15 +53,17 @@ def _colors(n: int) -> list:
     return [cmap(0.15 + 0.7 * i / max(1, n - 1)) for i in range(n)]
 
 
-def measure_figure(table, spec: dict, marks: dict | None = None):
+def measure_figure(table, spec: dict, marks: dict | None = None, authors=None):
     """One measure of the sweep against training step, one line per model.
 
     Args:
         table: the sweep's tidy table (pandas DataFrame, `analysis.orchestration.sweep.table.TABLE_COLUMNS`).
         spec: an entry of `MEASURES` (`measure`, `language`, `ylabel`, `title`, optional
-            `ylim`, `label_neurons`).
+            `ylim`, `label_neurons`, `authors`).
         marks: `{model: step}` to mark with a dotted vertical line (the first checkpoint
             where the context neuron's probe F1 reaches the threshold), None for none.
+        authors: the authors' published series (pandas DataFrame, `core.paper.authors_series`),
+            of which `spec["authors"]` are drawn dashed; None for none.
     Returns:
         A matplotlib Figure, or None when the table has no row of this measure.
     """
@@ -88,6 +96,10 @@ def measure_figure(table, spec: dict, marks: dict | None = None):
             ax.axvline(mark, color=colors[m], ls=":", lw=1.2)
         tok = g[(g["step"] > 0) & g["tokens_seen"].notna()]
         ratios |= {round(float(t) / float(s), 6) for t, s in zip(tok["tokens_seen"], tok["step"], strict=True)}
+    if authors is not None:
+        from .paper import authors_lines
+
+        authors_lines(ax, authors, spec.get("authors") or ())
     if spec["measure"].endswith("_pct"):
         ax.axhline(0, color="black", lw=0.6)
     ax.set_xscale("symlog", linthresh=1)
@@ -106,3 +118,13 @@ def measure_figure(table, spec: dict, marks: dict | None = None):
     fig.suptitle(spec["title"], fontsize=10)
     ax.legend(frameon=False, fontsize=8)
     return fig
+
+
+def ours_series(table, ours: dict, models: list[str]):
+    """Our series of a `figures.paper.REFERENCE_FIGURES` spec from the sweep's table: the
+    rows of measure `ours["measure"]` (language `ours.get("language")`) of `models`, as
+    `series, step, value` (series: the model's name), for `figures.paper.reference_figure`."""
+    rows = table[(table["measure"] == ours["measure"]) & table["model"].isin(models) & table["step"].notna()]
+    if ours.get("language"):
+        rows = rows[rows["language"] == ours["language"]]
+    return rows.rename(columns={"model": "series"})[["series", "step", "value"]]

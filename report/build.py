@@ -129,6 +129,7 @@ SECTIONS: tuple[Section, ...] = (
                                for e in c["artifacts"]["neurons"]["result"]["neurons"]),
             seed_named=True),
     Section("Training dynamics", "70_dynamics.md.j2", ("dynamics",), ("dynamics",)),
+    Section("The paper's curves and claims", "72_paper.md.j2", ("paper",), ("paper",)),
     Section("Training dynamics across checkpoints and model sizes", "75_sweep.md.j2", (), ("sweep",),
             when=lambda c: c.get("sweep") is not None),
     Section("Neuron cards", "75_cards.md.j2", ("cards",), ("cards",)),
@@ -147,7 +148,7 @@ SWEEP_SECTIONS: tuple[Section, ...] = (
 )
 
 # Steps in the order their provenance is summarised (others follow alphabetically).
-STEP_ORDER = ("discovery", "activations", "probes", "ablation", "backup", "dynamics", "dla", "l3_tokens", "unigrams", "probes_ablated",
+STEP_ORDER = ("discovery", "activations", "probes", "ablation", "backup", "dynamics", "paper", "dla", "l3_tokens", "unigrams", "probes_ablated",
               "probes_english_neurons", "probes_french_neurons", "correlations", "downstream", "neurons",
               "cards")
 

@@ -93,6 +93,29 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(groups[id(item)]))
 
 
+def paper_dir_beside_data() -> str | None:
+    """The authors' published measurements (shared/paper) where the report looks for them by
+    default: the folder `paper` beside the data folder, when the data folder was given and
+    it exists; else None. For fixtures that build one report either way (with the folder when
+    there is one); the tests that read it ask for `paper_dir`."""
+    data = SHARED_INPUTS.get("data_dir")
+    if not data:
+        return None
+    beside = Path(data).resolve().parent / "paper"
+    return str(beside) if beside.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def paper_dir(shared_inputs):
+    """The folder of the authors' files beside the real data (fails, never skips, when it
+    is missing)."""
+    found = paper_dir_beside_data()
+    if found is None:
+        pytest.fail(f"no folder `paper` beside {shared_inputs['data_dir']} (the authors' files, "
+                    "shared/paper)", pytrace=False)
+    return found
+
+
 @pytest.fixture(scope="session")
 def shared_inputs():
     """`{"data_dir", "tokenizer"}` of the real text. A test that needs them fails when they
@@ -119,6 +142,7 @@ def _isolated_cache(tmp_path_factory):
     os.environ["GERMAN_NEURON_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     os.environ.pop("GERMAN_NEURON_DATA_DIR", None)
     os.environ.pop("GERMAN_NEURON_TOKENIZER", None)
+    os.environ.pop("GERMAN_NEURON_PAPER_DIR", None)  # the authors' folder is passed explicitly
     yield
 
 

@@ -172,20 +172,28 @@ MISSING = "step32000"  # a dynamics revision left out of the cache
 def hub_report(tmp_path_factory):
     """`german-neuron report --model pythia-70m --corpus fixture --profile quick` in a child
     process with `HF_HUB_OFFLINE=1`, on a cache holding step143000 (with a trap pickle beside
-    its safetensors) and every quick dynamics revision but `MISSING`, each seeded differently."""
+    its safetensors) and every quick dynamics revision but `MISSING`, each seeded differently;
+    with `--paper-dir` (the authors' published measurements) when the real data's folder has
+    them beside it (`conftest.paper_dir_beside_data`): the fixture serves random weights
+    under the real id, so the report overlays the authors' curves and checks their claims."""
+    from conftest import paper_dir_beside_data
+
     revisions = PYTHIA_DYNAMICS_REVISIONS["quick"]
     assert revisions[-1] == PYTHIA_REVISION and MISSING in revisions
     home = tmp_path_factory.mktemp("hub") / "hf"
     commits = hub_fixture.build_hub_cache(
         home, {r: i for i, r in enumerate(revisions) if r != MISSING}, trap_bin=[PYTHIA_REVISION])
     out = home.parent / "out"
+    paper = paper_dir_beside_data()
     r = subprocess.run([sys.executable, "-m", "analysis", "report", "--model", "pythia-70m",
-                        "--corpus", "fixture", "--profile", "quick", "--out", str(out)],
+                        "--corpus", "fixture", "--profile", "quick", "--out", str(out)]
+                       + (["--paper-dir", paper] if paper else []),
                        capture_output=True, text=True, env=hub_fixture.offline_env(home), timeout=1800)
     assert r.returncode == 0, r.stderr[-4000:]
     arts = {p.stem: json.loads(p.read_text()) for p in (out / "artifacts").glob("*.json")}
     html = re.sub(r"data:[^\"')\s]+", "", (out / "report.html").read_text(encoding="utf-8"))
-    return {"home": home, "commits": commits, "out": out, "stderr": r.stderr, "arts": arts, "html": html}
+    return {"home": home, "commits": commits, "out": out, "stderr": r.stderr, "arts": arts, "html": html,
+            "paper_dir": paper}
 
 
 def _tables(html: str) -> dict[str, tuple[list[str], list[list[str]]]]:
@@ -275,3 +283,67 @@ def test_hub_report_dynamics_reads_each_revision_from_its_own_snapshot(hub_repor
     tables = _tables(hub_report["html"])
     heads, rows = tables[next(c for c in tables if c.startswith("The snapshot of each training"))]
     assert [r[heads.index("Commit")] for r in rows] == [commits[r] for r in expected]
+
+
+def test_hub_report_says_whether_the_authors_curves_were_available(hub_report):
+    """The fixture's weights are served as EleutherAI/pythia-70m, so the `paper` step runs:
+    with the authors' folder its section opens with the claims' verdicts, without it one
+    sentence says how to pass it; the run succeeds either way."""
+    import html
+
+    res = hub_report["arts"]["paper"]["result"]
+    assert res["available"] == (hub_report["paper_dir"] is not None)
+    section = html.unescape(hub_report["html"]).split("The paper's curves and claims</h1>", 1)[1]
+    if res["available"]:
+        assert "headline claims reproduce" in section.split("</p>", 1)[0]
+    else:
+        assert "were not available to this run" in section and "--paper-dir DIR" in section
+
+
+def test_hub_report_overlays_the_authors_curves_and_lists_the_claims(hub_report, paper_dir):
+    """On random weights served as the real model, the report draws the authors' curves
+    beside ours and lists every claim with both numbers; none reproduces (those this run
+    cannot measure say not measured, and why), and the run does not fail."""
+    from analysis.core.paper import FILES, SERIES
+    from analysis.families.paper import CLAIMS, NOT_MEASURED, NOT_REPRODUCED
+
+    art = hub_report["arts"]["paper"]
+    res = art["result"]
+    assert res["available"] and Path(res["dir"]) == Path(paper_dir).resolve()
+    assert {k.removeprefix("paper/"): v["sha256"] for k, v in art["provenance"]["data"].items()} == {
+        n: f.sha256 for n, f in FILES.items()}
+    claims = {c["id"]: c for c in res["claims"]}
+    assert list(claims) == [c.id for c in CLAIMS]
+    for c in claims.values():
+        assert isinstance(c["authors"]["value"], (int, float)) and c["authors"]["where"]
+        if c["verdict"] == NOT_MEASURED:
+            assert c["id"] in ("indirect_share", "trigrams_first") and c["why"], c
+        else:
+            assert c["verdict"] == NOT_REPRODUCED and c["ours"]["text"] and c["why"] is None, c
+    for cid in ("final_f1", "final_increase"):  # the final checkpoint is the report's own model
+        assert isinstance(claims[cid]["ours"]["value"], float)
+    probe = {r["neuron"]: r for r in hub_report["arts"]["probes"]["result"]["rows"]}["L3N669"]
+    assert claims["final_f1"]["ours"]["value"] == probe["f1"]
+    import html
+
+    tables = _tables(html.unescape(hub_report["html"]))
+    heads, rows = tables[next(c for c in tables if c.startswith("The paper's claims checked on this run"))]
+    assert heads == ["Claim", "Authors' value (file, row)", "Our value", "Tolerance", "Verdict"]
+    assert len(rows) == len(CLAIMS)
+    assert [r[4].split(":")[0] for r in rows] == [claims[c.id]["verdict"] for c in CLAIMS]
+    assert rows[2][1].startswith(claims["final_increase"]["authors"]["text"])
+    # the dynamics figure overlays the authors' series; the ones we do not measure stand alone
+    fig_dir = hub_report["out"] / "figures"
+    dyn = json.loads((fig_dir / "dynamics.json").read_text())
+    assert dyn["reference_artifact_key"] == art["key"] and "Quirke et al." in dyn["caption"]
+    csv = (fig_dir / "dynamics.csv").read_text()
+    for name in ("f1", "mcc", "ablation_pct_german", "loss_german", "loss_english"):
+        assert f"{SERIES[name][0]} ({SERIES[name][2]})" in csv, name
+    assert csv.count("Quirke et al.") > 5 * 100 and csv.count("\nours,") == len(
+        hub_report["arts"]["dynamics"]["result"]["rows"]) * 6
+    for name in ("paper_effect_split", "paper_trigram_losses", "paper_other_neurons"):
+        rec = json.loads((fig_dir / f"{name}.json").read_text())
+        assert rec["artifact_key"] == art["key"] and "alone" in rec["caption"], name
+        assert (fig_dir / f"{name}.png").is_file()
+    heads, rows = _tables(hub_report["html"])["Data files"]
+    assert {r[1].strip("`") for r in rows} >= set(FILES)

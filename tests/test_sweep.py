@@ -307,16 +307,28 @@ def test_a_mistake_is_one_line_before_any_task(hub, tmp_path):
     assert not list(out.glob("store/*/*/checkpoint.json"))
 
 
-def test_sweep_report_shows_one_curve_per_model(serial):
+@pytest.fixture(scope="module")
+def sweep_report(serial):
+    """`german-neuron report --sweep DIR` on the serial sweep; with `--paper-dir` (the
+    authors' published measurements) when the real data's folder has them beside it: the
+    sweep's pythia-70m is the Hub id with random weights, so its report overlays the
+    authors' curves and checks their claims."""
     import re
 
+    from conftest import paper_dir_beside_data
     from typer.testing import CliRunner
 
     from analysis.orchestration.cli import app
 
-    r = CliRunner().invoke(app, ["report", "--sweep", str(serial["out"])])
+    paper = paper_dir_beside_data()
+    r = CliRunner().invoke(app, ["report", "--sweep", str(serial["out"])] + (["--paper-dir", paper] if paper else []))
     assert r.exit_code == 0, r.output
     html = re.sub(r"data:[^\"')\s]+", "", (serial["out"] / "report.html").read_text(encoding="utf-8"))
+    return {"html": html, "paper_dir": paper}
+
+
+def test_sweep_report_shows_one_curve_per_model(serial, sweep_report):
+    html = sweep_report["html"]
     from figures.sweep import MEASURES
 
     for spec in MEASURES:
@@ -325,6 +337,43 @@ def test_sweep_report_shows_one_curve_per_model(serial):
     for needle in ("Training dynamics across checkpoints and model sizes", "pythia-160m", "L3N669",
                    f"{MISSING}", "discovered at the final checkpoint"):
         assert needle in html, needle
+    if sweep_report["paper_dir"] is None:  # pythia-70m is the real id: the report says how to pass them
+        assert "were not available to this report" in html and "--paper-dir DIR" in html
+
+
+def test_sweep_report_overlays_the_authors_curves_and_lists_the_claims(serial, sweep_report, paper_dir):
+    """Beside the sweep's pythia-70m (random weights under the real id) the authors' series
+    are drawn and every claim is listed with both numbers; none reproduces, those the sweep
+    does not measure say not measured; pythia-160m gets neither."""
+    import pandas as pd
+
+    from analysis.core.paper import FILES
+    from analysis.families.paper import CLAIMS, NOT_MEASURED, NOT_REPRODUCED
+    from analysis.orchestration.sweep.reference import CLAIMS_FILE
+
+    out = serial["out"]
+    rec = json.loads((out / CLAIMS_FILE).read_text())
+    assert list(rec["models"]) == ["pythia-70m"]
+    assert {n: f["sha256"] for n, f in rec["paper"]["files"].items()} == {n: f.sha256 for n, f in FILES.items()}
+    claims = {c["id"]: c for c in rec["models"]["pythia-70m"]["claims"]}
+    assert list(claims) == [c.id for c in CLAIMS]
+    for c in claims.values():
+        assert isinstance(c["authors"]["value"], (int, float)) and c["authors"]["where"]
+        assert c["verdict"] == (NOT_MEASURED if c["id"] in ("indirect_share", "trigrams_first") else NOT_REPRODUCED), c
+    df = pd.read_parquet(out / "table.parquet")
+    f1 = df[(df["model"] == "pythia-70m") & (df["measure"] == "context_f1") & (df["step"] == 143000)]["value"]
+    assert claims["final_f1"]["ours"]["value"] == float(f1.iloc[0])
+    import html as escape
+
+    html = escape.unescape(sweep_report["html"])
+    assert "pythia-70m: 0 of the paper's 6 headline claims reproduce" in html
+    assert html.count("Authors' value (file, row)") == 1  # one table: pythia-160m is not Pythia-70M
+    for name in ("sweep_context_f1", "sweep_ablation_german", "sweep_loss_german", "sweep_loss_english"):
+        fig = json.loads((out / "figures" / f"{name}.json").read_text())
+        assert fig["reference_files"] == {n: f.sha256 for n, f in FILES.items()} and "Quirke" in fig["caption"]
+    assert "reference_files" not in json.loads((out / "figures" / "sweep_best_f1.json").read_text())
+    for name in ("paper_effect_split", "paper_trigram_losses", "paper_other_neurons"):
+        assert (out / "figures" / f"{name}.png").is_file() and name in html
 
 
 def test_weights_without_a_copy_equal_the_copy_and_outlive_the_bridge():

@@ -252,6 +252,8 @@ class RunConfig:
     context neuron (the seed's German neurons; the CLI never changes it, a test may
     narrow it to save time). `dtype`: the forward's matmul dtype, `float32` (the reference)
     or `bfloat16`; `tf32`: TF32 for float32 matmuls on CUDA (see `analysis.core.precision`).
+    `paper_dir`: the folder of the authors' published measurements (`--paper-dir`; the
+    report resolves the default, `core.paper.resolve_paper_dir`), None when not available.
     """
 
     model: str
@@ -267,3 +269,4 @@ class RunConfig:
     plant: Neuron | None = None
     dtype: str = "float32"
     tf32: bool = False
+    paper_dir: str | None = None

@@ -262,11 +262,25 @@ def figures(run, arts: dict, fig_dir) -> list[dict]:
     art = arts["dynamics"]
     if not art["result"]["rows"]:
         return []
-    fig = figs.dynamics_figure(art["result"])
-    return [plots.save(fig, fig_dir, "dynamics", {
-        "step": "dynamics", "artifact_key": art["key"], "function": "figures.organism.dynamics_figure",
-        "caption": "Over the training checkpoints: probe F1 of the context neuron and of the best "
-                   "German-positive neuron; loss increase (%) when the context neuron is mean-ablated, "
-                   "on German and English; the German and English loss.",
-        "seed_cell": None,
-    })]
+    # For EleutherAI/pythia-70m, the authors' published series beside ours (the `paper`
+    # step's artifact holds them; it records the files' sha256).
+    ref = arts.get("paper")
+    authors = None
+    if ref is not None and ref["result"]["available"]:
+        import pandas as pd  # not families.paper: its code would enter this step's cache key
+
+        authors = pd.DataFrame(ref["result"]["authors"])
+    fig = figs.dynamics_figure(art["result"], authors)
+    caption = ("Over the training checkpoints: probe F1 of the context neuron and of the best "
+               "German-positive neuron; loss increase (%) when the context neuron is mean-ablated, "
+               "on German and English; the German and English loss.")
+    if authors is not None:
+        caption += (" Dashed: Quirke et al.'s published series for L3N669 in EleutherAI/pythia-70m "
+                    "(checkpoint_eval.csv: F1 and MCC of their probe, the German-loss increase from "
+                    "ablating it, the German and English loss on their text), checkpoint index mapped "
+                    "to training step.")
+    meta = {"step": "dynamics", "artifact_key": art["key"], "function": "figures.organism.dynamics_figure",
+            "caption": caption, "seed_cell": None}
+    if authors is not None:
+        meta["reference_artifact_key"] = ref["key"]
+    return [plots.save(fig, fig_dir, "dynamics", meta)]

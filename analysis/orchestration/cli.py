@@ -46,6 +46,10 @@ _DTYPE_HELP = ("float32 (the reference, default) | bfloat16: the model is loaded
                "differ from float32 within baselines/tolerance/bf16.json")
 _TF32_HELP = ("on | off (default): TF32 for float32 matmuls on CUDA; no effect on CPU or with "
               "bfloat16 (recorded as such)")
+_PAPER_HELP = ("folder of the authors' published measurements (the layout of shared/paper, files "
+               "checked by sha256); default: the folder `paper` beside --data-dir when it exists. "
+               "For EleutherAI/pythia-70m the report draws their curves beside ours and checks "
+               "their claims; without it the report says they were not available")
 
 
 @app.command()
@@ -67,6 +71,7 @@ def report(
     figures: bool = typer.Option(True, help="draw the figures; --no-figures: the artifacts and their baseline check only, the quickest way to see which number moved (implies --no-render)"),
     steps: str | None = typer.Option(None, help="a partial run: compute only these steps (comma-separated, e.g. discovery) and the steps they need; no figure, baseline check or report"),
     sweep: str | None = typer.Option(None, help="a sweep's output folder (german-neuron sweep --out DIR): without --model, build that sweep's report (curves over checkpoints and sizes) in DIR; with --model, add its curves to the model's report"),
+    paper_dir: str | None = typer.Option(None, envvar="GERMAN_NEURON_PAPER_DIR", help=_PAPER_HELP),
     debug: bool = typer.Option(False, help="show tracebacks"),
 ) -> None:
     """Compute (or reuse) the artifacts and build report.html + report.pdf; or, with
@@ -79,7 +84,8 @@ def report(
         if sweep is not None and model is None:
             from .sweep.report import build_sweep_report
 
-            paths = build_sweep_report(sweep, renderer=renderer, log=lambda s: typer.echo(s, err=True))
+            paths = build_sweep_report(sweep, renderer=renderer, log=lambda s: typer.echo(s, err=True),
+                                       paper_dir=paper_dir, data_dir=data_dir)
             for kind in ("html", "pdf"):
                 typer.echo(f"{kind}: {paths[kind]}")
             return
@@ -112,7 +118,7 @@ def report(
             context_neuron = default_context_neuron(model)
         cfg = RunConfig(model=model, neuron=context_neuron, profile=prof, device=device,
                         data_dir=data_dir, tokenizer=tokenizer, out=out, note=note, plant=planted,
-                        dtype=dtype, tf32=tf32_on)
+                        dtype=dtype, tf32=tf32_on, paper_dir=paper_dir)
         wanted = None if steps is None else [t.strip() for t in steps.split(",") if t.strip()]
         if wanted is not None and not wanted:
             raise UsageError("--steps is empty", hint="e.g. --steps discovery")
@@ -361,10 +367,12 @@ def sweep(
     tf32: str = typer.Option("off", help=_TF32_HELP),
     report: bool = typer.Option(True, help="write the sweep's report (report.html, report.pdf) at the end"),
     renderer: str = typer.Option("auto", help="auto | quarto | pandoc"),
+    paper_dir: str | None = typer.Option(None, envvar="GERMAN_NEURON_PAPER_DIR", help=_PAPER_HELP),
     debug: bool = typer.Option(False, help="show tracebacks"),
 ) -> None:
     """Measure the German neuron across training checkpoints and model sizes (Dask), one
     cached artifact per checkpoint, and write a tidy table (Parquet, CSV) and a report."""
+    from ..core.paper import resolve_paper_dir, verify
     from .sweep.plan import plan_sweep
     from .sweep.report import build_sweep_report
     from .sweep.run import run_sweep
@@ -373,6 +381,9 @@ def sweep(
         typer.echo(s, err=True)
 
     with one_line_errors(debug):
+        folder = resolve_paper_dir(paper_dir, data_dir) if report else None
+        if folder is not None:  # a changed file is refused before any task runs
+            verify(folder)
         plan = plan_sweep(models, revisions, neuron=neuron, profile=profile, overrides=set_ or [],
                           device=device, out=out, data_dir=data_dir, corpus=corpus,
                           batch_tokens=batch_tokens, threads=threads, keep_weights=keep_weights,
@@ -391,7 +402,7 @@ def sweep(
             typer.echo(f"  {status}: {model} {shown}: {reason}")
         typer.echo(f"table: {res['table']['parquet']} ({res['table']['rows']} rows), {res['table']['csv']}")
         if report and res["table"]["rows"]:
-            paths = build_sweep_report(res["out"], renderer=renderer, log=log)
+            paths = build_sweep_report(res["out"], renderer=renderer, log=log, paper_dir=folder, data_dir=data_dir)
             typer.echo(f"html: {paths['html']}")
     if c.get("failed"):
         raise typer.Exit(1)

@@ -43,6 +43,7 @@ from ..families import dynamics as dynamics_mod
 from ..families import l3_tokens as l3_tokens_mod
 from ..families import language_probes as language_probes_mod
 from ..families import neurons as neurons_mod
+from ..families import paper as paper_mod
 from ..families import probes as probes_mod
 from ..families import probes_ablated as probes_ablated_mod
 from ..families import unigrams as unigrams_mod
@@ -100,6 +101,9 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("ablation", ablation_mod.run_step, ("activations",), ablation_mod.figures),
     StepSpec("dynamics", dynamics_mod.run_step, ("discovery", "ablation"), dynamics_mod.figures,
              when=dynamics_mod.has_series),
+    # the authors' published curves and claims beside ours (EleutherAI/pythia-70m only)
+    StepSpec("paper", paper_mod.run_step, ("probes", "ablation", "dynamics"), paper_mod.figures,
+             when=paper_mod.applies),
     StepSpec("dla", dla_mod.run_step, ("activations",), dla_mod.figures),
     StepSpec("l3_tokens", l3_tokens_mod.run_step, ("activations",), l3_tokens_mod.figures),
     StepSpec("unigrams", unigrams_mod.run_step, ("l3_tokens",), unigrams_mod.figures),
@@ -316,6 +320,7 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
         from .sweep.summary import sweep_summary
 
         sweep_summary(sweep)  # UsageError before any compute when DIR holds no sweep
+    cfg = with_paper_dir(cfg)  # DataError before any compute for a changed or missing file
     n_layers, d_mlp = model_shape(cfg.model)
     if cfg.neuron is not None:
         cfg.neuron.check(n_layers, d_mlp)
@@ -343,6 +348,24 @@ def run_report(cfg: RunConfig, *, render: bool = True, renderer: str = "auto",
                           hint="free space or pass another --out; previous results are intact") from None
     finally:
         lock.release()
+
+
+def with_paper_dir(cfg: RunConfig) -> RunConfig:
+    """`cfg` with `paper_dir` resolved (`core.paper.resolve_paper_dir`: `--paper-dir`, else
+    `$GERMAN_NEURON_PAPER_DIR`, else `paper` beside the data folder) and its files checked,
+    or None when there is none (the report then says how to pass it).
+
+    Raises:
+        DataError: a named folder does not exist, or a file in it is missing or changed.
+    """
+    import dataclasses
+
+    from ..core.paper import resolve_paper_dir, verify
+
+    folder = resolve_paper_dir(cfg.paper_dir, cfg.data_dir)
+    if folder is not None:
+        verify(folder)
+    return dataclasses.replace(cfg, paper_dir=None if folder is None else str(folder))
 
 
 def _remove_skipped_artifacts(folder: Path, arts: dict) -> None:
@@ -417,8 +440,8 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
         from .sweep.figures import draw_sweep_figures
         from .sweep.summary import sweep_summary
 
-        sweep_context = sweep_summary(sweep)
-        figs += draw_sweep_figures(sweep, out / "figures")
+        sweep_context = sweep_summary(sweep, cfg.paper_dir)
+        figs += draw_sweep_figures(sweep, out / "figures", cfg.paper_dir)
     context = {
         "title": f"The German context neuron {cfg.neuron} in {model.model_id}",
         "run": {

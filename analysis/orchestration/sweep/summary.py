@@ -31,13 +31,16 @@ def first_reaching(table, threshold: float = THRESHOLD_F1) -> dict[str, dict | N
     return out
 
 
-def sweep_summary(out: str | os.PathLike) -> dict:
+def sweep_summary(out: str | os.PathLike, paper_dir: str | os.PathLike | None = None) -> dict:
     """What the report says about a sweep: settings, counts, skipped and failed tasks, and
     per model its checkpoints, the first checkpoint where the context neuron's F1 reaches
-    `THRESHOLD_F1`, and its numbers at the last checkpoint.
+    `THRESHOLD_F1`, and its numbers at the last checkpoint; under `paper`, for the models
+    that are Pythia-70M itself, the paper's claims checked on the table
+    (`reference.paper_context`; `paper_dir`: the authors' folder, None when not available).
 
     Raises:
         UsageError: `out` holds no sweep (no sweep.json or table.parquet).
+        DataError: a file of `paper_dir` is missing or changed.
     """
     import hashlib
 
@@ -78,7 +81,10 @@ def sweep_summary(out: str | os.PathLike) -> dict:
                                 "loss_german": val("loss", "german")[0], "loss_english": val("loss", "english")[0],
                                 "best_neuron": best[1] if best else None, "best_f1": best[0] if best else None}})
     digest = hashlib.sha256((out / "table.parquet").read_bytes()).hexdigest()
-    return {"dir": str(out.resolve()), "table": str((out / "table.parquet").resolve()),
+    from .reference import paper_context
+
+    paper = paper_context(out, table, manifest["settings"]["models"], paper_dir, digest)
+    return {"paper": paper, "dir": str(out.resolve()), "table": str((out / "table.parquet").resolve()),
             "table_csv": str((out / "table.csv").resolve()), "table_sha256": digest,
             "n_rows": int(len(table)), "threshold": THRESHOLD_F1, "models": models,
             "counts": manifest["counts"], "settings": manifest["settings"], "command": manifest["command"],
