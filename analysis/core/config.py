@@ -242,9 +242,9 @@ PROFILES: dict[str, Profile] = {
                      neuron_examples=1000, top_examples=5),
     "quick": Profile("quick", activation_examples=30, probe_samples=2000, loss_examples=40,
                      dla_examples=20, downstream_examples=20, shift_examples=20,
-                     neuron_examples=20, top_examples=3, null_neurons_per_layer=4,
-                     null_german_neurons=8, null_loss_examples=8, null_loss_tokens=128,
-                     permutations=10),
+                     neuron_examples=20, top_examples=3, null_neurons_per_layer=3,
+                     null_german_neurons=6, null_loss_examples=8, null_loss_tokens=64,
+                     permutations=19),
 }
 
 

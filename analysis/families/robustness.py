@@ -240,9 +240,10 @@ def run_step(run, arts: dict) -> dict:
         crop = (p.crop_start, p.crop_end)
         seq, tok_mean, n_pos = {}, {}, {}
         for lang in LANGUAGES:
+            # cut at the crop's end: in a causal model no later token changes these positions
             seq[lang], tok_mean[lang], n_pos[lang] = sequence_means(
-                run.fwd, run.batches(act_toks[lang][0]), crop, f"robustness {lang}",
-                run.show_progress)
+                run.fwd, run.batches([t[:p.crop_end] for t in act_toks[lang][0]]), crop,
+                f"robustness {lang}", run.show_progress)
         col = ctx.layer * d + ctx.index
         en_mean = tok_mean["english"]
         values = {
