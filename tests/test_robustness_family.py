@@ -74,3 +74,34 @@ def test_max_f1_null_is_below_a_planted_separating_column():
     assert maxima.shape == (5,)
     assert np.array_equal(maxima, max_f1_null(de, en, 0.2, 0, 5))  # seeded
     assert float(np.quantile(maxima, 0.95)) < 0.95
+
+
+def test_the_tiny_report_carries_the_robustness_step_its_figures_and_section(tiny_report):
+    """Read from the session's `tiny` report (no new build): the step ran with the profile's
+    sizes, its percentiles are read from its own null arrays, and the report shows it."""
+    from pathlib import Path
+
+    from analysis.core.artifacts import ArtifactStore
+    from analysis.core.config import get_profile
+    from analysis.families.robustness import ABLATIONS, AGGREGATIONS
+
+    res, _, cfg = tiny_report
+    art = res["artifacts"]["robustness"]
+    r = art["result"]
+    p = get_profile("quick")
+    assert r["null"]["n_random"] == p.null_neurons_per_layer * 6
+    assert r["fwer"]["n_permutations"] == p.permutations
+    assert r["n_specifications"] == len(ABLATIONS) * len(AGGREGATIONS)
+    assert r["n_hold"] == sum(s["holds"] for s in r["specifications"])
+    store = ArtifactStore(Path(cfg.out) / "artifacts")
+    null_de = store.load_array("robustness", "null_german")
+    k = r["null"]["n_random"]
+    de = r["null"]["context"]["german_nats"]
+    assert r["null"]["percentile"]["random"]["german"] == percentile_of(de, null_de[:k])
+    assert len(store.load_array("robustness", "max_f1_null")) == p.permutations
+    # the seed's mean ablation here is the `ablation` step's: the same English mean
+    assert r["ablation_values"]["english_mean"] == pytest.approx(r["ablation_step_value"], rel=1e-4)
+    names = {f["name"] for f in res["figures"] if f.get("step") == "robustness"}
+    assert names == {"robustness_spec_curve", "robustness_null"}
+    html = (Path(cfg.out) / "report.html").read_text(encoding="utf-8")
+    assert "specifications" in html and "Robustness: null distributions" in html
