@@ -165,30 +165,21 @@ def test_recovery_rows_pass_and_fail():
     assert r["n_checked"] == 5
 
 
-def _robustness_result(context="L2N100", de=0.2, p99=0.01, fail=()):
-    from analysis.families.robustness import ABLATIONS, AGGREGATIONS
-
-    return {"context_neuron": context,
-            "null": {"n_random": 18, "random_p99": {"german": p99}, "context": {"german_nats": de}},
-            "specifications": [{"ablation": a, "aggregation": g, "holds": (a, g) not in fail}
-                               for a in ABLATIONS for g in AGGREGATIONS]}
-
-
-def test_robustness_rows_pass_and_fail():
+def test_robustness_row_passes_and_fails():
     """Issue 21 §4: the planted neuron's German effect against the random null's 99th
-    percentile, and the specifications its construction says must hold."""
+    percentile; not checked when the plant is not the context neuron."""
     from analysis.controls.planted_check import robustness_rows
     from analysis.core.config import Neuron
 
+    def res(context="L2N100", de=0.2, p99=0.01):
+        return {"context_neuron": context,
+                "null": {"n_random": 18, "random_p99": {"german": p99}, "context": {"german_nats": de}}}
+
     n = Neuron(2, 100)
-    assert [r["passed"] for r in robustness_rows(n, _robustness_result())] == [True, True]
-    # a German-mean failure is expected by construction and does not count against it
-    ok = robustness_rows(n, _robustness_result(fail=[("german_mean", "per_token")]))
-    assert [r["passed"] for r in ok] == [True, True] and ok[1]["measured"] == 6
-    bad = robustness_rows(n, _robustness_result(de=0.005, fail=[("english_mean", "sequence_mean")]))
-    assert [r["passed"] for r in bad] == [False, False] and bad[1]["measured"] == 5
-    other = robustness_rows(n, _robustness_result(context="L3N669"))
-    assert [r["passed"] for r in other] == [None, None]
+    assert [r["passed"] for r in robustness_rows(n, res())] == [True]
+    assert [r["passed"] for r in robustness_rows(n, res(de=0.01))] == [True]  # at the percentile
+    assert [r["passed"] for r in robustness_rows(n, res(de=0.005))] == [False]
+    assert [r["passed"] for r in robustness_rows(n, res(context="L3N669"))] == [None]
 
 
 # ----------------------------------------------------------------------------- known answers
@@ -227,11 +218,9 @@ def test_default_plant_is_recovered(planted_default):
     de = rows["German loss increase"]["measured"]
     en = rows["English loss change"]["measured"]
     assert de >= 1.0 and abs(en) < de / 3
-    # issue 21 §4: above the random null's 99th percentile, and every specification the
-    # plant's construction says must hold does
+    # issue 21 §4: at or above the random null's 99th percentile
     rb = arts["robustness"]["result"]
     assert rows["German loss change"]["passed"] and rows["German loss change"]["measured"] >= rb["null"]["random_p99"]["german"]
-    assert rows["specifications where the plant's construction says the finding holds"]["passed"]
     assert rb["probe"]["per_token"]["rank"] == 1
     assert arts["ablation"]["result"]["context"]["german"]["percent_increase"] == de
     tok = next(row for row in r["rows"] if "loss rises most" in row["check"])

@@ -347,6 +347,11 @@ def run_step(run, arts: dict) -> dict:
             "criterion": HOLDS, "probe": probe, "null": null_result, "fwer": fwer,
             "specifications": specs, "n_specifications": len(specs),
             "n_hold": sum(s["holds"] for s in specs),
+            # §4: read on the planted control only, where PLANTED_MUST_HOLD is its prediction
+            "planted_must_hold": {
+                "specifications": [f"{a} / {g}" for a, g in PLANTED_MUST_HOLD],
+                "n_hold": sum(s["holds"] for s in specs
+                              if (s["ablation"], s["aggregation"]) in PLANTED_MUST_HOLD)},
             "data_note": "one corpus (the run's); Europarl de/en is not a dimension yet",
         }
         arrays = {"null_german": null_de, "null_english": null_en, "max_f1_null": maxima,
