@@ -123,7 +123,8 @@ def robustness_rows(plant: Neuron, res: Mapping) -> list[dict]:
     neurons reach F1 1.0 on the few test sequences, so the rank is decided by tie-breaks),
     and "the finding holds in every specification the plant's construction says it must"
     (`robustness.PLANTED_MUST_HOLD`): the pooled-mean ablation's German increase is positive
-    but its interval reaches 0 on 8 examples of 64 tokens."""
+    but its interval reaches 0 on the quick profile's few short null examples
+    (`null_loss_examples` × `null_loss_tokens`)."""
     studied = res["context_neuron"] == str(plant)
     null = res["null"]
     p99 = null["random_p99"]["german"]
