@@ -227,7 +227,7 @@ def test_default_plant_is_recovered(planted_default):
     assert tok["measured"] >= 5 and len(r["helped"]) == 20
     # read from the model's losses: each helped token's loss rises on average when ablated
     assert all(t["value"] > 0 and t["count"] >= 5 for t in r["helped"])
-    assert r["passed"] and r["n_passed"] == r["n_checked"] == 6
+    assert r["passed"] and r["n_passed"] == r["n_checked"] == 7  # 6 + the null-percentile row (issue 21 §4)
     # the self-check's boosted tokens are those of the l3_tokens step (same neuron here)
     assert [t["token_id"] for t in r["boosted"]] == \
         [t["token_id"] for t in arts["l3_tokens"]["result"]["neuron_direction"]["boosted"][:20]]
