@@ -246,7 +246,7 @@ def test_the_report_calls_it_a_known_answer_control(planted_default):
             "the report should recover it.") in md
     assert "Pipeline check, not the finding" not in md
     assert "Planted → recovered. The answer is known here: L3N669 was planted" in md
-    assert "6 of the 6 checks that ran pass: the report recovers the planted neuron." in md
+    assert "7 of the 7 checks that ran pass: the report recovers the planted neuron." in md
     assert 'pc = load("planted")' in code
 
 
