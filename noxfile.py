@@ -89,10 +89,11 @@ def tests(session: nox.Session) -> None:
     (the real text and tokenizer, as the report takes them; `-m 'not shared'` deselects the
     tests that need them)."""
     env, rest = _shared_inputs(list(session.posargs))
-    # two pytest-xdist workers unless the caller chose (`-n 0`: one process): the tests that
-    # read the same expensive build run in one worker (tests/conftest.py)
+    # two pytest-xdist workers unless the caller chose (`-n 0`: one process), a test file per
+    # worker (`loadfile`: a module's fixture, e.g. the Hub-layout report, is built once;
+    # `loadgroup` does not group with pytest 9.2 + xdist 3.8, measured)
     parallel = [] if any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in rest) \
-        else ["-n", "2", "--dist", "loadgroup"]
+        else ["-n", "2", "--dist", "loadfile"]
     _run(session, "pytest", "-q", *parallel, *rest, env=env)
 
 

@@ -47,50 +47,11 @@ def pytest_configure(config):
             SHARED_INPUTS[key] = str(Path(value).expanduser().resolve())
 
 
-# Under pytest-xdist (`-n 2`, as the nox session runs the suite) the tests that read the
-# same expensive build go to the same worker (`--dist loadgroup`), so that each build is
-# made once per run, not once per worker: these session fixtures, and every module-scoped
-# fixture. Tests that share any of them form one group (xdist hands out the groups with
-# the most tests first).
-SHARED_BUILDS = ("tiny_report", "planted_default", "planted_rebuilt")
-
-
-def _shared_builds(item) -> set[str]:
-    names = getattr(item, "fixturenames", ())
-    info = getattr(item, "_fixtureinfo", None)
-    found = {n for n in names if n in SHARED_BUILDS}
-    for name in names:
-        defs = info.name2fixturedefs.get(name) if info else None
-        if defs and defs[-1].scope == "module":
-            found.add(f"{item.module.__name__}.{name}")
-    return found
-
-
-def _groups(items) -> dict[int, str]:
-    """{id(item): group name} for the items that read a shared build: the connected
-    components of "reads the same build" (union-find over build names)."""
-    parent: dict[str, str] = {}
-
-    def root(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            x = parent[x]
-        return x
-
-    builds = {id(it): sorted(_shared_builds(it)) for it in items}
-    for names in builds.values():
-        for other in names[1:]:
-            parent[root(other)] = root(names[0])
-    return {i: root(names[0]) for i, names in builds.items() if names}
-
-
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
-    groups = _groups(items)
     for item in items:
         if "shared_inputs" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.shared)
-        if id(item) in groups:
-            item.add_marker(pytest.mark.xdist_group(groups[id(item)]))
 
 
 def paper_dir_beside_data() -> str | None:
