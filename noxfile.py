@@ -93,7 +93,7 @@ def tests(session: nox.Session) -> None:
     # worker (`loadfile`: a module's fixture, e.g. the Hub-layout report, is built once;
     # `loadgroup` does not group with pytest 9.2 + xdist 3.8, measured)
     parallel = [] if any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in rest) \
-        else ["-n", "2", "--dist", "loadfile"]
+        else ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"]
     _run(session, "pytest", "-q", *parallel, *rest, env=env)
 
 

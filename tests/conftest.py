@@ -41,6 +41,9 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: the module builds a report or a model of its own (a minute or more); "
+                   "such modules start first (see pytest_collection_modifyitems)")
     for key in ENV:
         value = config.getoption(key)
         if value:
@@ -52,6 +55,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "shared_inputs" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.shared)
+    # pytest-xdist hands out whole modules in this order (`--dist loadfile
+    # --no-loadscope-reorder`, as the nox session runs it): the `slow` modules first, so that
+    # no worker is left with a long one at the end while the other idles; among them, those
+    # that do not read the shared `tiny` report first, so that one worker's long module
+    # overlaps the other's building of that report instead of both waiting for it.
+    modules: dict = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def rank(module: str) -> tuple[bool, bool]:
+        its = modules[module]
+        return (not any(i.get_closest_marker("slow") for i in its),
+                any("tiny_report" in getattr(i, "fixturenames", ()) for i in its))
+
+    items[:] = [item for module in sorted(modules, key=rank) for item in modules[module]]
 
 
 def paper_dir_beside_data() -> str | None:
@@ -136,17 +154,54 @@ def tiny_fwd(tiny):
     return Forward(Weights.from_bridge(tiny.bridge, tiny.info["rotary_pct"]))
 
 
+def _rebased(value, old: str, new: str):
+    """`value` (nested dicts, lists, tuples, paths, strings) with every path under `old`
+    moved under `new`."""
+    if isinstance(value, dict):
+        return {k: _rebased(v, old, new) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_rebased(v, old, new) for v in value)
+    if isinstance(value, Path) and str(value).startswith(old):
+        return Path(new + str(value)[len(old):])
+    if isinstance(value, str) and value.startswith(old):
+        return new + value[len(old):]
+    return value
+
+
 @pytest.fixture(scope="session")
 def tiny_report(tmp_path_factory):
-    """A full `tiny` run (quick profile, fixture corpora) with the report rendered."""
+    """A full `tiny` run (quick profile, fixture corpora) with the report rendered:
+    `(run_report's result, its log lines, its RunConfig)`, in a folder of this worker's own.
+
+    Built once per test run, not once per pytest-xdist worker: the first worker to ask builds
+    it under a file lock in the run's shared temporary folder, and every worker (the builder
+    too) gets its own copy of the folder, so a test that edits its copy (deletes a figure,
+    reruns into it) never races a test on another worker."""
+    import dataclasses
+    import pickle
+    import shutil
+
+    from filelock import FileLock
+
     from analysis.core.config import Neuron, RunConfig, get_profile
     from analysis.orchestration.pipeline import run_report
 
-    out = Path(tmp_path_factory.mktemp("tiny-report"))
-    logs: list[str] = []
-    cfg = RunConfig(model="tiny", neuron=Neuron.parse("L3N669"), profile=get_profile("quick"), out=str(out))
-    res = run_report(cfg, corpus="fixture", show_progress=False, log=logs.append)
-    return res, logs, cfg
+    def build(out: Path):
+        logs: list[str] = []
+        cfg = RunConfig(model="tiny", neuron=Neuron.parse("L3N669"), profile=get_profile("quick"), out=str(out))
+        res = run_report(cfg, corpus="fixture", show_progress=False, log=logs.append)
+        return res, logs, cfg
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    built, done = shared / "tiny-report-shared", shared / "tiny-report-shared.pickle"
+    with FileLock(str(shared / "tiny-report-shared.lock")):
+        if not done.exists():
+            done.write_bytes(pickle.dumps(build(built)))
+    own = Path(tmp_path_factory.mktemp("tiny-report"))
+    shutil.copytree(built, own, dirs_exist_ok=True)
+    res, logs, cfg = pickle.loads(done.read_bytes())
+    return _rebased(res, str(built), str(own)), logs, dataclasses.replace(cfg, out=str(own))
 
 
 @pytest.fixture(scope="session")

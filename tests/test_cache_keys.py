@@ -22,6 +22,9 @@ from hypothesis import strategies as st
 from analysis.core import codehash
 from analysis.orchestration.pipeline import STEPS
 
+# builds a report or model of its own: scheduled first (conftest)
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 COPIED = ("analysis", "figures", "report", "templates", "baselines", "pyproject.toml")
 ENGINE_EDIT = ("torch.logsumexp(lg, -1) - lg.gather(-1, targets",

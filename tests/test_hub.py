@@ -25,6 +25,9 @@ from analysis.core.models import (
     PYTHIA_REVISION,
 )
 
+# builds a report or model of its own: scheduled first (conftest)
+pytestmark = pytest.mark.slow
+
 # ----------------------------------------------------------------------------- what is asked for
 
 
@@ -168,10 +171,18 @@ def test_a_pickle_that_is_not_a_state_dict_is_refused_in_one_line(hub_cache, mon
 MISSING = "step32000"  # a dynamics revision left out of the cache
 
 
+# Fewer examples than the quick profile: these tests read where each number comes from
+# (snapshot, revision, seed column, the authors' overlay), not the numbers, and the report
+# is otherwise the suite's costliest fixture (the dynamics step probes every neuron at each
+# revision). The report shows the sizes it ran with.
+HUB_SIZES = ("activation_examples=10", "probe_samples=500", "loss_examples=10", "dla_examples=5",
+             "downstream_examples=5", "shift_examples=5", "neuron_examples=5")
+
+
 @pytest.fixture(scope="module")
 def hub_report(tmp_path_factory):
-    """`german-neuron report --model pythia-70m --corpus fixture --profile quick` in a child
-    process with `HF_HUB_OFFLINE=1`, on a cache holding step143000 (with a trap pickle beside
+    """`german-neuron report --model pythia-70m --corpus fixture --profile quick --set ...`
+    (`HUB_SIZES`) in a child process with `HF_HUB_OFFLINE=1`, on a cache holding step143000 (with a trap pickle beside
     its safetensors) and every quick dynamics revision but `MISSING`, each seeded differently;
     with `--paper-dir` (the authors' published measurements) when the real data's folder has
     them beside it (`conftest.paper_dir_beside_data`): the fixture serves random weights
@@ -187,6 +198,7 @@ def hub_report(tmp_path_factory):
     paper = paper_dir_beside_data()
     r = subprocess.run([sys.executable, "-m", "analysis", "report", "--model", "pythia-70m",
                         "--corpus", "fixture", "--profile", "quick", "--out", str(out)]
+                       + [a for size in HUB_SIZES for a in ("--set", size)]
                        + (["--paper-dir", paper] if paper else []),
                        capture_output=True, text=True, env=hub_fixture.offline_env(home), timeout=1800)
     assert r.returncode == 0, r.stderr[-4000:]

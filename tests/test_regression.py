@@ -9,6 +9,9 @@ import torch
 
 from analysis.orchestration import regression as reg
 
+# builds a report or model of its own: scheduled first (conftest)
+pytestmark = pytest.mark.slow
+
 
 def test_committed_seed_baseline_is_derived_from_the_seed_reference():
     committed = json.loads(reg.baseline_path("pythia-70m", "paper").read_text())

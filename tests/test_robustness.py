@@ -16,6 +16,9 @@ import pytest
 
 from analysis.core.artifacts import ArtifactStore
 
+# builds a report or model of its own: scheduled first (conftest)
+pytestmark = pytest.mark.slow
+
 
 def _start(out: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -59,12 +62,12 @@ def test_sigkill_mid_analysis_leaves_no_partial_artifact_and_the_rerun_reuses_wo
     done = _complete_artifacts(out)
     assert "activations" in done
     assert not (out / "report.html").exists() and not (out / "report.pdf").exists()
-    # the rerun stops after the steps' artifacts (--no-figures): what is tested is that the
-    # killed run's work is reused and nothing partial is read (the rendering's own crash
-    # safety is the next test's)
+    # the rerun is a partial one (--steps) over two steps that read the killed run's
+    # activations: what is tested is that its work is reused and nothing partial is read
+    # (the rendering's own crash safety is the next test's)
     r = subprocess.run([sys.executable, "-m", "analysis", "report", "--model", "tiny", "--corpus",
-                        "fixture", "--no-figures", "--out", str(out)], capture_output=True, text=True,
-                       timeout=900)
+                        "fixture", "--steps", "probes,correlations", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "activations: cached" in r.stderr and ": computed" in r.stderr
     assert set(_complete_artifacts(out)) > set(done)

@@ -16,6 +16,9 @@ from pathlib import Path
 import hub_fixture
 import pytest
 
+# builds a report or model of its own: scheduled first (conftest)
+pytestmark = pytest.mark.slow
+
 # Shapes differ between the two repositories: each is read from its config.json.
 SHAPE_70M = {"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 768}
 SHAPE_160M = {"num_hidden_layers": 5, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 1024}
