@@ -380,13 +380,12 @@ def measure_trigrams(fwd: Forward, trigrams: Sequence[Sequence[int]], contexts: 
         for batch in progress(make_batches(lists, batch_tokens, pad_id=1, device=device),
                               "trigrams", show_progress):
             r, r_abl, act = _clean_and_ablated(fwd, batch.tokens, context, value)
-            last = batch.lengths - 2
+            rows, last = torch.arange(act.shape[0], device=act.device), batch.lengths - 2
             res = path_losses(fwd, _last_rows(r, batch.lengths), _last_rows(r_abl, batch.lengths),
-                              act[torch.arange(act.shape[0]), last], value, u,
-                              batch.tokens[torch.arange(act.shape[0]), batch.lengths - 1])
+                              act[rows, last], value, u, batch.tokens[rows, last + 1])
             for i, k in enumerate(PATHS):
                 losses[i, batch.index] = res[k].double().cpu().numpy()
-            act_out[batch.index] = act[torch.arange(act.shape[0]), last].double().cpu().numpy()
+            act_out[batch.index] = act[rows, last].double().cpu().numpy()
     return losses.reshape(4, len(trigrams), n_p), act_out.reshape(len(trigrams), n_p)
 
 
@@ -491,21 +490,29 @@ def neuron_attribution(fwd: Forward, tokens: Tensor, context: Neuron, value: flo
 def patched_neuron_losses(fwd: Forward, tokens: Tensor, att: Mapping, neurons: Sequence[Neuron]) -> np.ndarray:
     """float64 `[len(neurons), n_prompts]`: the last token's loss (nats) with one neuron's
     `hook_post` set, at every position, to its value in the context-ablated run
-    (`neuron_attribution`'s `post_ablated`) and everything else unedited; the pass restarts
-    at the neuron's layer (the authors' single-neuron path patching, `compute_path_patched_mlp_loss`)."""
-    out = np.zeros((len(neurons), tokens.shape[0]))
+    (`neuron_attribution`'s `post_ablated`) and everything else unedited (the authors'
+    single-neuron path patching, `compute_path_patched_mlp_loss`). One pass for all: the
+    prompts are repeated once per neuron and restart at the earliest neuron's layer, each
+    copy with its own neuron patched."""
+    if not neurons:
+        return np.zeros((0, tokens.shape[0]))
+    b = tokens.shape[0]
+    start = min(n.layer for n in neurons)
+    edits = {}
+    for layer in sorted({n.layer for n in neurons}):
+        rows = [(i, n.index) for i, n in enumerate(neurons) if n.layer == layer]
+
+        def patch(x, rows=rows, vals=att["post_ablated"][layer]):
+            x = x.clone()
+            for i, j in rows:
+                x[i * b:(i + 1) * b, :, j] = vals[..., j]
+            return x
+
+        edits[f"blocks.{layer}.mlp.hook_post"] = patch
     with torch.inference_mode():
-        for i, n in enumerate(neurons):
-            vals = att["post_ablated"][n.layer][..., n.index]
-
-            def patch(x, j=n.index, v=vals):
-                x = x.clone()
-                x[..., j] = v
-                return x
-
-            r = fwd.run(resid=att["resid_pre"][n.layer], start_layer=n.layer, edits={n.hook(): patch})
-            out[i] = _last_token_loss(fwd, r, tokens).double().cpu().numpy()
-    return out
+        r = fwd.run(resid=att["resid_pre"][start].repeat(len(neurons), 1, 1), start_layer=start, edits=edits)
+        loss = _last_token_loss(fwd, r, tokens.repeat(len(neurons), 1))
+    return loss.double().cpu().numpy().reshape(len(neurons), b)
 
 
 def condition_prompts(prompts: np.ndarray, common: np.ndarray, space: np.ndarray, seed: int,
@@ -679,7 +686,7 @@ def run_step(run, arts: dict) -> dict:
               "context_present": "context neuron hook_post set to its German mean (activations step)",
               "context_length": CONTEXT_LENGTH, "common_tokens": COMMON_TOKENS,
               "and": {"trigrams": AND_TRIGRAMS, "candidates": AND_CANDIDATES, "neurons": AND_NEURONS},
-              "tokens": {"german": rec, "common_tokens_from": pool_rec},
+              "tokens": {"german": rec}, "common_tokens_from": pool_rec,
               "given_trigrams": given and {"strings": given[0], "sha256": given[1]["sha256"]}}
 
     def compute():
