@@ -27,7 +27,8 @@ def test_two_fresh_tiny_runs_give_identical_artifacts(tiny_report, tmp_path):
 EVERY_STEP = tuple(s.name for s in STEPS)
 
 SMALL = ["activation_examples=8", "probe_samples=300", "loss_examples=8", "dla_examples=4",
-         "downstream_examples=4", "shift_examples=4", "neuron_examples=4", "top_examples=2"]
+         "downstream_examples=4", "shift_examples=4", "neuron_examples=4", "top_examples=2",
+         "ngram_examples=4", "ngram_prompts=4", "ngram_trigrams=4"]
 
 
 def test_the_planted_control_rebuilt_from_nothing_gives_identical_artifacts(
@@ -52,7 +53,7 @@ def test_the_planted_control_rebuilt_from_nothing_gives_identical_artifacts(
     d = diff_runs(*outs)
     assert d["identical"], d
     assert {s["step"] for s in d["steps"]} >= {"activations", "probes", "ablation", "dla",
-                                                "backup", "downstream", "neurons", "planted"}
+                                                "backup", "ngrams", "downstream", "neurons", "planted"}
 
 
 def test_pythia_70m_random_is_the_model_its_committed_baseline_was_recorded_on(shared_inputs):

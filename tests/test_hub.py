@@ -223,6 +223,11 @@ def test_hub_report_names_the_snapshot_in_every_artifact(hub_report):
         model = art["provenance"]["model"]
         assert (model["id"], model["source"], model["revision"], model["commit"]) == (
             "pythia-70m", PYTHIA_REPO, PYTHIA_REVISION, commit), step
+    # Pythia-70M counts as such for the n-gram step: it looks for the paper's trigram list,
+    # finds none (no --data-dir, so no `paper` folder beside it) and says so
+    src = hub_report["arts"]["ngrams"]["result"]["trigram_source"]
+    assert src["kind"] == "selected" and src["pythia_70m"] is True
+    assert "trigram list was not found" in hub_report["html"]
     heads, rows = _tables(hub_report["html"])["Model and run"]
     setup = {r[0]: r[1] for r in rows}
     assert setup["Source"] == PYTHIA_REPO and setup["Is Pythia-70M"] == "yes"

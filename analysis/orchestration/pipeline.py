@@ -43,6 +43,7 @@ from ..families import dynamics as dynamics_mod
 from ..families import l3_tokens as l3_tokens_mod
 from ..families import language_probes as language_probes_mod
 from ..families import neurons as neurons_mod
+from ..families import ngrams as ngrams_mod
 from ..families import paper as paper_mod
 from ..families import probes as probes_mod
 from ..families import probes_ablated as probes_ablated_mod
@@ -112,6 +113,7 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("probes_french_neurons", language_probes_mod.run_french, when=language_probes_mod.has_french),
     StepSpec("correlations", correlations_mod.run_step, ("activations",), correlations_mod.figures),
     StepSpec("backup", backup_mod.run_step, ("activations", "ablation"), when=backup_mod.has_pairs),
+    StepSpec("ngrams", ngrams_mod.run_step, ("activations",), ngrams_mod.figures),
     StepSpec("downstream", downstream_mod.run_step, ("activations",), downstream_mod.figures,
              when=downstream_mod.has_downstream),
     StepSpec("neurons", neurons_mod.run_step, ("activations",), neurons_mod.figures),
