@@ -5,6 +5,7 @@ section in the session's `tiny` report."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,20 +172,27 @@ def test_prompts_and_replacements_are_deterministic_and_never_keep_the_token():
     assert ng.common_tokens(counts, 10, lambda ids: [to_str(i) for i in ids], k=5).tolist() == [5, 7]
 
 
-def test_the_papers_list_is_read_beside_the_data_folder(tmp_path):
+def test_the_papers_list_comes_from_the_paper_dir_for_the_real_pythia_70m(paper_dir, tmp_path):
+    """The 228 trigrams are the authors' `low_indirect_loss_trigrams.json` in the folder given
+    as `--paper-dir`, read through `core.paper` (sha256-checked: a changed list is refused,
+    not used); no folder, no list. Only weights from `EleutherAI/pythia-70m` count as
+    Pythia-70M, whatever the model's name."""
+    import shutil
+
+    from analysis.core import paper as ref
     from analysis.core.errors import DataError
 
-    (tmp_path / "data").mkdir()
-    assert ng.paper_trigrams(str(tmp_path / "data")) is None and ng.paper_trigrams(None) is None
-    (tmp_path / "paper").mkdir()
-    f = tmp_path / "paper" / ng.PAPER_TRIGRAM_FILE
-    f.write_text("Checkpoint,Trigram,Original Loss\n0, Abgeord,10.8\n0,ße heute,10.1\n1, Abgeord,9.0\n")
-    strings, rec = ng.paper_trigrams(str(tmp_path / "data"))
-    assert strings == [" Abgeord", "ße heute"] and rec["n"] == 2 and len(rec["sha256"]) == 64
-    f.write_text("Checkpoint,Loss\n0,1.0\n")
-    with pytest.raises(DataError, match="no Trigram column"):
-        ng.paper_trigrams(str(tmp_path / "data"))
-    assert ng.is_pythia_70m("pythia-70m", {}) and not ng.is_pythia_70m("pythia-70m-planted", {})
+    assert ng.paper_trigrams(None) is None
+    strings, rec = ng.paper_trigrams(paper_dir)
+    assert strings == ref.read_trigrams(paper_dir) and len(strings) == rec["n"] == 228
+    assert rec["sha256"] == ref.FILES[ref.TRIGRAM_LIST].sha256 and rec["file"] == ref.TRIGRAM_LIST
+    copy = Path(shutil.copytree(paper_dir, tmp_path / "paper"))
+    (copy / ref.TRIGRAM_LIST).write_text(json.dumps(strings[:-1]), encoding="utf-8")
+    with pytest.raises(DataError, match="sha256"):
+        ng.paper_trigrams(copy)
+    assert ng.is_pythia_70m({"source": "EleutherAI/pythia-70m"})
+    for source in (None, "pythia-70m", "EleutherAI/pythia-70m-deduped"):
+        assert not ng.is_pythia_70m({"source": source})
 
 
 def test_tiny_report_has_the_ngram_step_and_section(tiny_report):

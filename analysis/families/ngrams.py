@@ -46,12 +46,9 @@ activations at t1's position under the 8 combinations of previous token (t0), cu
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -70,8 +67,6 @@ PATHS = ("clean", "ablated", "direct_ablated", "indirect_ablated")
 EFFECTS = {"total": "ablated", "direct": "direct_ablated", "indirect": "indirect_ablated"}
 # previous token (t0), current token (t1), context neuron: Y present, N absent
 CONDITIONS = ("YYY", "YYN", "YNY", "NYY", "YNN", "NYN", "NNY", "NNN")
-PAPER_TRIGRAM_FILE = "trigram_losses_checkpoints.csv"
-PYTHIA_70M = "pythia-70m"
 
 
 # ------------------------------------------------------------------ tokens and prompts
@@ -314,36 +309,31 @@ def select_trigrams(token_lists: Sequence[Sequence[int]], losses: np.ndarray, of
     return ranked[:k]
 
 
-# ---- SWAP WHEN MERGED: issue 19 §3 adds `--paper-dir` (default: the `paper` folder beside
-# `--data-dir`). Until then this is the one place that finds the authors' trigram list; the
-# pure functions take the list as a parameter.
-def paper_trigrams(data_dir: str | None) -> tuple[list[str], dict] | None:
-    """The paper's trigram strings, in the order of their first row in
-    `<data_dir>/../paper/trigram_losses_checkpoints.csv` (its `Trigram` column), and a record
-    `{"file", "sha256", "n"}`; None when there is no such file.
+def paper_trigrams(paper_dir) -> tuple[list[str], dict] | None:
+    """The paper's trigram strings (`analysis.core.paper.read_trigrams`: the authors'
+    `low_indirect_loss_trigrams.json`, sha256-verified) and a record `{"file", "sha256", "n"}`;
+    None when no authors' folder was given or found (`--paper-dir`, `RunConfig.paper_dir`).
 
     Raises:
-        DataError: the file exists but has no `Trigram` column or no row.
+        DataError: the file is missing from the folder, changed, or not a list of strings
+            (a named folder is the user's statement that the list is there).
     """
-    from ..core.errors import DataError
+    from ..core import paper as ref
 
-    if not data_dir:
+    if not paper_dir:
         return None
-    path = Path(data_dir).expanduser().resolve().parent / "paper" / PAPER_TRIGRAM_FILE
-    if not path.is_file():
-        return None
-    raw = path.read_bytes()
-    rows = list(csv.DictReader(raw.decode("utf-8").splitlines()))
-    if not rows or "Trigram" not in rows[0]:
-        raise DataError(f"{path} has no Trigram column or no row",
-                        hint="it should be the authors' indirect_loss_trigram_losses_checkpoints.csv, unchanged")
-    strings = list(dict.fromkeys(r["Trigram"] for r in rows))
-    return strings, {"file": str(path), "sha256": hashlib.sha256(raw).hexdigest(), "n": len(strings)}
+    strings = ref.read_trigrams(paper_dir)
+    digest = ref.verify(paper_dir, (ref.TRIGRAM_LIST,))[ref.TRIGRAM_LIST]
+    return strings, {"file": ref.TRIGRAM_LIST, "dir": str(paper_dir), "sha256": digest, "n": len(strings)}
 
 
-def is_pythia_70m(model_id: str, info: Mapping) -> bool:
-    """Pythia-70M at any revision (the Hub model, or a cache in the Hub's layout)."""
-    return model_id == PYTHIA_70M or info.get("source") == "EleutherAI/pythia-70m"
+def is_pythia_70m(info: Mapping) -> bool:
+    """The real Pythia-70M at any revision: its weights come from `EleutherAI/pythia-70m`
+    (`analysis.core.paper.is_real_pythia_70m`, the rule the `paper` step uses), not a
+    checkpoint that is merely named so."""
+    from ..core.paper import is_real_pythia_70m
+
+    return is_real_pythia_70m(info.get("source"))
 
 
 # ------------------------------------------------------------------ trigrams on random prompts
@@ -677,8 +667,8 @@ def run_step(run, arts: dict) -> dict:
     value, active = float(acts["context_mean_inactive"]), float(acts["context_mean_active"])
     toks, rec = run.tokens("german", p.ngram_examples)
     pool, pool_rec = run.tokens("german", None)
-    pythia = is_pythia_70m(run.model.model_id, run.model.info)
-    given = paper_trigrams(run.data_dir) if pythia else None
+    pythia = is_pythia_70m(run.model.info)
+    given = paper_trigrams(run.cfg.paper_dir) if pythia else None
     n_layers = run.fwd.w.n_layers
     params = {"examples": p.ngram_examples, "prompts": p.ngram_prompts, "trigrams": p.ngram_trigrams,
               "language": "german", "context_neuron": str(ctx),
@@ -701,7 +691,7 @@ def run_step(run, arts: dict) -> dict:
         if given is not None:
             strings = given[0]
             ids = [list(run.model.tokenizer(s, add_special_tokens=False)["input_ids"]) for s in strings]
-            source = {"kind": "paper", "pythia_70m": True, "file": Path(given[1]["file"]).name, "sha256": given[1]["sha256"],
+            source = {"kind": "paper", "pythia_70m": True, "file": given[1]["file"], "sha256": given[1]["sha256"],
                       "n": len(strings), "note": f"the {len(strings)} trigrams of {PAPER}, as given "
                       "(their strings tokenized here, without BOS)"}
         else:
@@ -709,8 +699,8 @@ def run_step(run, arts: dict) -> dict:
             picked = select_trigrams(toks, text_losses, offsets, letter, p.ngram_trigrams)
             ids = [r["ids"] for r in picked]
             strings = ["".join(to_str(i)) for i in ids]
-            why = ("Pythia-70M, but the paper's list was not found (a `paper` folder beside "
-                   "--data-dir holding trigram_losses_checkpoints.csv)" if pythia else
+            why = ("Pythia-70M, but the paper's trigram list was not found (no --paper-dir, and "
+                   "no `paper` folder beside --data-dir)" if pythia else
                    "not Pythia-70M")
             source = {"kind": "selected", "n": len(ids), "pythia_70m": pythia,
                       "note": f"{why}: the {len(ids)} trigrams of the report's German text that depend "
@@ -777,7 +767,12 @@ def run_step(run, arts: dict) -> dict:
         }
         return result, arrays
 
-    inputs = run.inputs("ngrams", sys.modules[__name__], params, run.data_prov("german"),
+    data = run.data_prov("german")
+    if given is not None:  # the authors' list is data this step reads: in its provenance and key
+        from ..core import paper as ref
+
+        data = {**data, **ref.provenance(given[1]["dir"], {given[1]["file"]: given[1]["sha256"]})}
+    inputs = run.inputs("ngrams", sys.modules[__name__], params, data,
                         {"activations": arts["activations"]["key"]})
     return run.step(inputs, compute)
 
