@@ -102,8 +102,10 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("ablation", ablation_mod.run_step, ("activations",), ablation_mod.figures),
     StepSpec("dynamics", dynamics_mod.run_step, ("discovery", "ablation"), dynamics_mod.figures,
              when=dynamics_mod.has_series),
+    # before paper: the paper's claims read its direct/indirect split
+    StepSpec("ngrams", ngrams_mod.run_step, ("activations",), ngrams_mod.figures),
     # the authors' published curves and claims beside ours (EleutherAI/pythia-70m only)
-    StepSpec("paper", paper_mod.run_step, ("probes", "ablation", "dynamics"), paper_mod.figures,
+    StepSpec("paper", paper_mod.run_step, ("probes", "ablation", "dynamics", "ngrams"), paper_mod.figures,
              when=paper_mod.applies),
     StepSpec("dla", dla_mod.run_step, ("activations",), dla_mod.figures),
     StepSpec("l3_tokens", l3_tokens_mod.run_step, ("activations",), l3_tokens_mod.figures),
@@ -113,7 +115,6 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("probes_french_neurons", language_probes_mod.run_french, when=language_probes_mod.has_french),
     StepSpec("correlations", correlations_mod.run_step, ("activations",), correlations_mod.figures),
     StepSpec("backup", backup_mod.run_step, ("activations", "ablation"), when=backup_mod.has_pairs),
-    StepSpec("ngrams", ngrams_mod.run_step, ("activations",), ngrams_mod.figures),
     StepSpec("downstream", downstream_mod.run_step, ("activations",), downstream_mod.figures,
              when=downstream_mod.has_downstream),
     StepSpec("neurons", neurons_mod.run_step, ("activations",), neurons_mod.figures),
