@@ -121,6 +121,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("Correlation with the context neuron", "55_correlations.md.j2", ("correlations",),
             ("correlations",)),
     Section("Backup test: pairs of ablated neurons", "56_backup.md.j2", ("backup",)),
+    Section("Contextual n-grams: direct and indirect effects", "58_ngrams.md.j2", ("ngrams",), ("ngrams",)),
     Section("Downstream neurons by activation difference", "60_downstream.md.j2", ("downstream",),
             ("downstream",)),
     Section("Individual downstream neurons", "61_neurons.md.j2", ("neurons",), ("neurons",), seed_named=True),
@@ -149,7 +150,7 @@ SWEEP_SECTIONS: tuple[Section, ...] = (
 
 # Steps in the order their provenance is summarised (others follow alphabetically).
 STEP_ORDER = ("discovery", "activations", "probes", "ablation", "backup", "dynamics", "paper", "dla", "l3_tokens", "unigrams", "probes_ablated",
-              "probes_english_neurons", "probes_french_neurons", "correlations", "downstream", "neurons",
+              "ngrams", "probes_english_neurons", "probes_french_neurons", "correlations", "downstream", "neurons",
               "cards")
 
 _CELL_MARKER = re.compile(r"^%%% (markdown|code)[ \t]*$", re.MULTILINE)

@@ -235,6 +235,21 @@ def test_hub_report_names_the_snapshot_in_every_artifact(hub_report):
         model = art["provenance"]["model"]
         assert (model["id"], model["source"], model["revision"], model["commit"]) == (
             "pythia-70m", PYTHIA_REPO, PYTHIA_REVISION, commit), step
+    # Pythia-70M counts as such for the n-gram step (its weights come from the real id): with
+    # --paper-dir it measures the paper's trigrams, without it it selects its own and says so
+    ng = hub_report["arts"]["ngrams"]["result"]
+    src = ng["trigram_source"]
+    assert src["kind"] == ("paper" if hub_report["paper_dir"] else "selected") and src["pythia_70m"] is True
+    if hub_report["paper_dir"]:
+        from analysis.core.paper import read_trigrams
+
+        # the 228 used as given: every one measured, in the authors' order, none selected
+        given = read_trigrams(hub_report["paper_dir"])
+        assert ng["trigram_list"] == given and ng["selection"] is None
+        assert sorted(r["index"] for r in ng["trigrams"]) == list(range(len(given)))
+        assert f"The {len(given)} German trigrams of the paper are" in hub_report["html"]
+    else:
+        assert "trigram list was not found" in hub_report["html"]
     heads, rows = _tables(hub_report["html"])["Model and run"]
     setup = {r[0]: r[1] for r in rows}
     assert setup["Source"] == PYTHIA_REPO and setup["Is Pythia-70M"] == "yes"
@@ -328,14 +343,18 @@ def test_hub_report_overlays_the_authors_curves_and_lists_the_claims(hub_report,
     assert list(claims) == [c.id for c in CLAIMS]
     for c in claims.values():
         assert isinstance(c["authors"]["value"], (int, float)) and c["authors"]["where"]
-        if c["verdict"] == NOT_MEASURED:
-            assert c["id"] in ("indirect_share", "trigrams_first") and c["why"], c
+        if c["verdict"] == NOT_MEASURED:  # the split is measured by the ngrams step; timing needs checkpoints
+            assert c["id"] == "trigrams_first" and c["why"], c
         else:
             assert c["verdict"] == NOT_REPRODUCED and c["ours"]["text"] and c["why"] is None, c
     for cid in ("final_f1", "final_increase"):  # the final checkpoint is the report's own model
         assert isinstance(claims[cid]["ours"]["value"], float)
     probe = {r["neuron"]: r for r in hub_report["arts"]["probes"]["result"]["rows"]}["L3N669"]
     assert claims["final_f1"]["ours"]["value"] == probe["f1"]
+    # the indirect share is our ngrams step's split at the report's own checkpoint (step143000)
+    e = hub_report["arts"]["ngrams"]["result"]["text"]["effects"]
+    assert claims["indirect_share"]["ours"]["value"] == pytest.approx(e["indirect"]["nats"] / e["total"]["nats"])
+    assert hub_report["arts"]["paper"]["provenance"]["upstream"]["ngrams"] == hub_report["arts"]["ngrams"]["key"]
     import html
 
     tables = _tables(html.unescape(hub_report["html"]))

@@ -254,6 +254,36 @@ def test_a_claim_without_our_number_is_not_measured_never_passed():
     assert all("studies L4N482" in c["why"] for c in fp.evaluate(paper, another)["claims"])
 
 
+def test_the_indirect_share_is_read_from_the_ngrams_split_at_the_final_checkpoint():
+    """`ours_from_report` takes the ngrams step's split (our `indirect`: only the path through
+    later layers ablated, the authors' "Direct Effect" column) at the report's revision; the
+    claim is then judged on it. Without the step, or at another revision, it is not measured
+    and says why; the trigram timing never comes from one checkpoint."""
+    paper = _synthetic_paper()
+    effects = {"total": {"nats": 0.35}, "indirect": {"nats": 0.28}, "direct": {"nats": 0.1}}
+    arts = {"ngrams": {"result": {"text": {"effects": effects}}}}
+    ours = fp.ours_from_report(arts, "L3N669", "step143000")
+    row = ours.effect_split.iloc[0]
+    assert (row["step"], row["total"], row["indirect_path_ablated"], row["direct_path_ablated"]) == (
+        143000, 0.35, 0.28, 0.1)
+    res = {c["id"]: c for c in fp.evaluate(paper, ours)["claims"]}
+    assert res["indirect_share"]["verdict"] == fp.REPRODUCED  # 0.80 vs the synthetic authors' 0.80
+    assert res["indirect_share"]["ours"]["value"] == pytest.approx(0.8)
+    assert res["trigrams_first"]["verdict"] == fp.NOT_MEASURED and res["trigrams_first"]["why"] == fp.ONE_CHECKPOINT
+    # the same numbers with the paths swapped (most of the effect direct) do not reproduce it
+    swapped = {**effects, "indirect": effects["direct"], "direct": effects["indirect"]}
+    ours = fp.ours_from_report({"ngrams": {"result": {"text": {"effects": swapped}}}}, "L3N669", "step143000")
+    assert {c["id"]: c for c in fp.evaluate(paper, ours)["claims"]}["indirect_share"]["verdict"] == fp.NOT_REPRODUCED
+    for a, revision, why in (({}, "step143000", fp.NO_NGRAMS), (arts, "main", "not a training step")):
+        ours = fp.ours_from_report(a, "L3N669", revision)
+        assert ours.effect_split is None and why in ours.missing["effect_split"]
+        assert {c["id"]: c for c in fp.evaluate(paper, ours)["claims"]}["indirect_share"]["verdict"] == fp.NOT_MEASURED
+    # a revision before the final checkpoint: measured there, but the claim is about the final one
+    ours = fp.ours_from_report(arts, "L3N669", "step8000")
+    share = {c["id"]: c for c in fp.evaluate(paper, ours)["claims"]}["indirect_share"]
+    assert share["verdict"] == fp.NOT_MEASURED and "143,000" in share["why"]
+
+
 def test_the_section_says_so_when_the_authors_files_are_absent():
     """Without the folder the `paper` artifact says so, and its section is one sentence
     saying how to pass it (no table, no figure): the section's template rendered on such an

@@ -168,6 +168,100 @@ def test_recovery_rows_pass_and_fail():
     assert r["n_checked"] == 5
 
 
+def test_the_planted_bigram_is_german_only_and_almost_always_followed():
+    from analysis.controls.planted import ngram_bigram
+
+    to_str = {5: " Pr", 6: "äsident", 7: " und", 8: ",", 9: "ident", 3: " Herr"}.get
+    german = [[0, 3, 5, 6, 7, 5, 6, 8], [0, 3, 5, 6], [0, 7, 8, 8, 7, 8]]
+    english = [[0, 7, 9]]
+    got = ngram_bigram(german, english, lambda ids: [to_str(i) for i in ids])
+    # (7, 8) is more frequent but holds punctuation; 7 occurs in English anyway
+    assert got["ids"] == [3, 5, 6] and got["count"] == 3 and got["follow"] == 1.0 and got["t0_count"] == 2
+    assert got["tokens"] == [" Herr", " Pr", "äsident"]
+    # t2 must follow t1 at least `min_follow` of the time: now " Pr" is followed by " Herr"
+    # as often as by "äsident", and " Herr" by " Pr" 4 times in 5
+    german[0] += [5, 3, 5, 3, 5, 3]
+    with pytest.raises(ValueError, match="no German bigram"):
+        ngram_bigram(german, english, lambda ids: [to_str(i) for i in ids], 0.9)
+    looser = ngram_bigram(german, english, lambda ids: [to_str(i) for i in ids], 0.5)
+    assert looser["ids"] == [5, 3, 5] and looser["count"] == 4 and looser["follow"] == 0.8
+
+
+def test_plant_ngram_fires_only_on_the_current_token_in_context():
+    """On a small random GPT-NeoX with synthetic layer inputs: the n-gram neuron's
+    pre-activation (through its LayerNorm) is positive on average at t1 with the context
+    write present and negative with either alone; its output raises t2's logit most."""
+    from analysis.controls.planted import CLASS_PRE_ACTIVATION, plant_ngram
+    from analysis.core.config import Neuron
+    from analysis.core.models import TINY_SHAPE, _perturb_norms_and_biases, random_model
+
+    model = random_model(TINY_SHAPE, 5)
+    _perturb_norms_and_biases(model, 5)
+    d = TINY_SHAPE["hidden_size"]
+    rng = np.random.default_rng(2)
+    ctx, nrn = Neuron(3, 7), Neuron(5, 11)
+    v = model.gpt_neox.layers[3].mlp.dense_4h_to_h.weight[:, 7].detach().double().numpy()
+    v = 8 * v / np.linalg.norm(v)
+    with torch.no_grad():
+        model.gpt_neox.layers[3].mlp.dense_4h_to_h.weight[:, 7] = torch.as_tensor(v, dtype=torch.float32)
+    n = 3000
+    T = rng.integers(20, 40, n)
+    T[::10] = 7  # t1
+    A = 1.0 + 0.1 * rng.normal(size=n)  # German text: the context neuron on everywhere
+    e = rng.normal(size=d)
+    R = rng.normal(size=(n, d)) + A[:, None] * v + (T == 7)[:, None] * 3 * e
+    rec = plant_ngram(model, ctx, nrn, {"ids": [3, 7, 9], "tokens": ["a", "b", "c"]}, R, A, T, 0.0, 5.0)
+    layer = model.gpt_neox.layers[5]
+
+    def pre(resid):
+        with torch.no_grad():
+            x = layer.post_attention_layernorm(torch.as_tensor(resid, dtype=torch.float32))
+            return layer.mlp.dense_h_to_4h(x)[:, 11].double().numpy()
+
+    on, off = pre(R), pre(R - A[:, None] * v)  # off: the context neuron's write removed
+    t1 = T == 7
+    assert on[t1].mean() == pytest.approx(CLASS_PRE_ACTIVATION, rel=0.01)
+    assert on[~t1].mean() < -CLASS_PRE_ACTIVATION / 2 and off[t1].mean() < -CLASS_PRE_ACTIVATION / 2
+    assert off[~t1].mean() < on[~t1].mean()
+    # the record says what the written weights do (up to the grid and float32)
+    fire = rec["input"]["fire_rate"]
+    for key, p in (("t1_with_context", on[t1]), ("other_with_context", on[~t1]),
+                   ("t1_context_removed", off[t1]), ("other_context_removed", off[~t1])):
+        assert fire[key] == pytest.approx(float((p > 0).mean()), abs=0.01), key
+    assert fire["t1_with_context"] > 0.9 and fire["t1_context_removed"] < 0.01
+    W_U = model.get_output_embeddings().weight.detach().double().numpy()
+    g = model.gpt_neox.final_layer_norm.weight.detach().double().numpy()
+    col = layer.mlp.dense_4h_to_h.weight[:, 11].detach().double().numpy()
+    gain = (W_U * g) @ (col - col.mean())  # logit change per unit write, through the final LN
+    assert int(np.argmax(gain)) == 9
+
+
+def test_ngram_rows_pass_and_fail():
+    from analysis.controls.planted_check import ngram_rows
+
+    planted = {"neuron": "L5N1000", "trigram": {"ids": [3, 5, 6]}}
+
+    def result(rank, ind, dr, first, share, score, yyy):
+        trig = {"rank": rank, "ids": [9, 5, 6], "trigram": "x", "direct": dr, "direct_ci": [dr - 0.1, dr + 0.1],
+                "indirect": ind, "indirect_ci": [ind - 0.1, ind + 0.1]}
+        neurons = [{"neuron": first, "share": share, "scores": {"current_x_context": {"value": score, "ci": [score - 0.2, score + 0.2]}},
+                    "conditions": {"YYY": yyy, "YNN": 0.0}}]
+        if first != "L5N1000":
+            neurons.append({"neuron": "L5N1000", "share": 0.1, "conditions": {"YYY": yyy, "YNN": 0.0},
+                            "scores": {"current_x_context": {"value": score, "ci": [score - 0.2, score + 0.2]}}})
+        return {"trigrams": [{"rank": 1, "ids": [1, 2, 3], "trigram": "y"}, trig],
+                "and": {"circuits": [{"ids": [9, 5, 6], "neurons": neurons}]}}
+
+    ok = ngram_rows(planted, result(2, 3.0, 0.5, "L5N1000", 0.8, 3.5, 4.0))
+    assert [r["passed"] for r in ok] == [True, True, True, True] and ok[0]["measured"] == 2
+    bad = ngram_rows(planted, result(4, 0.55, 0.5, "L5N2", 0.8, 1.0, 4.0))
+    # rank 4 > 3; intervals overlap; another neuron first; the AND is under half of YYY − YNN
+    assert [r["passed"] for r in bad] == [False, False, False, False]
+    missing = ngram_rows(planted, {"trigrams": [], "and": {"circuits": []}})
+    assert [r["passed"] for r in missing] == [False] * 4 and missing[0]["measured"] is None
+    assert ngram_rows(None, {"trigrams": []}) == []
+
+
 # ----------------------------------------------------------------------------- known answers
 
 
@@ -209,7 +303,16 @@ def test_default_plant_is_recovered(planted_default):
     assert tok["measured"] >= 5 and len(r["helped"]) == 20
     # read from the model's losses: each helped token's loss rises on average when ablated
     assert all(t["value"] > 0 and t["count"] >= 5 for t in r["helped"])
-    assert r["passed"] and r["n_passed"] == r["n_checked"] == 6
+    assert r["passed"] and r["n_passed"] == r["n_checked"] == 10
+    # the planted contextual n-gram (issue 19 §4): recovered by the ngrams step, through the
+    # indirect path and the planted L5 neuron, which ANDs current token and context
+    assert r["ngram"]["neuron"] == "L5N1000"
+    ng_rows = [row for row in r["rows"] if row.get("kind", "").startswith("ngram")]
+    assert [row["kind"] for row in ng_rows] == ["ngram_rank", "ngram_paths", "ngram_carrier", "ngram_and"]
+    assert all(row["passed"] for row in ng_rows)
+    t1, t2 = r["ngram"]["trigram"]["ids"][1:]
+    top = arts["ngrams"]["result"]["trigrams"][ng_rows[0]["measured"] - 1]
+    assert top["ids"][-2:] == [t1, t2] and top["indirect"] > top["direct"]
     # the self-check's boosted tokens are those of the l3_tokens step (same neuron here)
     assert [t["token_id"] for t in r["boosted"]] == \
         [t["token_id"] for t in arts["l3_tokens"]["result"]["neuron_direction"]["boosted"][:20]]
@@ -228,7 +331,7 @@ def test_the_report_calls_it_a_known_answer_control(planted_default):
             "the report should recover it.") in md
     assert "Pipeline check, not the finding" not in md
     assert "Planted → recovered. The answer is known here: L3N669 was planted" in md
-    assert "6 of the 6 checks that ran pass: the report recovers the planted neuron." in md
+    assert "10 of the 10 checks that ran pass: the report recovers the planted neuron." in md
     assert 'pc = load("planted")' in code
 
 

@@ -36,6 +36,13 @@ The plant, for neuron `LxNy` (`--plant`, default L3N669), in the Hugging Face we
   (centred) final residual stream of the unplanted model on German fitting tokens
   (`WRITE_TO_RESIDUAL` = 1): a clear effect, not a dominating one.
 
+* **A contextual n-gram** (issue 19 §4), for a plant below the last layer: neuron
+  `NGRAM_INDEX` of the last layer (`plant_ngram`) fires when the planted neuron is active
+  AND the current token is t1, and then raises t2's logit, (t1, t2) chosen on the fitting
+  passages (`ngram_bigram`). It is fitted on the model with the context neuron already
+  planted, so the dependence of t2 on the context neuron runs through it: the indirect path
+  the `ngrams` step must find (`planted_check.ngram_rows`).
+
 Fitting passages: the first `FIT_PASSAGES` passages of the *training split* of the Europarl
 files (`europarl/german_europarl.json`, `english_europarl.json`; `data.split_indices`),
 each cut to its first `FIT_TOKENS` tokens. The report never reads these files under the
@@ -66,8 +73,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +101,8 @@ from ..core.models import (
 PLANTED_MODEL = "pythia-70m-planted"  # the model's name (`--model`; `sources` registers it)
 DEFAULT_PLANT = "L3N669"
 PLANT_FILE = "plant.json"
-PLANT_VERSION = 2         # 2: perturbed LayerNorms and biases; float64 fit; grid-snapped writes
+PLANT_VERSION = 3         # 2: perturbed LayerNorms and biases; float64 fit; grid-snapped writes;
+                          # 3: a contextual n-gram neuron in the last layer
 GRID_BITS = 12            # written values: multiples of 2^(floor(log2 max|v|) - 12)
 RECORD_DIGITS = 6         # significant digits of the floats in plant.json
 
@@ -106,12 +115,15 @@ SHRINKAGE = 0.1           # covariance shrinkage towards (trace/d)·I, as a frac
 CLASS_PRE_ACTIVATION = 4.0  # pre-activation at the German (+) and English (−) class means
 N_GERMAN_TOKENS = 200     # tokens whose logits the output direction raises
 WRITE_TO_RESIDUAL = 1.0   # |write at the German mean activation| / mean |final residual|
+NGRAM_INDEX = 1000        # the n-gram neuron: this index of the last layer (no seed list names it)
+NGRAM_MIN_FOLLOW = 0.9    # the planted bigram (t1, t2): t2 follows t1 at least this often
 
 CONSTANTS = {
     "version": PLANT_VERSION, "fit_datasets": FIT_DATASETS, "fit_passages": FIT_PASSAGES,
     "fit_tokens": FIT_TOKENS, "fit_crop_start": FIT_CROP_START, "shrinkage": SHRINKAGE,
     "class_pre_activation": CLASS_PRE_ACTIVATION, "n_german_tokens": N_GERMAN_TOKENS,
     "write_to_residual": WRITE_TO_RESIDUAL, "grid_bits": GRID_BITS, "record_digits": RECORD_DIGITS,
+    "ngram_index": NGRAM_INDEX, "ngram_min_follow": NGRAM_MIN_FOLLOW,
     "base": "random_model + _perturb_norms_and_biases",
 }
 
@@ -417,6 +429,199 @@ def plant_neuron(model, neuron: Neuron, X_de: np.ndarray, X_en: np.ndarray, F_de
     }
 
 
+# ------------------------------------------------------------------ the contextual n-gram
+
+
+def _has_letter(text: str) -> bool:
+    # The report's trigram filter (`families.ngrams.is_letter_token`), repeated here so that
+    # the generator's code, which keys the checkpoint, does not take in the analyses.
+    return re.search(r"[a-zA-Z]", text) is not None
+
+
+def ngram_bigram(german: Sequence[Sequence[int]], english: Sequence[Sequence[int]], to_str: Callable,
+                 min_follow: float = NGRAM_MIN_FOLLOW) -> dict:
+    """The planted n-gram's tokens, chosen on the fitting passages alone (BOS, each list's
+    first id, excluded): among the bigrams (t1, t2) of tokens that both hold an ASCII letter,
+    where t1 never occurs in the English passages (a German-only current token) and t2
+    follows at least `min_follow` of t1's occurrences (so that raising t2 after t1 costs
+    little elsewhere), the most frequent (ties: lower ids). t0 is the token most often
+    before the pair (ties: lower id); the plant ignores it, the report measures (t0, t1, t2).
+
+    Returns:
+        `{"ids": [t0, t1, t2], "tokens": [...], "count"` (of t1 t2), `"follow"` (count /
+        occurrences of t1), `"t0_count"}`.
+    Raises:
+        ValueError: no bigram qualifies.
+    """
+    from collections import Counter
+
+    uni, bi, tri = Counter(), Counter(), Counter()
+    for t in german:
+        t = [int(i) for i in t[1:]]
+        uni.update(t)
+        bi.update(zip(t[:-1], t[1:], strict=True))
+        tri.update(zip(t[:-2], t[1:-1], t[2:], strict=True))
+    in_english = {int(i) for t in english for i in t[1:]}
+    ids = sorted({i for pair in bi for i in pair})
+    letter = dict(zip(ids, (_has_letter(s) for s in to_str(ids)), strict=True))
+    ok = [(c, a, b) for (a, b), c in bi.items()
+          if letter[a] and letter[b] and a not in in_english and c >= min_follow * uni[a]]
+    if not ok:
+        raise ValueError("no German bigram qualifies for the planted n-gram")
+    count, t1, t2 = min(ok, key=lambda x: (-x[0], x[1], x[2]))
+    before = [(c, t0) for (t0, a, b), c in tri.items() if (a, b) == (t1, t2)]
+    t0_count, t0 = min(before, key=lambda x: (-x[0], x[1])) if before else (0, None)
+    return {"ids": [t0, t1, t2], "tokens": [None if t0 is None else to_str([t0])[0], *to_str([t1, t2])],
+            "count": int(count), "follow": count / uni[t1], "t0_count": int(t0_count)}
+
+
+def collect_ngram_states(model, context: Neuron, layer: int, token_lists: Sequence[Sequence[int]], *,
+                         crop_start: int = FIT_CROP_START, batch: int = FIT_BATCH
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run the (context-planted) Hugging Face GPT-NeoX on `token_lists` and collect, at every
+    position from `crop_start` on (passage order, then position order): float64 `R [n,
+    d_model]`, the residual stream entering `layers[layer]`'s MLP LayerNorm (unnormalised);
+    float64 `A [n]`, the context neuron's activation (its MLP's GELU output); int64 `T [n]`,
+    the current token. The pass stops there (no unembedding). Pass a float64 model, as
+    `collect_fit_states`."""
+    blocks = model.gpt_neox.layers
+    cap: dict[str, torch.Tensor] = {}
+
+    def grab_r(_mod, args):
+        cap["r"] = args[0].detach()
+        raise _Stop
+
+    def grab_a(_mod, _args, out):
+        cap["a"] = out[..., context.index].detach()
+
+    hooks = [blocks[layer].post_attention_layernorm.register_forward_pre_hook(grab_r),
+             blocks[context.layer].mlp.act.register_forward_hook(grab_a)]
+    rs, acts, toks = [], [], []
+    try:
+        with torch.inference_mode():
+            for s in range(0, len(token_lists), batch):
+                chunk = [list(t) for t in token_lists[s:s + batch]]
+                n = max(len(t) for t in chunk)
+                ids = torch.tensor([t + [1] * (n - len(t)) for t in chunk], dtype=torch.long)
+                try:
+                    model.gpt_neox(input_ids=ids)
+                except _Stop:
+                    pass
+                for row, t in enumerate(chunk):
+                    if len(t) <= crop_start:
+                        continue
+                    rs.append(cap["r"][row, crop_start:len(t)].double())
+                    acts.append(cap["a"][row, crop_start:len(t)].double())
+                    toks.extend(t[crop_start:])
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.cat(rs).numpy(), torch.cat(acts).numpy(), np.asarray(toks, dtype=np.int64)
+
+
+def plant_ngram(model, context: Neuron, neuron: Neuron, bigram: Mapping, R: np.ndarray, A: np.ndarray,
+                T: np.ndarray, inactive: float, resid_norm: float) -> dict:
+    """Rewire `neuron` (a later layer than `context`) of a Hugging Face GPT-NeoX in place into
+    a contextual n-gram neuron: it fires when the context neuron is active AND the current
+    token is t1, and then raises t2's logit (`bigram`'s ids). Returns its record.
+
+    Input, on the normalised MLP input x̂ of its layer (German fitting positions, `R`): two
+    features, each scaled to 0 at "absent" and 1 at "present": z_c, the projection on the
+    context neuron's own output direction (centred, unit), 0 at its mean with the context
+    removed (each position's residual stream minus the context neuron's write
+    `(A − inactive)·W_out`, the later layers' reaction ignored) and 1 at its mean on German;
+    z_t, the projection on the Fisher direction that separates t1 positions from the other
+    German positions (`fisher_direction`), 0 at the others' mean and 1 at t1's. The neuron
+    reads `K·(z_c + z_t − θ)`: θ halfway between the mean of z_c + z_t at t1 positions
+    (both present) and the larger of its means at t1 positions with the context removed and
+    at other positions (one feature only); K puts the both-present mean at
+    `CLASS_PRE_ACTIVATION`. The threshold makes it an AND: one feature alone stays below it.
+    (Removing the context rescales x̂ by the LayerNorm, which inflates z_t at t1 positions:
+    the threshold is placed with that measured, not assumed.)
+
+    Output: `gf ⊙ W_U[t2]` (the direction that raises t2's logit most per unit norm through
+    the final LayerNorm, weight gf), centred, scaled so that the write at the neuron's mean
+    activation at t1 positions is `WRITE_TO_RESIDUAL` × the mean final residual norm on
+    German (`resid_norm`), as the context neuron's write.
+
+    Raises:
+        ValueError: fewer than two t1 positions, or a LayerNorm weight is (near) zero.
+    """
+    t1, t2 = int(bigram["ids"][1]), int(bigram["ids"][2])
+    layer = model.gpt_neox.layers[neuron.layer]
+    ln2, lnf = layer.post_attention_layernorm, model.gpt_neox.final_layer_norm
+    g2, b2 = ln2.weight.detach().double().numpy(), ln2.bias.detach().double().numpy()
+    gf = lnf.weight.detach().double().numpy()
+    if np.min(np.abs(g2)) < 1e-6:
+        raise ValueError("a LayerNorm weight is zero: the plant cannot divide it out")
+    is1 = T == t1
+    if is1.sum() < 2:
+        raise ValueError(f"token {t1} occurs fewer than twice in the fitting passages")
+    v = model.gpt_neox.layers[context.layer].mlp.dense_4h_to_h.weight[:, context.index].detach().double().numpy()
+    X = layer_norm_normalise(torch.as_tensor(R)).numpy()
+    X0 = layer_norm_normalise(torch.as_tensor(R + (inactive - A)[:, None] * v[None])).numpy()
+    c = v - v.mean()
+    c /= np.linalg.norm(c)
+    w = fisher_direction(X[is1], X[~is1])
+    zc0, zc1 = float((X0 @ c).mean()), float((X @ c).mean())
+    zt0, zt1 = float((X[~is1] @ w).mean()), float((X[is1] @ w).mean())
+
+    def z(Y):
+        return (Y @ c - zc0) / (zc1 - zc0), (Y @ w - zt0) / (zt1 - zt0)
+
+    classes = {"t1_with_context": (X, is1), "t1_context_removed": (X0, is1),
+               "other_with_context": (X, ~is1), "other_context_removed": (X0, ~is1)}
+    means = {k: [float(a.mean()) for a in z(Y[m])] for k, (Y, m) in classes.items()}
+    both = sum(means["t1_with_context"])
+    one = max(sum(means["t1_context_removed"]), sum(means["other_with_context"]))
+    theta = 0.5 * (both + one)
+    K = CLASS_PRE_ACTIVATION / (both - theta)
+    w_x = K * (c / (zc1 - zc0) + w / (zt1 - zt0))       # pre = w_x · x̂ + b_x
+    b_x = -K * (zc0 / (zc1 - zc0) + zt0 / (zt1 - zt0) + theta)
+    w_in = w_x / g2                                    # through ln2's affine part
+    b_in = b_x - w_in @ b2
+    pre = {k: K * (sum(z(Y[m])) - theta) for k, (Y, m) in classes.items()}
+    act = float(gelu(pre["t1_with_context"]).mean())
+
+    W_U = model.get_output_embeddings().weight.detach().double().numpy()
+    u = gf * W_U[t2]
+    u -= u.mean()
+    u /= np.linalg.norm(u)
+    scale_out = WRITE_TO_RESIDUAL * resid_norm / act
+
+    w_in = snap_to_grid(w_in)
+    b_in = float(snap_to_grid(np.array([b_in]))[0])
+    w_out = snap_to_grid(scale_out * u)
+    with torch.no_grad():
+        layer.mlp.dense_h_to_4h.weight[neuron.index] = torch.as_tensor(w_in, dtype=torch.float32)
+        layer.mlp.dense_h_to_4h.bias[neuron.index] = b_in
+        layer.mlp.dense_4h_to_h.weight[:, neuron.index] = torch.as_tensor(w_out, dtype=torch.float32)
+    return {
+        "neuron": str(neuron), "layer": neuron.layer, "index": neuron.index, "context": str(context),
+        "job": "fire when the context neuron is active AND the current token is t1; then raise t2's logit",
+        "trigram": dict(bigram),
+        "input": {
+            "reads": f"gpt_neox.layers[{neuron.layer}].post_attention_layernorm(resid_pre), affine "
+                     "part divided out: K·(z_c + z_t − θ)",
+            "z_c": f"projection on {context}'s output column (centred, unit); 0 at its mean on German "
+                   "with that neuron's write removed (later layers' reaction ignored), 1 at its mean on German",
+            "z_t": "projection on the Fisher direction of t1 vs the other German positions; 0 at the "
+                   "others' mean, 1 at t1's",
+            "shrinkage": SHRINKAGE, "n_positions": int(len(T)), "n_t1_positions": int(is1.sum()),
+            "class_means_zc_zt": means, "threshold": float(theta), "scale": float(K),
+            "fire_rate": {k: float((p > 0).mean()) for k, p in pre.items()},
+            "mean_activation": {k: float(gelu(p).mean()) for k, p in pre.items()},
+            "bias": b_in, "w_in_norm": float(np.linalg.norm(w_in)),
+        },
+        "output": {
+            "writes": f"gpt_neox.layers[{neuron.layer}].mlp.dense_4h_to_h[:, {neuron.index}]",
+            "direction": "final LayerNorm weight ⊙ W_U[t2], centred, unit norm",
+            "scale": float(scale_out), "write_norm_at_mean_activation": float(scale_out * act),
+            "write_to_residual": WRITE_TO_RESIDUAL,
+        },
+    }
+
+
 # ------------------------------------------------------------------ the checkpoint
 
 
@@ -449,6 +654,18 @@ def plant(model, tokenizer, fit: FitSet, neuron: Neuron, batch: int | None = Non
         **plant_neuron(model, neuron, X_de, X_en, F_de, weights),
         "german_tokens": {**tokens, "decoded_first_20": [tokenizer.decode([i]) for i in tokens["ids"][:20]]},
     }
+    last = model.config.num_hidden_layers - 1
+    record["ngram"] = None  # a plant in the last layer has no later layer to read it
+    if neuron.layer < last:
+        # fitted on the model with the context neuron planted: it reads that neuron's write
+        fit_model = copy.deepcopy(model).double()
+        R, A, T = collect_ngram_states(fit_model, neuron, last, lists["german"], batch=batch)
+        del fit_model
+        bigram = ngram_bigram(lists["german"], lists["english"],
+                              lambda ids: [tokenizer.decode([i]) for i in ids])
+        record["ngram"] = plant_ngram(model, neuron, Neuron(last, NGRAM_INDEX), bigram, R, A, T,
+                                      record["input"]["mean_activation"]["english"],
+                                      record["output"]["final_residual_norm_german"])
     return rounded(record)
 
 

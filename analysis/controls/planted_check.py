@@ -12,6 +12,17 @@ about L3N669, measured on the planted neuron, each with its target and pass or f
 | its output helps predict German tokens ("Tokens boosted by L3 directly", "Get German unigram statistics") | the model's behaviour: on the report's German examples (never the fitting passages), the `TOP_TOKENS` target tokens whose loss rises most, on average over their ≥ `MIN_OCCURRENCES` occurrences, when it is mean-ablated (`token_loss_changes`), vs `unigrams`' top 100 German unigrams | ≥ 5 of 20 |
 | the report studies it (`--neuron auto`, only then) | the run's context neuron | the planted neuron |
 
+And for the planted contextual n-gram (`planted.plant_ngram`: a last-layer neuron that fires
+when the planted neuron is active AND the current token is t1, and raises t2's logit), the
+claims of Quirke et al. that the `ngrams` step tests, written before the first run:
+
+| claim | measured from | target |
+| --- | --- | --- |
+| the trigram is among those that depend most on the context neuron | `ngrams`: rank by total effect of the best-ranked measured trigram ending in t1 t2 | ≤ 3 |
+| its dependence goes through later layers, not the direct path | its indirect- and direct-path effects (nats, 95% intervals over prompts) | indirect > direct, intervals apart |
+| ... through the n-gram neuron | its AND circuit: the neuron carrying most of the dependence, and its share of the total | the planted n-gram neuron, ≥ 50% |
+| that neuron is an AND of current token and context | its `current_x_context` score (YYY − YYN − YNY + YNN, previous token present) | interval above 0, and ≥ ½ (YYY − YNN) |
+
 The token check reads losses, not weights. Its first form compared the neuron's output
 direction read by the unembedding (`W_out · W_U`) with German unigrams: that is the plant's
 own construction read back (close to circular), and blind to LayerNorm, biases and the
@@ -32,11 +43,11 @@ import torch
 from ..core.config import Neuron
 from ..core.engine import Batch, Forward, progress, set_neurons
 
-DEPS = ("discovery", "activations", "probes", "ablation", "l3_tokens", "unigrams")
+DEPS = ("discovery", "activations", "probes", "ablation", "l3_tokens", "unigrams", "ngrams")
 TOP_TOKENS = 20
 MIN_OCCURRENCES = 5  # a token's mean loss change is ranked only over this many occurrences
 TARGETS = {"rank": 1, "f1": 0.8, "german_percent": 1.0, "english_fraction": 1 / 3,
-           "german_tokens": 5}
+           "german_tokens": 5, "ngram_rank": 3, "ngram_share": 0.5, "ngram_and_fraction": 0.5}
 
 
 def has_plant(run) -> bool:
@@ -64,9 +75,56 @@ def discovery_rank(neuron: Neuron, ranked: Sequence[Mapping], coef: np.ndarray, 
     return int(np.flatnonzero(order == col)[0]) + 1
 
 
+def ngram_rows(planted: Mapping | None, ngrams: Mapping, targets: Mapping = TARGETS) -> list[dict]:
+    """The rows of the planted contextual n-gram (the module docstring's second table), each
+    `{"check", "kind", "measured", "target", "passed"}`; [] when the plant has none (a plant in
+    the last layer).
+
+    Args:
+        planted: the plant record's `ngram` part (`planted.plant_ngram`): `neuron`,
+            `trigram.ids` [t0, t1, t2].
+        ngrams: the `ngrams` artifact's result (`trigrams`, `and.circuits`).
+    """
+    if not planted:
+        return []
+    t1, t2 = planted["trigram"]["ids"][1:]
+    neuron = planted["neuron"]
+    hits = [r for r in ngrams["trigrams"] if r["ids"][-2:] == [t1, t2]]
+    row = min(hits, key=lambda r: r["rank"]) if hits else None
+    out = [{"check": f"planted n-gram: rank of the best trigram ending in the planted pair, by its dependence on "
+                     f"the context neuron, among the {len(ngrams['trigrams'])} measured",
+            "kind": "ngram_rank", "measured": row and row["rank"], "trigram": row and row["trigram"],
+            "target": f"≤ {targets['ngram_rank']}",
+            "passed": row is not None and row["rank"] <= targets["ngram_rank"]}]
+    paths = row and {k: row[k] for k in ("direct", "direct_ci", "indirect", "indirect_ci")}
+    out.append({"check": "planted n-gram: its dependence goes through later layers: indirect- vs direct-path "
+                         "effect on its last token (nats)",
+                "kind": "ngram_paths", "measured": paths, "target": "indirect > direct, 95% intervals apart",
+                "passed": bool(paths) and paths["indirect"] > paths["direct"]
+                and paths["indirect_ci"][0] > paths["direct_ci"][1]})
+    circuit = next((c for c in ngrams["and"]["circuits"] if row and c["ids"] == row["ids"]), None)
+    first = circuit["neurons"][0] if circuit and circuit["neurons"] else None
+    out.append({"check": "planted n-gram: the later neuron that carries most of that dependence, and its share "
+                         "of the total effect",
+                "kind": "ngram_carrier", "measured": first and {"neuron": first["neuron"], "share": first["share"]},
+                "target": f"{neuron}, ≥ {targets['ngram_share']:.0%}",
+                "passed": first is not None and first["neuron"] == neuron and first["share"] is not None
+                and first["share"] >= targets["ngram_share"]})
+    mine = next((n for n in circuit["neurons"] if n["neuron"] == neuron), None) if circuit else None
+    score = mine and {**mine["scores"]["current_x_context"],
+                      "both_minus_none": mine["conditions"]["YYY"] - mine["conditions"]["YNN"]}
+    out.append({"check": f"planted n-gram: {neuron} ANDs current token and context (previous token present): "
+                         "YYY − YYN − YNY + YNN of its activation",
+                "kind": "ngram_and", "measured": score,
+                "target": f"95% interval above 0, and ≥ {targets['ngram_and_fraction']:g} × (YYY − YNN)",
+                "passed": bool(score) and score["ci"] is not None and score["ci"][0] > 0
+                and score["value"] >= targets["ngram_and_fraction"] * score["both_minus_none"]})
+    return out
+
+
 def recovery_rows(plant: Neuron, rank: int | None, probe: Mapping, ablation: Mapping,
                   helped: Sequence[Mapping], german_top: Sequence[int], context: Neuron | None,
-                  discovered: bool, targets: Mapping = TARGETS) -> dict:
+                  discovered: bool, targets: Mapping = TARGETS, extra: Sequence[Mapping] = ()) -> dict:
     """The "planted → recovered" table: one row per check, each
     `{"check", "measured", "target", "passed"}` (`passed` None: not checked), and
     `passed` overall (every checked row).
@@ -79,6 +137,7 @@ def recovery_rows(plant: Neuron, rank: int | None, probe: Mapping, ablation: Map
             rows: token_id, token, value = mean Δ loss in nats, count).
         german_top: token ids of the top German unigrams (`unigrams` artifact), here 100.
         context, discovered: the run's context neuron and whether discovery chose it.
+        extra: further rows (`ngram_rows`), appended and counted like the others.
     """
     de = float(ablation["german"]["percent_increase"])
     en = float(ablation["english"]["percent_increase"])
@@ -102,6 +161,7 @@ def recovery_rows(plant: Neuron, rank: int | None, probe: Mapping, ablation: Map
         {"check": "context neuron studied by the report", "measured": str(context),
          "target": f"{plant}, found by --neuron auto",
          "passed": (context == plant) if discovered else None},
+        *extra,
     ]
     checked = [r["passed"] for r in rows if r["passed"] is not None]
     return {"rows": rows, "passed": all(checked), "n_passed": sum(checked), "n_checked": len(checked)}
@@ -164,7 +224,9 @@ def boosted_tokens(W_out, W_U, neuron: Neuron, active: float, inactive: float,
 def run_step(run, arts: dict) -> dict:
     """Step `planted`: the "planted → recovered" table from the `discovery`, `probes`,
     `ablation` and `unigrams` artifacts and the per-token loss changes of mean-ablating the
-    planted neuron on the `ablation` step's German examples (`token_loss_changes`).
+    planted neuron on the `ablation` step's German examples (`token_loss_changes`); and, when
+    the plant has a contextual n-gram and the run studies the planted neuron, its rows from
+    the `ngrams` artifact (`ngram_rows`).
 
     Arrays: `neuron_direction_logit_diff` float64 `[d_vocab]` (the boosted-token logits);
     `token_loss_change_sum` float64 `[d_vocab]` (nats) and `token_count` int64 `[d_vocab]`."""
@@ -192,8 +254,12 @@ def run_step(run, arts: dict) -> dict:
                                           run.show_progress)
         helped = most_helped(sums, counts, run.model.to_str_tokens)
         german_top = [t["token_id"] for t in arts["unigrams"]["result"]["languages"]["german"]["top"]]
+        # the n-gram rows only where the study is of the planted neuron (else its dependence
+        # is not what the ngrams step measured)
+        ng = arts["ngrams"]["result"]
+        extra = ngram_rows(record.get("ngram"), ng) if ng["context_neuron"] == str(plant) else []
         table = recovery_rows(plant, rank, probe, ablation, helped, german_top, run.context,
-                              run.cfg.neuron_discovered)
+                              run.cfg.neuron_discovered, extra=extra)
         result = {
             "plant": str(plant), "context_neuron": str(run.context),
             "neuron_discovered": run.cfg.neuron_discovered,
@@ -205,6 +271,8 @@ def run_step(run, arts: dict) -> dict:
                     for lang in ("german", "english")},
             "scales": {"input": record["input"]["scale"], "bias": record["input"]["bias"],
                        "output": record["output"]["scale"]},
+            "ngram": record.get("ngram") and {"neuron": record["ngram"]["neuron"],
+                                              "trigram": record["ngram"]["trigram"]},
             **table,
         }
         return result, {"neuron_direction_logit_diff": diff, "token_loss_change_sum": sums,

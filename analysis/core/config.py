@@ -94,6 +94,14 @@ class Profile:
             `analysis.families.neurons.SEED_SEARCHES`) capped at this (paper 1,000: the
             seed's pools exactly).
         top_examples: examples shown per neuron as heat maps (seed 5).
+        ngram_examples: German examples on which the `ngrams` step splits the context
+            neuron's effect into direct and indirect parts and searches for trigrams that
+            depend on it (Quirke et al.'s `generate_indirect_effects_data.py` and
+            `generate_ngrams_data.py`: `german_data[:200]`).
+        ngram_prompts: random prompts per trigram (20 common German tokens, then the
+            trigram), over which each trigram's losses are averaged (the authors' 100).
+        ngram_trigrams: trigrams selected from the text by their dependence on the context
+            neuron, when no list is given (for Pythia-70M the paper's 228 are used as given).
         seed: the seed of every random choice (the probe's train/test split; random weights).
         batch_tokens: padded tokens per forward batch (memory, not results).
         heatmap_min_delta_e, negligible_percent: display thresholds, not sizes (`DISPLAY`):
@@ -116,6 +124,9 @@ class Profile:
     shift_examples: int = 1000
     neuron_examples: int = 1000
     top_examples: int = 5
+    ngram_examples: int = 200
+    ngram_prompts: int = 100
+    ngram_trigrams: int = 100
     crop_start: int = 10
     crop_end: int = 400
     probe_test_size: float = 0.2
@@ -188,12 +199,14 @@ DISPLAY = ("heatmap_min_delta_e", "negligible_percent")
 SIZE_MINIMUMS = {"activation_examples": 2, "probe_samples": 10, "loss_examples": 2,
                  "dla_examples": 1, "downstream_examples": 1, "shift_examples": 1,
                  "neuron_examples": 1, "top_examples": 1, "crop_start": 1, "crop_end": 2,
-                 "seed": 0}
+                 "ngram_examples": 2, "ngram_prompts": 2, "ngram_trigrams": 1, "seed": 0}
 SIZE_NEEDS = {"activation_examples": "activation mean and probe split", "probe_samples":
               "single-neuron probe's train/test split", "loss_examples": "paired bootstrap of the "
               "loss increase", "dla_examples": "DLA step", "downstream_examples": "downstream step",
               "shift_examples": "context-shift step", "neuron_examples": "example search",
-              "top_examples": "heat-map section", "crop_start": "crop (position 0 is BOS)",
+              "top_examples": "heat-map section", "ngram_examples": "paired bootstrap of the "
+              "direct/indirect split", "ngram_prompts": "paired bootstrap over a trigram's prompts",
+              "ngram_trigrams": "n-gram section", "crop_start": "crop (position 0 is BOS)",
               "crop_end": "crop", "seed": "random generator"}
 
 
@@ -223,10 +236,12 @@ def _parse_size(name: str, raw: str):
 PROFILES: dict[str, Profile] = {
     "paper": Profile("paper", activation_examples=200, probe_samples=5000, loss_examples=1000,
                      dla_examples=1000, downstream_examples=None, shift_examples=1000,
-                     neuron_examples=1000, top_examples=5),
+                     neuron_examples=1000, top_examples=5, ngram_examples=200, ngram_prompts=100,
+                     ngram_trigrams=100),
     "quick": Profile("quick", activation_examples=30, probe_samples=2000, loss_examples=40,
                      dla_examples=20, downstream_examples=20, shift_examples=20,
-                     neuron_examples=20, top_examples=3),
+                     neuron_examples=20, top_examples=3, ngram_examples=20, ngram_prompts=10,
+                     ngram_trigrams=10),
 }
 
 

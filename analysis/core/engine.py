@@ -216,7 +216,10 @@ class Forward:
         self.unembedded_rows = 0
 
     def _rope_for(self, n_pos: int):
-        if self._rope is None or self._rope[0] < n_pos:
+        # Tables built under inference_mode cannot be saved for backward: a pass with
+        # gradients (attribution, `families.ngrams`) rebuilds them.
+        if self._rope is None or self._rope[0] < n_pos or (
+                torch.is_grad_enabled() and self._rope[1].is_inference()):
             cos, sin = _rotary_tables(max(n_pos, 128), self.w.rotary_dim, self.w.rotary_base, self.w.device)
             self._rope = (max(n_pos, 128), cos, sin)
         return self._rope[1][:n_pos], self._rope[2][:n_pos]

@@ -72,6 +72,21 @@ def paired_bootstrap(original: np.ndarray, ablated: np.ndarray, resamples: int =
             "resamples": resamples, "seed": seed, "level": level, "method": METHODS["loss"]}
 
 
+def bootstrap_mean(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
+                   seed: int = BOOTSTRAP_SEED, level: float = LEVEL) -> list[float]:
+    """Percentile interval `[lo, hi]` of the mean of float `[n]` values over resampled sets
+    (examples or prompts drawn with replacement), for a per-item quantity that is already a
+    difference (e.g. a non-additivity score per prompt).
+
+    Raises:
+        ValueError: not 1-D, or fewer than 2 values.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or len(v) < 2:
+        raise ValueError(f"bootstrap of a mean needs a 1-D array of at least 2 values, got shape {v.shape}")
+    return _percentile(v[_indices(len(v), resamples, seed)].mean(axis=1), level)
+
+
 def binary_scores(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
     """(accuracy, F1 of class 1) of 0/1 labels; F1 is 0 when there is no positive at all."""
     t = np.asarray(y_true).astype(bool)

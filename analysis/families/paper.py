@@ -10,9 +10,10 @@ claim this run has no number for is never passed).
 
 The claims read our numbers through `Ours`, filled from the report's artifacts
 (`ours_from_report`) or from a sweep's table (`analysis.orchestration.sweep.reference`).
-Series this project does not measure yet (L3N669's direct/indirect split, the trigram
-losses: issue 19 §1, the `ngrams` family) are `None` there, with the reason; filling them
-is one argument each.
+L3N669's direct/indirect split comes from the `ngrams` step (its `text.effects` on the
+report's German examples, at the report's own checkpoint); the trigram losses over training
+are not measured per checkpoint yet (issue 19 §2), so `trigram_losses` stays `None` with the
+reason. A single checkpoint cannot time when trigrams are learned.
 """
 
 from __future__ import annotations
@@ -37,8 +38,13 @@ TRIGRAM_DEPENDENT = 2.0       # nats: ... and mean-ablation increase above (gene
 TRIGRAM_GAP = 4.0
 
 REPRODUCED, NOT_REPRODUCED, NOT_MEASURED = "reproduced", "not reproduced", "not measured"
-NOT_MEASURED_YET = ("L3N669's direct/indirect split and the trigram losses come with the n-gram "
-                    "analysis (issue 19 §1), not in this version")
+NOT_MEASURED_YET = ("L3N669's direct/indirect split comes from the ngrams step and the trigram "
+                    "losses over training from a per-checkpoint n-gram measurement; neither is in "
+                    "this run")
+NO_NGRAMS = "the ngrams step did not run in this report, so the direct/indirect split was not measured"
+ONE_CHECKPOINT = ("the ngrams step measures the trigram losses at the report's own checkpoint only; "
+                  "when trigrams are learned and when they come to depend on L3N669 needs them over "
+                  "training checkpoints (issue 19 §2, not in this version)")
 
 
 @dataclass
@@ -459,7 +465,28 @@ def ours_from_report(arts: dict, context_neuron: str, revision: str | None) -> O
             de = last["context"]["german"]
             final = {"f1": float(last["context"]["f1"]), "f1_ci": None,
                      "increase": float(de["ablated"] - de["original"]), "increase_ci": de.get("increase_nats_ci")}
-    return Ours(neuron=context_neuron, checkpoints=cks, final=final)
+    split, missing = None, {"trigram_losses": ONE_CHECKPOINT}
+    ng = (arts.get("ngrams") or {}).get("result")
+    step = _revision_step(revision)
+    if ng is None:
+        missing["effect_split"] = NO_NGRAMS
+    elif step is None:
+        missing["effect_split"] = f"the report's revision {revision!r} is not a training step"
+    else:
+        # our `indirect` effect is the loss increase with only the path through later layers
+        # ablated (their "Direct Effect" column, `indirect_path_ablated`); `direct` the converse
+        e = ng["text"]["effects"]
+        split = pd.DataFrame({"step": [step], "total": [float(e["total"]["nats"])],
+                              "indirect_path_ablated": [float(e["indirect"]["nats"])],
+                              "direct_path_ablated": [float(e["direct"]["nats"])]})
+    return Ours(neuron=context_neuron, checkpoints=cks, final=final, effect_split=split, missing=missing)
+
+
+def _revision_step(revision: str | None) -> int | None:
+    """`step143000` -> 143000; None for anything else (no revision, a branch name)."""
+    if revision and revision.startswith("step") and revision[4:].isdigit():
+        return int(revision[4:])
+    return None
 
 
 # ------------------------------------------------------------------ pipeline step
@@ -480,7 +507,7 @@ def unavailable_result() -> dict:
 
 
 def run_step(run, arts: dict) -> dict:
-    """Step `paper` (after `probes`, `ablation`, `dynamics`; `EleutherAI/pythia-70m` only):
+    """Step `paper` (after `probes`, `ablation`, `dynamics`, `ngrams`; `EleutherAI/pythia-70m` only):
     the authors' series (for the figures) and the claims checked on this run's numbers.
     Without the authors' folder the artifact says so (`available: false`) and the run goes
     on. Its key covers the files' sha256 (and folder), the claims' code and thresholds, and
@@ -492,7 +519,7 @@ def run_step(run, arts: dict) -> dict:
     data = ref.provenance(folder, files) if folder else {}
     params = {"context_neuron": str(run.context), "revision": run.model.info.get("revision"),
               "definitions": definitions()}
-    upstream = {k: arts[k]["key"] for k in ("probes", "ablation", "dynamics") if k in arts}
+    upstream = {k: arts[k]["key"] for k in ("probes", "ablation", "dynamics", "ngrams") if k in arts}
 
     def compute():
         if not folder:

@@ -43,6 +43,7 @@ from ..families import dynamics as dynamics_mod
 from ..families import l3_tokens as l3_tokens_mod
 from ..families import language_probes as language_probes_mod
 from ..families import neurons as neurons_mod
+from ..families import ngrams as ngrams_mod
 from ..families import paper as paper_mod
 from ..families import probes as probes_mod
 from ..families import probes_ablated as probes_ablated_mod
@@ -101,8 +102,10 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("ablation", ablation_mod.run_step, ("activations",), ablation_mod.figures),
     StepSpec("dynamics", dynamics_mod.run_step, ("discovery", "ablation"), dynamics_mod.figures,
              when=dynamics_mod.has_series),
+    # before paper: the paper's claims read its direct/indirect split
+    StepSpec("ngrams", ngrams_mod.run_step, ("activations",), ngrams_mod.figures),
     # the authors' published curves and claims beside ours (EleutherAI/pythia-70m only)
-    StepSpec("paper", paper_mod.run_step, ("probes", "ablation", "dynamics"), paper_mod.figures,
+    StepSpec("paper", paper_mod.run_step, ("probes", "ablation", "dynamics", "ngrams"), paper_mod.figures,
              when=paper_mod.applies),
     StepSpec("dla", dla_mod.run_step, ("activations",), dla_mod.figures),
     StepSpec("l3_tokens", l3_tokens_mod.run_step, ("activations",), l3_tokens_mod.figures),

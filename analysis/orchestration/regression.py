@@ -132,9 +132,9 @@ def _weird_tokens(arts):
 
 def _family_extractors() -> None:
     """Metric extractors that live beside their analyses (names as the seed baseline's)."""
-    from ..families import dla, probes_ablated, unigrams
+    from ..families import dla, ngrams, probes_ablated, unigrams
 
-    for mod in (dla, unigrams, probes_ablated):
+    for mod in (dla, unigrams, probes_ablated, ngrams):
         if mod.regression_metrics not in EXTRACTORS:
             EXTRACTORS.append(mod.regression_metrics)
 
