@@ -165,6 +165,23 @@ def test_recovery_rows_pass_and_fail():
     assert r["n_checked"] == 5
 
 
+def test_robustness_row_passes_and_fails():
+    """Issue 21 §4: the planted neuron's German effect against the random null's 99th
+    percentile; not checked when the plant is not the context neuron."""
+    from analysis.controls.planted_check import robustness_rows
+    from analysis.core.config import Neuron
+
+    def res(context="L2N100", de=0.2, p99=0.01):
+        return {"context_neuron": context,
+                "null": {"n_random": 18, "random_p99": {"german": p99}, "context": {"german_nats": de}}}
+
+    n = Neuron(2, 100)
+    assert [r["passed"] for r in robustness_rows(n, res())] == [True]
+    assert [r["passed"] for r in robustness_rows(n, res(de=0.01))] == [True]  # at the percentile
+    assert [r["passed"] for r in robustness_rows(n, res(de=0.005))] == [False]
+    assert [r["passed"] for r in robustness_rows(n, res(context="L3N669"))] == [None]
+
+
 # ----------------------------------------------------------------------------- known answers
 
 
@@ -201,12 +218,16 @@ def test_default_plant_is_recovered(planted_default):
     de = rows["German loss increase"]["measured"]
     en = rows["English loss change"]["measured"]
     assert de >= 1.0 and abs(en) < de / 3
+    # issue 21 §4: at or above the random null's 99th percentile
+    rb = arts["robustness"]["result"]
+    assert rows["German loss change"]["passed"] and rows["German loss change"]["measured"] >= rb["null"]["random_p99"]["german"]
+    assert rb["probe"]["per_token"]["rank"] == 1
     assert arts["ablation"]["result"]["context"]["german"]["percent_increase"] == de
     tok = next(row for row in r["rows"] if "loss rises most" in row["check"])
     assert tok["measured"] >= 5 and len(r["helped"]) == 20
     # read from the model's losses: each helped token's loss rises on average when ablated
     assert all(t["value"] > 0 and t["count"] >= 5 for t in r["helped"])
-    assert r["passed"] and r["n_passed"] == r["n_checked"] == 6
+    assert r["passed"] and r["n_passed"] == r["n_checked"] == 7  # 6 + the null-percentile row (issue 21 §4)
     # the self-check's boosted tokens are those of the l3_tokens step (same neuron here)
     assert [t["token_id"] for t in r["boosted"]] == \
         [t["token_id"] for t in arts["l3_tokens"]["result"]["neuron_direction"]["boosted"][:20]]
@@ -225,7 +246,7 @@ def test_the_report_calls_it_a_known_answer_control(planted_default):
             "the report should recover it.") in md
     assert "Pipeline check, not the finding" not in md
     assert "Planted → recovered. The answer is known here: L3N669 was planted" in md
-    assert "6 of the 6 checks that ran pass: the report recovers the planted neuron." in md
+    assert "7 of the 7 checks that ran pass: the report recovers the planted neuron." in md
     assert 'pc = load("planted")' in code
 
 

@@ -94,6 +94,13 @@ class Profile:
             `analysis.families.neurons.SEED_SEARCHES`) capped at this (paper 1,000: the
             seed's pools exactly).
         top_examples: examples shown per neuron as heat maps (seed 5).
+        null_neurons_per_layer: random neurons per layer mean-ablated as the null of the
+            context neuron's ablation effect (`robustness` step; the authors' null had 11).
+        null_german_neurons: discovery's top German-positive neurons (other than the context
+            neuron) mean-ablated as a second null.
+        null_loss_examples, null_loss_tokens: examples per language, and tokens per example
+            at most, on which the null's losses (and the specification curve's) are measured.
+        permutations: label permutations of the family-wise F1 threshold (`robustness`).
         seed: the seed of every random choice (the probe's train/test split; random weights).
         batch_tokens: padded tokens per forward batch (memory, not results).
         heatmap_min_delta_e, negligible_percent: display thresholds, not sizes (`DISPLAY`):
@@ -116,6 +123,11 @@ class Profile:
     shift_examples: int = 1000
     neuron_examples: int = 1000
     top_examples: int = 5
+    null_neurons_per_layer: int = 10
+    null_german_neurons: int = 20
+    null_loss_examples: int = 200
+    null_loss_tokens: int = 2048
+    permutations: int = 1000
     crop_start: int = 10
     crop_end: int = 400
     probe_test_size: float = 0.2
@@ -187,13 +199,17 @@ DISPLAY = ("heatmap_min_delta_e", "negligible_percent")
 # What each size must at least be (`--set` is refused below it), and why.
 SIZE_MINIMUMS = {"activation_examples": 2, "probe_samples": 10, "loss_examples": 2,
                  "dla_examples": 1, "downstream_examples": 1, "shift_examples": 1,
-                 "neuron_examples": 1, "top_examples": 1, "crop_start": 1, "crop_end": 2,
+                 "neuron_examples": 1, "top_examples": 1, "null_neurons_per_layer": 1, "null_german_neurons": 0,
+                 "null_loss_examples": 2, "null_loss_tokens": 2, "permutations": 1, "crop_start": 1, "crop_end": 2,
                  "seed": 0}
 SIZE_NEEDS = {"activation_examples": "activation mean and probe split", "probe_samples":
               "single-neuron probe's train/test split", "loss_examples": "paired bootstrap of the "
               "loss increase", "dla_examples": "DLA step", "downstream_examples": "downstream step",
               "shift_examples": "context-shift step", "neuron_examples": "example search",
-              "top_examples": "heat-map section", "crop_start": "crop (position 0 is BOS)",
+              "top_examples": "heat-map section",
+              "null_neurons_per_layer": "null distribution", "null_german_neurons": "null distribution",
+              "null_loss_examples": "paired bootstrap of the null's losses",
+              "null_loss_tokens": "next-token loss", "permutations": "family-wise threshold", "crop_start": "crop (position 0 is BOS)",
               "crop_end": "crop", "seed": "random generator"}
 
 
@@ -226,7 +242,9 @@ PROFILES: dict[str, Profile] = {
                      neuron_examples=1000, top_examples=5),
     "quick": Profile("quick", activation_examples=30, probe_samples=2000, loss_examples=40,
                      dla_examples=20, downstream_examples=20, shift_examples=20,
-                     neuron_examples=20, top_examples=3),
+                     neuron_examples=20, top_examples=3, null_neurons_per_layer=3,
+                     null_german_neurons=6, null_loss_examples=8, null_loss_tokens=64,
+                     permutations=19),
 }
 
 
