@@ -26,8 +26,14 @@ def test_two_fresh_tiny_runs_give_identical_artifacts(tiny_report, tmp_path):
 # concern, are left out (they took about half of each run).
 EVERY_STEP = tuple(s.name for s in STEPS)
 
-SMALL = ["activation_examples=8", "probe_samples=300", "loss_examples=8", "dla_examples=4",
-         "downstream_examples=4", "shift_examples=4", "neuron_examples=4", "top_examples=2"]
+# activation_examples 10: the robustness step's sequence-mean probe needs 10 sequences per
+# language (its train/test split, `robustness.MIN_SEQUENCES`); its own sizes are the
+# smallest that still exercise every part (a random and a German-positive null neuron in
+# each role, a paired bootstrap over several examples, more than one permutation).
+SMALL = ["activation_examples=10", "probe_samples=300", "loss_examples=8", "dla_examples=4",
+         "downstream_examples=4", "shift_examples=4", "neuron_examples=4", "top_examples=2",
+         "null_neurons_per_layer=1", "null_german_neurons=2", "null_loss_examples=4",
+         "null_loss_tokens=32", "permutations=3"]
 
 
 def test_the_planted_control_rebuilt_from_nothing_gives_identical_artifacts(
@@ -52,7 +58,8 @@ def test_the_planted_control_rebuilt_from_nothing_gives_identical_artifacts(
     d = diff_runs(*outs)
     assert d["identical"], d
     assert {s["step"] for s in d["steps"]} >= {"activations", "probes", "ablation", "dla",
-                                                "backup", "downstream", "neurons", "planted"}
+                                                "backup", "downstream", "neurons", "planted",
+                                                "robustness"}
 
 
 def test_pythia_70m_random_is_the_model_its_committed_baseline_was_recorded_on(shared_inputs):
