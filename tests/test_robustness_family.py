@@ -14,6 +14,7 @@ from analysis.families.robustness import (
     null_neurons,
     percentile_of,
     resample_edit,
+    single_neuron_losses,
 )
 
 
@@ -105,3 +106,33 @@ def test_the_tiny_report_carries_the_robustness_step_its_figures_and_section(tin
     assert names == {"robustness_spec_curve", "robustness_null"}
     html = (Path(cfg.out) / "report.html").read_text(encoding="utf-8")
     assert "specifications" in html and "Robustness: null distributions" in html
+
+
+@pytest.mark.parametrize("stack_tokens", [1, 1 << 20])
+def test_single_neuron_losses_equal_the_full_pass(tiny, tiny_fwd, stack_tokens):
+    """The step's loss pass (rank-1 restart after the edited layer, variants of one layer
+    stacked, last-layer variants by the shortcut) gives the losses of the engine's full pass
+    with the same edits (`per_example_losses` without its shortcut): every layer, constant
+    and resampled values; one variant per stack and all of a layer in one stack."""
+    from analysis.core.engine import make_batches, per_example_losses, set_neurons
+
+    texts = ["Die Kommission hat heute einen Vorschlag angenommen, der die Regeln ändert.",
+             "The committee adopted the report without a vote after a short debate.",
+             "Wir müssen die Frage noch einmal prüfen."]
+    batches = make_batches([tiny.to_tokens(t) for t in texts], 4096, 1)
+    pool = np.array([0.3, -0.1, 1.2, 0.0])
+    spec = {f"set:{n}": (n, v) for n, v in ((Neuron(0, 5), 0.7), (Neuron(0, 9), -0.2),
+                                            (Neuron(2, 100), 1.5), (Neuron(4, 33), 0.0),
+                                            (Neuron(5, 7), 2.0))}
+    ours = {k: (n, set_neurons([n.index], v)) for k, (n, v) in spec.items()}
+    ours["resample"] = (Neuron(3, 11), resample_edit(11, pool, 4))
+    full = {k: {n.hook(): set_neurons([n.index], v)} for k, (n, v) in spec.items()}
+    full["resample"] = {Neuron(3, 11).hook(): resample_edit(11, pool, 4)}
+    got = single_neuron_losses(tiny_fwd, batches, ours, stack_tokens, show_progress=False)
+    want = per_example_losses(tiny_fwd, batches, full, show_progress=False, shortcut=False)
+    assert set(got) == set(want)
+    for k in want:
+        assert np.allclose(got[k], want[k], rtol=1e-5, atol=1e-6), k
+    # the edits change the losses: the comparison above is not between unedited passes
+    assert sum(not np.allclose(got[k], got["original"], rtol=0, atol=1e-6) for k in ours) >= 4
+

@@ -96,6 +96,9 @@ class Profile:
         top_examples: examples shown per neuron as heat maps (seed 5).
         null_neurons_per_layer: random neurons per layer mean-ablated as the null of the
             context neuron's ablation effect (`robustness` step; the authors' null had 11).
+            Quick draws 2 per layer and 4 German-positive ones (paper 10 and 20): each null
+            neuron costs one full unembedding of the null examples per language, the bulk
+            of the step's time on a CPU.
         null_german_neurons: discovery's top German-positive neurons (other than the context
             neuron) mean-ablated as a second null.
         null_loss_examples, null_loss_tokens: examples per language, and tokens per example
@@ -242,8 +245,8 @@ PROFILES: dict[str, Profile] = {
                      neuron_examples=1000, top_examples=5),
     "quick": Profile("quick", activation_examples=30, probe_samples=2000, loss_examples=40,
                      dla_examples=20, downstream_examples=20, shift_examples=20,
-                     neuron_examples=20, top_examples=3, null_neurons_per_layer=3,
-                     null_german_neurons=6, null_loss_examples=8, null_loss_tokens=64,
+                     neuron_examples=20, top_examples=3, null_neurons_per_layer=2,
+                     null_german_neurons=4, null_loss_examples=8, null_loss_tokens=64,
                      permutations=19),
 }
 

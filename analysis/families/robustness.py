@@ -6,11 +6,14 @@ choices (issue 21 §1, §2, §4; not a seed cell: the seed reports one analysis 
 nats) is set beside the same mean ablation (`hook_post` set to its English mean, the
 `ablation` step's definition) of `null_neurons_per_layer` random neurons per layer (drawn
 with `numpy.random.default_rng([seed, NULL_SALT])`, recorded) and of discovery's other
-German-positive neurons (its top `null_german_neurons`). All variants ride one pass of
-`engine.per_example_losses` over the first `null_loss_examples` loss examples cut to
-`null_loss_tokens` tokens; the context neuron's effect is measured again in that same pass,
-so the percentile compares like with like (its effect on the `ablation` step's full texts is
-that step's number). Percentile: the share of null neurons whose effect is below the context
+German-positive neurons (its top `null_german_neurons`). All variants ride one unedited pass
+over the first `null_loss_examples` loss examples cut to `null_loss_tokens` tokens
+(`single_neuron_losses`: each variant restarts after its own layer from that pass); the
+context neuron's effect is measured again in that same pass, so the percentile compares like
+with like (its effect on the `ablation` step's full texts is that step's number). The quick
+profile draws 2 random neurons per layer and 4 German-positive ones (paper: 10 and 20): the
+null's losses are full unembeddings, one per variant, and these sizes keep the step near
+13 s of one CPU thread on Pythia-70M's shape. Percentile: the share of null neurons whose effect is below the context
 neuron's, ties counted half (a mid-rank percentile, in %).
 
 **Family-wise threshold (§2).** Discovery ranks every neuron by probe F1 and reports the
@@ -19,7 +22,8 @@ of all of them be? We permute the language labels of whole *sequences* (the exch
 unit: tokens of one text share its language, so a per-token label permutation would make
 the null far too easy to beat) and, per permutation, take the maximum F1 over all neurons
 of the sequence-mean probe (`discovery.probe_all` on per-sequence mean activations, the
-split and seed of the real fit). The 95th percentile of those maxima is the family-wise
+split and seed of the real fit). The sequence means (and every neuron's token mean, the
+null's ablation values) are read from the `activations` artifact, whose pass computes them. The 95th percentile of those maxima is the family-wise
 threshold at 5% (Westfall–Young max-statistic); each top neuron's permutation p-value is
 `(1 + #{max ≥ its F1}) / (1 + n_permutations)`. The per-token probe is not permuted here:
 it refits all neurons on `probe_samples` tokens per class per permutation, tens of seconds
@@ -38,11 +42,12 @@ import numpy as np
 import torch
 
 from ..core.config import Neuron
-from ..core.engine import Batch, Edits, Forward, progress, set_neurons
+from ..core.engine import Batch, Edit, Forward, progress, set_neurons, shortcut_losses
 
 NULL_SALT = 21  # the null's random neurons: default_rng([profile seed, NULL_SALT])
 PERMUTATION_SALT = 2121
 FWER_LEVEL = 0.05
+MIN_SEQUENCES = 10  # `discovery.probe_all` refuses fewer samples per class (train/test split)
 
 # Ablation types of the specification curve: what the context neuron's `hook_post` is set to.
 # `english_mean` is the seed's (and the `ablation` step's).
@@ -106,39 +111,72 @@ def percentile_of(value: float, null: np.ndarray) -> float:
     return float(100.0 * (np.sum(null < value) + 0.5 * np.sum(null == value)) / null.size)
 
 
-def sequence_means(fwd: Forward, batches: Sequence[Batch], crop: tuple[int, int],
-                   desc: str = "sequence means", show_progress: bool = True
-                   ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per example, the mean `hook_post` of every neuron over positions `crop[0]:crop[1]`
-    (Gurnee et al.'s sequence-mean aggregation), and the token-weighted mean over all those
-    positions (the `activations` step's layer means, all layers).
+def single_neuron_losses(fwd: Forward, batches: Sequence[Batch],
+                         variants: Mapping[str, tuple[Neuron, Edit]], stack_tokens: int,
+                         desc: str = "losses", show_progress: bool = True) -> dict[str, np.ndarray]:
+    """Mean next-token loss (nats) of every example under the unedited model (`"original"`)
+    and under each variant, an edit of ONE neuron's `hook_post`, in the caller's example
+    order: the numbers `engine.per_example_losses` gives for the same edits, computed with
+    less work, because a `hook_post` edit of neuron i in layer l changes nothing before
+    layer l's MLP output, and that output only by `Δpost_i · W_out[l, i]`:
+
+    * the unedited pass runs once per batch and keeps each edited layer's `hook_resid_post`
+      and `hook_post`; a variant's residual after layer l is that cached stream plus the
+      rank-1 write (exact up to float rounding: the MLP output is linear in `hook_post`),
+      so no block up to and including layer l is recomputed;
+    * the variants of one layer run the remaining layers stacked along the batch axis, at
+      most `stack_tokens` padded tokens per stack (the profile's `batch_tokens`: memory);
+    * last-layer variants need no block at all (`engine.shortcut_losses`, as there).
+
+    `variants`: `{name: (neuron, edit)}` with `edit` a function of the layer's full
+    `hook_post` `[batch, pos, d_mlp]` (e.g. `set_neurons`, `resample_edit`); only the
+    neuron's own column of its output is used. An edit is called once per batch, in batch
+    order (a resample edit's draws are reproducible).
 
     Returns:
-        per_example: float32 `[n_examples_with_positions, n_layers * d_mlp]` (layer-major
-            columns), in example order; examples with no position in the crop are dropped.
-        token_mean: float64 `[n_layers * d_mlp]`.
-        n_positions: positions averaged in `token_mean`.
+        {"original": float64 [n_examples], name: float64 [n_examples], ...}
     """
-    start, end = crop
-    L, d = fwd.w.n_layers, fwd.w.d_mlp
-    names = [f"blocks.{layer}.mlp.hook_post" for layer in range(L)]
-    rows: dict[int, np.ndarray] = {}
-    total = torch.zeros(L * d, dtype=torch.float64)
-    count = 0
+    n = sum(len(b.index) for b in batches)
+    out = {k: np.zeros(n, dtype=np.float64) for k in ["original", *variants]}
+    last = fwd.w.n_layers - 1
+    by_layer: dict[int, list[str]] = {}
+    for name, (nrn, _) in variants.items():
+        by_layer.setdefault(nrn.layer, []).append(name)
+
+    def delta(name: str, post: torch.Tensor) -> torch.Tensor:
+        nrn, fn = variants[name]
+        return fn(post)[..., nrn.index] - post[..., nrn.index]  # [batch, pos]
+
     with torch.inference_mode():
         for batch in progress(batches, desc, show_progress):
-            capture = dict.fromkeys(names)
-            fwd.run(batch.tokens, capture=capture)
-            for row, ex in enumerate(batch.index):
-                hi = min(end, int(batch.lengths[row]))
-                if hi <= start:
-                    continue
-                acts = torch.cat([capture[n][row, start:hi] for n in names], -1).double()
-                total += acts.sum(0).cpu()
-                count += hi - start
-                rows[ex] = acts.mean(0).float().cpu().numpy()
-    per_example = np.stack([rows[i] for i in sorted(rows)]) if rows else np.zeros((0, L * d), np.float32)
-    return per_example, (total / max(count, 1)).numpy(), count
+            capture = {f"blocks.{layer}.mlp.hook_post": None for layer in by_layer}
+            capture |= {f"blocks.{layer}.hook_resid_post": None for layer in by_layer if layer < last}
+            resid = fwd.run(batch.tokens, capture=capture)
+            denom = (batch.lengths - 1).clamp(min=1).to(resid.dtype)
+            fast = by_layer.get(last, [])
+            post_last = capture.get(f"blocks.{last}.mlp.hook_post")
+            deltas = [([variants[k][0].index], delta(k, post_last)[..., None]) for k in fast]
+            base_tok, fast_tok = shortcut_losses(fwd, resid, batch.tokens, batch.lengths, deltas)
+            out["original"][batch.index] = (base_tok.sum(1) / denom).double().cpu().numpy()
+            for name, tok in zip(fast, fast_tok, strict=True):
+                out[name][batch.index] = (tok.sum(1) / denom).double().cpu().numpy()
+            stack = max(1, stack_tokens // max(batch.tokens.numel(), 1))
+            for layer in sorted(k for k in by_layer if k < last):
+                post = capture[f"blocks.{layer}.mlp.hook_post"]
+                r = capture[f"blocks.{layer}.hook_resid_post"]
+                names = by_layer[layer]
+                for s0 in range(0, len(names), stack):
+                    group = names[s0:s0 + stack]
+                    edited = torch.cat([r + fwd.matmul(delta(k, post)[..., None],
+                                                       fwd.w.W_out[layer, variants[k][0].index][None])
+                                        for k in group])
+                    final = fwd.run(resid=edited, start_layer=layer + 1)
+                    v = len(group)
+                    tok = fwd.token_losses(final, batch.tokens.repeat(v, 1), batch.lengths.repeat(v))
+                    per = (tok.sum(1) / denom.repeat(v)).view(v, -1).double().cpu().numpy()
+                    for j, name in enumerate(group):
+                        out[name][batch.index] = per[j]
+    return out
 
 
 def resample_edit(index: int, pool: np.ndarray, seed: int) -> Callable:
@@ -211,7 +249,7 @@ def run_step(run, arts: dict) -> dict:
     float64 `[n_permutations]`; `sequence_f1` float64 `[n_layers, d_mlp]`."""
     import sys
 
-    from ..core.engine import per_example_losses
+    from ..core.errors import ReportError
     from ..core.runner import LANGUAGES
     from ..core.stats import METHODS
     from .ablation import loss_summary
@@ -237,13 +275,19 @@ def run_step(run, arts: dict) -> dict:
               "loss_tokens": {k: v[1] for k, v in loss_toks.items()}}
 
     def compute():
-        crop = (p.crop_start, p.crop_end)
-        seq, tok_mean, n_pos = {}, {}, {}
-        for lang in LANGUAGES:
-            # cut at the crop's end: in a causal model no later token changes these positions
-            seq[lang], tok_mean[lang], n_pos[lang] = sequence_means(
-                run.fwd, run.batches([t[:p.crop_end] for t in act_toks[lang][0]]), crop,
-                f"robustness {lang}", run.show_progress)
+        # Every neuron's sequence means and token mean over the activation examples, read
+        # from the `activations` artifact (its one pass over those examples), not recomputed.
+        seq = {lang: run.store.load_array("activations", f"sequence_means_{lang}") for lang in LANGUAGES}
+        tok_mean = {lang: np.concatenate([run.store.load_array("activations", f"layer{layer}_mean_{lang}")
+                                          for layer in range(L)]) for lang in LANGUAGES}
+        n_pos = acts["result"]["n_activations"]
+        too_few = {lang: len(seq[lang]) for lang in LANGUAGES if len(seq[lang]) < MIN_SEQUENCES}
+        if too_few:
+            raise ReportError(
+                "the robustness step's sequence-mean probe needs at least "
+                f"{MIN_SEQUENCES} examples per language with a position in the crop; "
+                + ", ".join(f"{lang} has {n}" for lang, n in too_few.items())
+                + " (raise activation_examples)")
         col = ctx.layer * d + ctx.index
         en_mean = tok_mean["english"]
         values = {
@@ -255,20 +299,19 @@ def run_step(run, arts: dict) -> dict:
         }
         ctx_i = acts["result"]["neurons"].index(str(ctx))
         pool = run.store.load_array("activations", "english")[:, ctx_i]
-        variants: dict[str, Edits] = {f"ctx:{a}": {ctx.hook(): set_neurons([ctx.index], v)}
-                                      for a, v in values.items()}
+        variants = {f"ctx:{a}": (ctx, set_neurons([ctx.index], v)) for a, v in values.items()}
         null = [*randoms, *german_pos]
         for n in null:
-            variants[f"null:{n}"] = {n.hook(): set_neurons([n.index], float(en_mean[n.layer * d + n.index]))}
+            variants[f"null:{n}"] = (n, set_neurons([n.index], float(en_mean[n.layer * d + n.index])))
         losses = {}
         for lang in LANGUAGES:
             # the resample draws restart per language so each language's draws are reproducible alone
-            v = {**variants, "ctx:resample_english": {ctx.hook(): resample_edit(
-                ctx.index, pool, p.seed + (0 if lang == "german" else 1))}}
+            v = {**variants, "ctx:resample_english": (ctx, resample_edit(
+                ctx.index, pool, p.seed + (0 if lang == "german" else 1)))}
             cut = [t[:p.null_loss_tokens] for t in loss_toks[lang][0]]
-            losses[lang] = per_example_losses(run.fwd, run.batches(cut), v,
-                                              desc=f"robustness losses {lang}",
-                                              show_progress=run.show_progress)
+            losses[lang] = single_neuron_losses(run.fwd, run.batches(cut), v, p.batch_tokens,
+                                                desc=f"robustness losses {lang}",
+                                                show_progress=run.show_progress)
 
         def effect(name, lang):
             return float(np.mean(losses[lang][name] - losses[lang]["original"]))
