@@ -121,6 +121,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("Correlation with the context neuron", "55_correlations.md.j2", ("correlations",),
             ("correlations",)),
     Section("Backup test: pairs of ablated neurons", "56_backup.md.j2", ("backup",)),
+    Section("Robustness: null distributions and specification curve", "57_robustness.md.j2",
+            ("robustness",), ("robustness",)),
     Section("Contextual n-grams: direct and indirect effects", "58_ngrams.md.j2", ("ngrams",), ("ngrams",)),
     Section("Downstream neurons by activation difference", "60_downstream.md.j2", ("downstream",),
             ("downstream",)),

@@ -260,6 +260,21 @@ def test_ngram_rows_pass_and_fail():
     missing = ngram_rows(planted, {"trigrams": [], "and": {"circuits": []}})
     assert [r["passed"] for r in missing] == [False] * 4 and missing[0]["measured"] is None
     assert ngram_rows(None, {"trigrams": []}) == []
+def test_robustness_row_passes_and_fails():
+    """Issue 21 §4: the planted neuron's German effect against the random null's 99th
+    percentile; not checked when the plant is not the context neuron."""
+    from analysis.controls.planted_check import robustness_rows
+    from analysis.core.config import Neuron
+
+    def res(context="L2N100", de=0.2, p99=0.01):
+        return {"context_neuron": context,
+                "null": {"n_random": 18, "random_p99": {"german": p99}, "context": {"german_nats": de}}}
+
+    n = Neuron(2, 100)
+    assert [r["passed"] for r in robustness_rows(n, res())] == [True]
+    assert [r["passed"] for r in robustness_rows(n, res(de=0.01))] == [True]  # at the percentile
+    assert [r["passed"] for r in robustness_rows(n, res(de=0.005))] == [False]
+    assert [r["passed"] for r in robustness_rows(n, res(context="L3N669"))] == [None]
 
 
 # ----------------------------------------------------------------------------- known answers
@@ -298,12 +313,16 @@ def test_default_plant_is_recovered(planted_default):
     de = rows["German loss increase"]["measured"]
     en = rows["English loss change"]["measured"]
     assert de >= 1.0 and abs(en) < de / 3
+    # issue 21 §4: at or above the random null's 99th percentile
+    rb = arts["robustness"]["result"]
+    assert rows["German loss change"]["passed"] and rows["German loss change"]["measured"] >= rb["null"]["random_p99"]["german"]
+    assert rb["probe"]["per_token"]["rank"] == 1
     assert arts["ablation"]["result"]["context"]["german"]["percent_increase"] == de
     tok = next(row for row in r["rows"] if "loss rises most" in row["check"])
     assert tok["measured"] >= 5 and len(r["helped"]) == 20
     # read from the model's losses: each helped token's loss rises on average when ablated
     assert all(t["value"] > 0 and t["count"] >= 5 for t in r["helped"])
-    assert r["passed"] and r["n_passed"] == r["n_checked"] == 10
+    assert r["passed"] and r["n_passed"] == r["n_checked"] == 11  # 6 + 4 n-gram rows (issue 19 §4) + the null-percentile row (issue 21 §4)
     # the planted contextual n-gram (issue 19 §4): recovered by the ngrams step, through the
     # indirect path and the planted L5 neuron, which ANDs current token and context
     assert r["ngram"]["neuron"] == "L5N1000"
@@ -331,7 +350,7 @@ def test_the_report_calls_it_a_known_answer_control(planted_default):
             "the report should recover it.") in md
     assert "Pipeline check, not the finding" not in md
     assert "Planted → recovered. The answer is known here: L3N669 was planted" in md
-    assert "10 of the 10 checks that ran pass: the report recovers the planted neuron." in md
+    assert "11 of the 11 checks that ran pass: the report recovers the planted neuron." in md
     assert 'pc = load("planted")' in code
 
 
@@ -389,7 +408,8 @@ def test_the_planted_control_rebuilt_from_nothing_gives_identical_artifacts(
     d = diff_runs(planted_default["out"], res["out"])
     assert d["identical"], d
     assert {s["step"] for s in d["steps"]} >= {"discovery", "activations", "probes", "ablation",
-                                                "l3_tokens", "unigrams", "planted"}
+                                                "l3_tokens", "unigrams", "ngrams", "robustness",
+                                                "planted"}
 
 
 def test_the_plant_is_the_model_its_committed_baseline_was_recorded_on(planted_default):

@@ -274,3 +274,15 @@ def test_regression_command_passes_the_default_run(tiny_report):
                                         "tiny-quick.json, 0 outside tolerance: PASSED") and rg["n_checked"] > 100
     text = _text((res["out"] / "report.html").read_text(encoding="utf-8"))
     assert f"Baseline check: {reg.outcome_sentence(rg)}" in text
+
+
+def test_a_size_added_after_the_baseline_does_not_make_it_inapplicable():
+    """A profile size the baseline does not record (added later, e.g. the robustness step's
+    `permutations`) sizes only steps the baseline has no metric of; a size it records that
+    the run lacks or changes still refuses it."""
+    base = reg.record_fixture_baseline(_arts(), "tiny", "quick")
+    older = {k: v for k, v in base["configuration"]["sizes"].items() if k != "permutations"}
+    base["configuration"]["sizes"] = older
+    assert reg.applies(base, _arts()) == (True, [])
+    ok, reasons = reg.applies(base, _arts(sizes={k: v for k, v in _sizes().items() if k != "loss_examples"}))
+    assert not ok and reasons == ["profile sizes loss_examples None; baseline tiny-quick is for loss_examples 40"]

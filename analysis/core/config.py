@@ -102,6 +102,16 @@ class Profile:
             trigram), over which each trigram's losses are averaged (the authors' 100).
         ngram_trigrams: trigrams selected from the text by their dependence on the context
             neuron, when no list is given (for Pythia-70M the paper's 228 are used as given).
+        null_neurons_per_layer: random neurons per layer mean-ablated as the null of the
+            context neuron's ablation effect (`robustness` step; the authors' null had 11).
+            Quick draws 2 per layer and 4 German-positive ones (paper 10 and 20): each null
+            neuron costs one full unembedding of the null examples per language, the bulk
+            of the step's time on a CPU.
+        null_german_neurons: discovery's top German-positive neurons (other than the context
+            neuron) mean-ablated as a second null.
+        null_loss_examples, null_loss_tokens: examples per language, and tokens per example
+            at most, on which the null's losses (and the specification curve's) are measured.
+        permutations: label permutations of the family-wise F1 threshold (`robustness`).
         seed: the seed of every random choice (the probe's train/test split; random weights).
         batch_tokens: padded tokens per forward batch (memory, not results).
         heatmap_min_delta_e, negligible_percent: display thresholds, not sizes (`DISPLAY`):
@@ -127,6 +137,11 @@ class Profile:
     ngram_examples: int = 200
     ngram_prompts: int = 100
     ngram_trigrams: int = 100
+    null_neurons_per_layer: int = 10
+    null_german_neurons: int = 20
+    null_loss_examples: int = 200
+    null_loss_tokens: int = 2048
+    permutations: int = 1000
     crop_start: int = 10
     crop_end: int = 400
     probe_test_size: float = 0.2
@@ -199,14 +214,19 @@ DISPLAY = ("heatmap_min_delta_e", "negligible_percent")
 SIZE_MINIMUMS = {"activation_examples": 2, "probe_samples": 10, "loss_examples": 2,
                  "dla_examples": 1, "downstream_examples": 1, "shift_examples": 1,
                  "neuron_examples": 1, "top_examples": 1, "crop_start": 1, "crop_end": 2,
-                 "ngram_examples": 2, "ngram_prompts": 2, "ngram_trigrams": 1, "seed": 0}
+                 "ngram_examples": 2, "ngram_prompts": 2, "ngram_trigrams": 1,
+                 "null_neurons_per_layer": 1, "null_german_neurons": 0, "null_loss_examples": 2,
+                 "null_loss_tokens": 2, "permutations": 1, "seed": 0}
 SIZE_NEEDS = {"activation_examples": "activation mean and probe split", "probe_samples":
               "single-neuron probe's train/test split", "loss_examples": "paired bootstrap of the "
               "loss increase", "dla_examples": "DLA step", "downstream_examples": "downstream step",
               "shift_examples": "context-shift step", "neuron_examples": "example search",
               "top_examples": "heat-map section", "ngram_examples": "paired bootstrap of the "
               "direct/indirect split", "ngram_prompts": "paired bootstrap over a trigram's prompts",
-              "ngram_trigrams": "n-gram section", "crop_start": "crop (position 0 is BOS)",
+              "ngram_trigrams": "n-gram section",
+              "null_neurons_per_layer": "null distribution", "null_german_neurons": "null distribution",
+              "null_loss_examples": "paired bootstrap of the null's losses",
+              "null_loss_tokens": "next-token loss", "permutations": "family-wise threshold", "crop_start": "crop (position 0 is BOS)",
               "crop_end": "crop", "seed": "random generator"}
 
 
@@ -241,7 +261,8 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", activation_examples=30, probe_samples=2000, loss_examples=40,
                      dla_examples=20, downstream_examples=20, shift_examples=20,
                      neuron_examples=20, top_examples=3, ngram_examples=20, ngram_prompts=10,
-                     ngram_trigrams=10),
+                     ngram_trigrams=10, null_neurons_per_layer=2, null_german_neurons=4,
+                     null_loss_examples=8, null_loss_tokens=64, permutations=19),
 }
 
 

@@ -22,6 +22,7 @@ def collect_mlp_activations(
     edits: Edits | None = None,
     desc: str = "activations",
     show_progress: bool = True,
+    sequence_means: dict[int, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, dict[int, np.ndarray], int]:
     """Activations of `blocks.{layer}.mlp.{hook}` at positions `crop[0]:crop[1]` of every
     example (position 0 is BOS), in example order then position order, as the seed's
@@ -33,6 +34,12 @@ def collect_mlp_activations(
         samples: float32 `[n_activations, len(neurons)]`, the listed neurons' activations.
         layer_means: `{layer: float64 [d_mlp]}`, every neuron's mean over the same positions.
         n_activations: number of (example, position) pairs kept.
+
+    `sequence_means`, when given, is filled with `{example index: float32 [len(layers) * d_mlp]}`:
+    each example's mean over its kept positions of every neuron of the captured layers
+    (layer-major, ascending layers; Gurnee et al.'s sequence-mean aggregation, read by the
+    `robustness` step). Examples with no kept position are left out. It rides this pass so
+    that no step forwards the same examples again for it.
     """
     layers = sorted(set(layers) | {n.layer for n in neurons})
     names = [f"blocks.{layer}.mlp.{hook}" for layer in layers]
@@ -51,9 +58,14 @@ def collect_mlp_activations(
                     per_example[ex] = np.zeros((0, len(neurons)), dtype=np.float32)
                     continue
                 cols = []
+                row_sums = []
                 for layer, name in zip(layers, names, strict=True):
                     acts = capture[name][row, start:hi]  # [pos, d_mlp]
-                    sums[layer] += acts.sum(0).double().cpu()
+                    s = acts.sum(0).double().cpu()
+                    sums[layer] += s
+                    row_sums.append(s)
+                if sequence_means is not None:
+                    sequence_means[ex] = (torch.cat(row_sums) / (hi - start)).float().numpy()
                 for nrn in neurons:
                     cols.append(capture[f"blocks.{nrn.layer}.mlp.{hook}"][row, start:hi, nrn.index])
                 per_example[ex] = torch.stack(cols, -1).float().cpu().numpy()
@@ -75,6 +87,7 @@ def run_step(run, arts: dict) -> dict:
     p = run.profile
     neurons = list(dict.fromkeys([*run.studied, run.context]))
     layers = sorted({n.layer for n in neurons})
+    n_layers = run.fwd.w.n_layers
     toks = {lang: run.tokens(lang, p.activation_examples) for lang in LANGUAGES}
     params = {"examples_per_language": p.activation_examples, "crop": [p.crop_start, p.crop_end],
               "hook": "mlp.hook_post", "layers": layers, "neurons": [str(n) for n in neurons],
@@ -82,11 +95,16 @@ def run_step(run, arts: dict) -> dict:
               "tokens": {lang: toks[lang][1] for lang in toks}}
 
     def compute():
-        samples, means, counts = {}, {}, {}
+        samples, means, counts, seq = {}, {}, {}, {}
         for lang in LANGUAGES:
+            # Every layer is captured (not only the studied neurons' layers): the `robustness`
+            # step reads every neuron's token mean and sequence means from this pass instead
+            # of forwarding the same examples again. The seed's neuron lists reach the last
+            # layer, so for Pythia-70M's shape this adds no block to the pass.
+            seq[lang] = {}
             s, m, c = collect_mlp_activations(
-                run.fwd, run.batches(toks[lang][0]), layers, neurons, (p.crop_start, p.crop_end),
-                desc=f"activations {lang}", show_progress=run.show_progress)
+                run.fwd, run.batches(toks[lang][0]), range(n_layers), neurons, (p.crop_start, p.crop_end),
+                desc=f"activations {lang}", show_progress=run.show_progress, sequence_means=seq[lang])
             samples[lang], means[lang], counts[lang] = s, m, c
         if min(counts.values()) == 0:
             raise ReportError("no activation was collected: every example is shorter than the "
@@ -96,6 +114,9 @@ def run_step(run, arts: dict) -> dict:
         result = {
             "context_neuron": ctx, "neurons": [str(n) for n in neurons], "layers": layers,
             "hook": "mlp.hook_post", "crop": [p.crop_start, p.crop_end],
+            "mean_layers": list(range(n_layers)),
+            "sequence_means": "activations.sequence_means_<language>.npy: float32 [examples with a "
+                              "position in the crop, n_layers * d_mlp], layer-major",
             "n_examples": {lang: toks[lang][1]["used"] for lang in toks},
             "n_activations": counts,
             # examples with no position in the crop window contribute no activation
@@ -110,6 +131,7 @@ def run_step(run, arts: dict) -> dict:
         for lang in LANGUAGES:
             for layer, m in means[lang].items():
                 arrays[f"layer{layer}_mean_{lang}"] = m.astype(np.float64)
+            arrays[f"sequence_means_{lang}"] = np.stack([seq[lang][i] for i in sorted(seq[lang])])
         return result, arrays
 
     import sys

@@ -47,6 +47,7 @@ from ..families import ngrams as ngrams_mod
 from ..families import paper as paper_mod
 from ..families import probes as probes_mod
 from ..families import probes_ablated as probes_ablated_mod
+from ..families import robustness as robustness_mod
 from ..families import unigrams as unigrams_mod
 from .references import reference_neurons
 
@@ -118,6 +119,7 @@ STEPS: tuple[StepSpec, ...] = (
     StepSpec("downstream", downstream_mod.run_step, ("activations",), downstream_mod.figures,
              when=downstream_mod.has_downstream),
     StepSpec("neurons", neurons_mod.run_step, ("activations",), neurons_mod.figures),
+    StepSpec("robustness", robustness_mod.run_step, ("discovery", "activations"), robustness_mod.figures),
     StepSpec("cards", cards_mod.run_step, ("activations", "probes", "ablation"), cards_mod.figures),
     # the known-answer control checks itself (pythia-70m-planted only)
     StepSpec("planted", planted_check_mod.run_step, planted_check_mod.DEPS,

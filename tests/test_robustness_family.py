@@ -1,0 +1,138 @@
+"""The `robustness` family (issue 21 §1, §2): null neurons, percentiles, the finding's
+criterion, resample ablation and the max-statistic permutation null."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.core.config import Neuron
+from analysis.families.robustness import (
+    holds,
+    max_f1_null,
+    null_neurons,
+    percentile_of,
+    resample_edit,
+    single_neuron_losses,
+)
+
+
+def test_null_neurons_are_seeded_distinct_per_layer_and_never_excluded():
+    ctx = Neuron(1, 3)
+    a = null_neurons(3, 10, 4, seed=0, exclude=[ctx])
+    assert a == null_neurons(3, 10, 4, seed=0, exclude=[ctx])
+    assert a != null_neurons(3, 10, 4, seed=1, exclude=[ctx])
+    assert len(a) == 12 and len(set(a)) == 12 and ctx not in a
+    assert [sum(n.layer == layer for n in a) for layer in range(3)] == [4, 4, 4]
+    # every other neuron of a layer is drawn when k is all that is left
+    full = null_neurons(2, 5, 4, seed=0, exclude=[Neuron(0, 2)])
+    assert {n.index for n in full if n.layer == 0} == {0, 1, 3, 4}
+    with pytest.raises(ValueError):
+        null_neurons(2, 5, 5, seed=0, exclude=[Neuron(0, 2)])
+
+
+def test_percentile_is_mid_rank():
+    null = np.array([1.0, 2.0, 3.0, 4.0])
+    assert percentile_of(5.0, null) == 100.0
+    assert percentile_of(0.0, null) == 0.0
+    assert percentile_of(2.0, null) == 37.5  # one below, one tied
+    with pytest.raises(ValueError):
+        percentile_of(1.0, np.array([]))
+
+
+def _summary(original, ablated, ci):
+    return {"original": original, "ablated": ablated, "increase_nats_ci": ci}
+
+
+def test_holds_needs_all_three_parts_of_the_criterion():
+    de = _summary(3.0, 3.3, [0.2, 0.4])
+    assert holds(0.9, de, 0.05)
+    assert not holds(0.7, de, 0.05)                        # probe too weak
+    assert not holds(0.9, _summary(3.0, 3.3, [-0.1, 0.6]), 0.05)  # interval reaches 0
+    assert not holds(0.9, de, 0.15)                        # English moves by ≥ ⅓ of German
+    assert not holds(0.9, de, -0.15)
+    assert not holds(0.9, _summary(3.0, 3.3, None), 0.0)   # no interval: not shown to hold
+
+
+def test_resample_edit_draws_from_the_pool_and_is_reproducible():
+    pool = np.array([5.0, 7.0, 11.0])
+    x = torch.zeros(2, 6, 4)
+    y1, y2 = resample_edit(2, pool, 3)(x), resample_edit(2, pool, 3)(x)
+    assert torch.equal(y1, y2)
+    assert set(y1[..., 2].flatten().tolist()) <= {5.0, 7.0, 11.0}
+    assert len(set(y1[..., 2].flatten().tolist())) > 1      # drawn per position, not one value
+    assert float(y1[..., [0, 1, 3]].abs().sum()) == 0.0 and float(x.abs().sum()) == 0.0
+
+
+def test_max_f1_null_is_below_a_planted_separating_column():
+    """One column separates the classes perfectly; under sequence-label permutations the
+    best F1 over 200 noise columns (and that column) stays well below 1."""
+    rng = np.random.default_rng(0)
+    de, en = rng.normal(size=(40, 200)).astype(np.float32), rng.normal(size=(40, 200)).astype(np.float32)
+    de[:, 7] += 6.0
+    maxima = max_f1_null(de, en, 0.2, 0, 5)
+    assert maxima.shape == (5,)
+    assert np.array_equal(maxima, max_f1_null(de, en, 0.2, 0, 5))  # seeded
+    assert float(np.quantile(maxima, 0.95)) < 0.95
+
+
+def test_the_tiny_report_carries_the_robustness_step_its_figures_and_section(tiny_report):
+    """Read from the session's `tiny` report (no new build): the step ran with the profile's
+    sizes, its percentiles are read from its own null arrays, and the report shows it."""
+    from pathlib import Path
+
+    from analysis.core.artifacts import ArtifactStore
+    from analysis.core.config import get_profile
+    from analysis.families.robustness import ABLATIONS, AGGREGATIONS
+
+    res, _, cfg = tiny_report
+    art = res["artifacts"]["robustness"]
+    r = art["result"]
+    p = get_profile("quick")
+    assert r["null"]["n_random"] == p.null_neurons_per_layer * 6
+    assert r["fwer"]["n_permutations"] == p.permutations
+    assert r["n_specifications"] == len(ABLATIONS) * len(AGGREGATIONS)
+    assert r["n_hold"] == sum(s["holds"] for s in r["specifications"])
+    store = ArtifactStore(Path(cfg.out) / "artifacts")
+    null_de = store.load_array("robustness", "null_german")
+    k = r["null"]["n_random"]
+    de = r["null"]["context"]["german_nats"]
+    assert r["null"]["percentile"]["random"]["german"] == percentile_of(de, null_de[:k])
+    assert len(store.load_array("robustness", "max_f1_null")) == p.permutations
+    # the seed's mean ablation here is the `ablation` step's: the same English mean
+    assert r["ablation_values"]["english_mean"] == pytest.approx(r["ablation_step_value"], rel=1e-4)
+    names = {f["name"] for f in res["figures"] if f.get("step") == "robustness"}
+    assert names == {"robustness_spec_curve", "robustness_null"}
+    html = (Path(cfg.out) / "report.html").read_text(encoding="utf-8")
+    assert "specifications" in html and "Robustness: null distributions" in html
+
+
+@pytest.mark.parametrize("stack_tokens", [1, 1 << 20])
+def test_single_neuron_losses_equal_the_full_pass(tiny, tiny_fwd, stack_tokens):
+    """The step's loss pass (rank-1 restart after the edited layer, variants of one layer
+    stacked, last-layer variants by the shortcut) gives the losses of the engine's full pass
+    with the same edits (`per_example_losses` without its shortcut): every layer, constant
+    and resampled values; one variant per stack and all of a layer in one stack."""
+    from analysis.core.engine import make_batches, per_example_losses, set_neurons
+
+    texts = ["Die Kommission hat heute einen Vorschlag angenommen, der die Regeln ändert.",
+             "The committee adopted the report without a vote after a short debate.",
+             "Wir müssen die Frage noch einmal prüfen."]
+    batches = make_batches([tiny.to_tokens(t) for t in texts], 4096, 1)
+    pool = np.array([0.3, -0.1, 1.2, 0.0])
+    spec = {f"set:{n}": (n, v) for n, v in ((Neuron(0, 5), 0.7), (Neuron(0, 9), -0.2),
+                                            (Neuron(2, 100), 1.5), (Neuron(4, 33), 0.0),
+                                            (Neuron(5, 7), 2.0))}
+    ours = {k: (n, set_neurons([n.index], v)) for k, (n, v) in spec.items()}
+    ours["resample"] = (Neuron(3, 11), resample_edit(11, pool, 4))
+    full = {k: {n.hook(): set_neurons([n.index], v)} for k, (n, v) in spec.items()}
+    full["resample"] = {Neuron(3, 11).hook(): resample_edit(11, pool, 4)}
+    got = single_neuron_losses(tiny_fwd, batches, ours, stack_tokens, show_progress=False)
+    want = per_example_losses(tiny_fwd, batches, full, show_progress=False, shortcut=False)
+    assert set(got) == set(want)
+    for k in want:
+        assert np.allclose(got[k], want[k], rtol=1e-5, atol=1e-6), k
+    # the edits change the losses: the comparison above is not between unedited passes
+    assert sum(not np.allclose(got[k], got["original"], rtol=0, atol=1e-6) for k in ours) >= 4
+
