@@ -176,7 +176,9 @@ MISSING = "step32000"  # a dynamics revision left out of the cache
 # is otherwise the suite's costliest fixture (the dynamics step probes every neuron at each
 # revision). The report shows the sizes it ran with.
 HUB_SIZES = ("activation_examples=10", "probe_samples=500", "loss_examples=10", "dla_examples=5",
-             "downstream_examples=5", "shift_examples=5", "neuron_examples=5")
+             "downstream_examples=5", "shift_examples=5", "neuron_examples=5", "ngram_examples=4",
+             "ngram_prompts=2", "null_neurons_per_layer=1", "null_german_neurons=2",
+             "null_loss_examples=4", "null_loss_tokens=32", "permutations=3")
 
 
 @pytest.fixture(scope="module")
