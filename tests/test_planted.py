@@ -412,6 +412,37 @@ def test_the_planted_control_rebuilt_from_nothing_gives_identical_artifacts(
                                                 "planted"}
 
 
+# Sizes for the steps the known-answer run does not need: determinism does not depend on them.
+SMALL = ["activation_examples=10", "probe_samples=300", "loss_examples=8", "dla_examples=4",
+         "downstream_examples=4", "shift_examples=4", "neuron_examples=4", "top_examples=2"]
+
+
+def test_the_other_steps_are_deterministic_on_the_rebuilt_plant(
+        shared_inputs, planted_default, planted_rebuilt, tmp_path, monkeypatch):
+    """The rest of issue 4 on Pythia-70M's shape: every step the known-answer run above does
+    not compute (DLA, the ablated probes, the other languages' probes, correlations, backup,
+    downstream, the individual neurons, the cards), on the model from the user's store and on
+    the one rebuilt from nothing, with fewer examples than the quick profile (`SMALL`): the
+    same keys, payloads and arrays."""
+    from analysis.core.config import Neuron, RunConfig, get_profile
+    from analysis.orchestration.pipeline import STEPS, run_report
+    from analysis.orchestration.regression import diff_runs
+
+    rest = tuple(s.name for s in STEPS if s.name not in planted_default["artifacts"])
+    outs = []
+    for name, store in (("first", os.environ["GERMAN_NEURON_MODEL_STORE"]), ("second", planted_rebuilt[0])):
+        monkeypatch.setenv("GERMAN_NEURON_MODEL_STORE", str(store))
+        cfg = RunConfig(model=PLANTED, neuron=Neuron.parse("L3N669"),
+                        profile=get_profile("quick").with_overrides(SMALL), out=str(tmp_path / name),
+                        tokenizer=shared_inputs["tokenizer"], data_dir=shared_inputs["data_dir"])
+        run_report(cfg, show_progress=False, log=lambda s: None, steps=rest)
+        outs.append(tmp_path / name)
+    d = diff_runs(*outs)
+    assert d["identical"], d
+    assert {s["step"] for s in d["steps"]} >= {"dla", "probes_ablated", "probes_english_neurons",
+                                                "correlations", "backup", "downstream", "neurons", "cards"}
+
+
 def test_the_plant_is_the_model_its_committed_baseline_was_recorded_on(planted_default):
     """The default plant built here has the weights fingerprint that the committed quick
     baseline records, so the README's first command compares its numbers on this machine
