@@ -98,6 +98,8 @@ def sweep_summary(out: str | os.PathLike, paper_dir: str | os.PathLike | None = 
     return {"paper": paper, "dir": str(out.resolve()), "table": str((out / "table.parquet").resolve()),
             "table_csv": str((out / "table.csv").resolve()), "table_sha256": digest,
             "n_rows": int(len(table)), "threshold": THRESHOLD_F1, "models": models,
+            # Quirke et al.'s figures 1-8 -> ours: set once the figures are drawn (`report.paper_figure_map`)
+            "paper_figures": None,
             "counts": manifest["counts"], "settings": manifest["settings"], "command": manifest["command"],
             "created": manifest["created"], "executor": manifest["executor"],
             "code": manifest["code"], "libraries": manifest["libraries"],
