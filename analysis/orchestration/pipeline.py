@@ -443,9 +443,8 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
     sweep_context = None
     if sweep is not None and draw:
         from .sweep.figures import draw_sweep_figures
-        from .sweep.summary import sweep_summary
-
         from .sweep.report import paper_figure_map
+        from .sweep.summary import sweep_summary
 
         sweep_context = sweep_summary(sweep, cfg.paper_dir)
         sweep_figs = draw_sweep_figures(sweep, out / "figures", cfg.paper_dir)
