@@ -1,11 +1,12 @@
 """The authors' published series (Quirke et al. 2023) drawn beside ours (pure: tables in,
 `Chart` or matplotlib lines out).
 
-`REFERENCE_FIGURES` are the training-dynamics figures of the paper whose series this project
-does not measure yet: each is drawn from the authors' series alone and says so. Each spec's
-`ours` names where our series will come from; until it is set the figure is the authors'
-only, and setting it (a sweep table measure, `{"measure", "language"}`) is the one line that
-adds our curve. `authors_lines` adds the authors' series to a figure that has ours (the
+`REFERENCE_FIGURES` are the paper's training-dynamics figures of several series each (the
+direct/indirect split, the trigram losses, the other German neurons). Each spec's `ours`
+names the sweep table's measures (`{"measure", "language", "label"}`, one per series) that a
+sweep draws beside the authors' (`families.ngram_dynamics` measures them per checkpoint); a
+report over one checkpoint has no such series and draws the authors' alone, saying so
+(`AUTHORS_ONLY`). `authors_lines` adds the authors' series to a figure that has ours (the
 report's dynamics figure, the sweep's measure figures).
 """
 
@@ -17,11 +18,19 @@ from .plots import Chart, Table, check_spec, plt
 AUTHORS = "Quirke et al."
 # The authors' series: dashed, no markers, in colours no series of ours uses (ours have markers).
 AUTHORS_COLORS = ("#7b3294", "#b08ccc", "#1b7837", "#a6611a")
+# Ours: solid with markers, in colours the authors' series do not use.
+OURS_COLORS = (ia.GERMAN, ia.ENGLISH, "#55A868", "#C44E52")
 AUTHORS_ONLY = ("The authors' published series alone (dashed): this run does not measure it over "
-                "training (the n-gram section measures the report's own checkpoint only).")
+                "training (the n-gram section measures the report's own checkpoint only; a sweep "
+                "measures it at every checkpoint).")
+OURS_NOTE = ("Solid, with markers: ours from this sweep, for the sweep's EleutherAI/pythia-70m, "
+             "measured as the authors describe (families.ngram_dynamics) on the seed's text.")
 
 REFERENCE_FIGURES = (
-    {"name": "paper_effect_split", "ours": None,
+    {"name": "paper_effect_split",
+     "ours": ({"measure": "context_effect_total", "language": "german", "label": "total"},
+              {"measure": "context_effect_indirect", "language": "german", "label": "indirect path ablated"},
+              {"measure": "context_effect_direct", "language": "german", "label": "direct path ablated"}),
      "authors": ("effect_total", "effect_indirect_path", "effect_direct_path"),
      "title": "L3N669's total, indirect and direct effect on German loss",
      "ylabel": "German loss increase (nats)",
@@ -30,7 +39,11 @@ REFERENCE_FIGURES = (
                 "and MLP outputs frozen at their ablated values: the file's column 'Direct Effect'), "
                 "and when only its direct path to the unembedding is ablated (column 'Indirect "
                 "Effect'); context_effect_split.csv, every 5th checkpoint (their figure_5)."},
-    {"name": "paper_trigram_losses", "ours": None,
+    {"name": "paper_trigram_losses",
+     "ours": ({"measure": "trigram_loss_clean", "language": "german", "label": "trigram loss"},
+              {"measure": "trigram_loss_ablated", "language": "german", "label": "context neuron ablated"},
+              {"measure": "trigram_loss_indirect_ablated", "language": "german", "label": "indirect path ablated"},
+              {"measure": "trigram_loss_direct_ablated", "language": "german", "label": "direct path ablated"}),
      "authors": ("trigram_original", "trigram_ablated", "trigram_indirect_path_ablated",
                  "trigram_direct_path_ablated"),
      "title": "The paper's 228 German trigrams: loss on their last token",
@@ -39,7 +52,10 @@ REFERENCE_FIGURES = (
                 "trigrams) as it is, with L3N669 mean-ablated, with only its indirect path ablated "
                 "and with only its direct path ablated, at all 154 checkpoints; "
                 "trigram_losses_checkpoints.csv (their figure_2 and figure_6 draw medians)."},
-    {"name": "paper_other_neurons", "ours": None,
+    {"name": "paper_other_neurons",
+     "ours": ({"measure": "context_ablation_nats", "language": "german", "label": "context neuron"},
+              {"measure": "other_ablation_median", "language": "german", "label": "other German neurons: median"},
+              {"measure": "other_ablation_max", "language": "german", "label": "other German neurons: largest"}),
      "authors": ("neurons_l3n669", "neurons_other_median", "neurons_other_max"),
      "title": "Mean-ablating German neurons over training: L3N669 and the others",
      "ylabel": "German loss increase (nats)",
@@ -116,7 +132,7 @@ def reference_figure(spec: dict, authors, ours=None) -> Chart:
     if ours is not None and len(ours):
         cols = {"who": [], "panel": [], "series": [], "step": [], "value": []}
         for i, (name, g) in enumerate(ours.sort_values("step").groupby("series", sort=False)):
-            color = ia.GERMAN if i == 0 else ia.ENGLISH
+            color = OURS_COLORS[i % len(OURS_COLORS)]
             ax.plot(g["step"].to_numpy(dtype=float), g["value"].to_numpy(dtype=float), "o-", ms=4, lw=1.5,
                     color=color, label=f"ours: {name}")
             data.append({"type": "scatter", "mode": "lines+markers", "name": ia.plot_text(f"ours: {name}"),

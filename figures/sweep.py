@@ -39,6 +39,72 @@ MEASURES = (
     {"name": "sweep_loss_english", "measure": "loss", "language": "english", "ylabel": "loss (nats)",
      "authors": ("loss_english",),
      "title": "English loss", "caption": "Mean next-token loss on the English examples (nats)."},
+    # The n-gram measurements of each checkpoint (families.ngram_dynamics; issue 19 §2).
+    {"name": "sweep_trigram_loss", "measure": "trigram_loss_clean", "language": "german",
+     "authors": ("trigram_original",), "ylabel": "loss (nats), mean over trigrams",
+     "title": "Trigram loss", "caption": "Loss on the last token of each German trigram at the end of "
+     "random prompts of common German tokens, mean over prompts, then over the trigrams (for "
+     "EleutherAI/pythia-70m with the authors' folder: their 228; otherwise the most frequent "
+     "German-only trigrams of the text)."},
+    {"name": "sweep_trigram_loss_ablated", "measure": "trigram_loss_ablated", "language": "german",
+     "authors": ("trigram_ablated",), "ylabel": "loss (nats), mean over trigrams",
+     "title": "Trigram loss, context neuron mean-ablated",
+     "caption": "The same trigram loss with the context neuron set to its mean English activation at "
+                "that checkpoint."},
+    {"name": "sweep_effect_total", "measure": "context_effect_total", "language": "german",
+     "authors": ("effect_total",), "ylabel": "German loss increase (nats)",
+     "title": "Context neuron's total effect on German loss",
+     "caption": "German loss increase (nats) when the context neuron is mean-ablated, on the n-gram "
+                "step's German examples (band: 95% paired-bootstrap interval)."},
+    {"name": "sweep_effect_indirect", "measure": "context_effect_indirect", "language": "german",
+     "authors": ("effect_indirect_path",), "ylabel": "German loss increase (nats)",
+     "title": "Context neuron's indirect effect (through later layers)",
+     "caption": "German loss increase (nats) when only the context neuron's path through later layers "
+                "is ablated (later attention and MLP outputs frozen at their ablated values)."},
+    {"name": "sweep_effect_direct", "measure": "context_effect_direct", "language": "german",
+     "authors": ("effect_direct_path",), "ylabel": "German loss increase (nats)",
+     "title": "Context neuron's direct effect (to the unembedding)",
+     "caption": "German loss increase (nats) when only the context neuron's own write to the "
+                "unembedding is ablated (later components frozen at their unedited values)."},
+    {"name": "sweep_ablation_nats", "measure": "context_ablation_nats", "language": "german",
+     "authors": ("neurons_l3n669",), "ylabel": "German loss increase (nats)",
+     "title": "Mean-ablating the context neuron: German (nats)",
+     "caption": "German loss increase (nats) when the context neuron is mean-ablated, on the loss "
+                "examples (band: 95% interval)."},
+    {"name": "sweep_other_ablation", "measure": "other_ablation_max", "language": "german",
+     "authors": ("neurons_other_max", "neurons_other_median"), "ylabel": "German loss increase (nats)",
+     "title": "Mean-ablating the other German neurons: the largest effect", "label_neurons": True,
+     "caption": "The largest German loss increase (nats) among the checkpoint's best German-positive "
+                "neurons of discovery other than the context neuron, each mean-ablated alone (its "
+                "name printed where it changes)."},
+    {"name": "sweep_other_f1", "measure": "other_f1_median", "language": None, "ylim": (-0.02, 1.02),
+     "ylabel": "probe F1 (German)", "title": "Other German neurons: median probe F1",
+     "caption": "Median probe F1 of the best German-positive neurons of discovery at each checkpoint, "
+                "the context neuron excluded (those mean-ablated in the figure above)."},
+    {"name": "sweep_german_candidates", "measure": "german_candidates_f1_0_85", "language": None,
+     "ylabel": "neurons", "title": "German neurons: how many have probe F1 > 0.85",
+     "caption": "German-positive neurons whose single-neuron probe F1 exceeds 0.85 at that checkpoint "
+                "(the authors' threshold for their candidate German neurons)."},
+)
+
+
+# Quirke et al.'s figures (luciaquirke/contextual-ngrams figures.py, figure_1 ... figure_8)
+# and the sweep's figures that show the same series over training checkpoints; for
+# EleutherAI/pythia-70m the authors' series are drawn beside ours where they published them.
+PAPER_FIGURES = (
+    (1, "trigram loss, ablated trigram loss and L3N669's F1",
+     ("sweep_trigram_loss", "sweep_trigram_loss_ablated", "sweep_context_f1")),
+    (2, "trigram losses with and without ablating L3N669",
+     ("paper_trigram_losses", "sweep_trigram_loss", "sweep_trigram_loss_ablated")),
+    (3, "F1 of L3N669 and of the other German neurons", ("sweep_context_f1", "sweep_other_f1",
+                                                          "sweep_german_candidates")),
+    (4, "German loss increase from ablating L3N669 and the other German neurons",
+     ("paper_other_neurons", "sweep_ablation_nats", "sweep_other_ablation")),
+    (5, "direct and indirect effect of L3N669 on German loss",
+     ("paper_effect_split", "sweep_effect_total", "sweep_effect_indirect", "sweep_effect_direct")),
+    (6, "trigram losses with only the direct or only the indirect path ablated", ("paper_trigram_losses",)),
+    (7, "L3N669's average direct logit attribution on frequent German and English tokens", ()),
+    (8, "German, English and trigram loss", ("sweep_loss_german", "sweep_loss_english", "sweep_trigram_loss")),
 )
 
 
@@ -120,11 +186,21 @@ def measure_figure(table, spec: dict, marks: dict | None = None, authors=None):
     return fig
 
 
-def ours_series(table, ours: dict, models: list[str]):
-    """Our series of a `figures.paper.REFERENCE_FIGURES` spec from the sweep's table: the
-    rows of measure `ours["measure"]` (language `ours.get("language")`) of `models`, as
-    `series, step, value` (series: the model's name), for `figures.paper.reference_figure`."""
-    rows = table[(table["measure"] == ours["measure"]) & table["model"].isin(models) & table["step"].notna()]
-    if ours.get("language"):
-        rows = rows[rows["language"] == ours["language"]]
-    return rows.rename(columns={"model": "series"})[["series", "step", "value"]]
+def ours_series(table, ours, models: list[str]):
+    """Our series of a `figures.paper.REFERENCE_FIGURES` spec from the sweep's table: for
+    each entry of `ours` (one dict or a tuple of them: `measure`, optional `language` and
+    `label`) the rows of that measure of `models`, as `series, step, value` (series: the
+    model's name, followed by `: label` when the entry has one), for
+    `figures.paper.reference_figure`."""
+    import pandas as pd
+
+    parts = []
+    for o in (ours,) if isinstance(ours, dict) else ours:
+        rows = table[(table["measure"] == o["measure"]) & table["model"].isin(models) & table["step"].notna()]
+        if o.get("language"):
+            rows = rows[rows["language"] == o["language"]]
+        rows = rows.rename(columns={"model": "series"})[["series", "step", "value"]]
+        if o.get("label"):
+            rows = rows.assign(series=rows["series"] + f": {o['label']}")
+        parts.append(rows)
+    return pd.concat(parts, ignore_index=True)

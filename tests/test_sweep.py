@@ -27,12 +27,20 @@ LATER = "step8000"                      # in the cache, requested only by the se
 MISSING = "step4000"                    # requested, never in the cache: skipped
 REVS_160M = ("step1000", "step143000")
 REQUEST = ",".join(sorted(REVS_70M + (MISSING,), key=lambda r: int(r[4:])))
-SIZES = ("activation_examples=4", "probe_samples=60", "loss_examples=4")
+# the n-gram measurements at small sizes too: 2 examples for the split, 2 prompts per trigram,
+# 3 trigrams chosen from the text (pythia-70m with the authors' folder: their 228), 2 other neurons
+SIZES = ("activation_examples=4", "probe_samples=60", "loss_examples=4", "ngram_examples=2",
+         "ngram_prompts=2", "ngram_trigrams=3", "null_german_neurons=2")
 
 
 def _plan(out, revisions=REQUEST, models="pythia-70m,pythia-160m", **kw):
+    """The sweep's plan; with the authors' folder when the real data's has it beside it (as
+    the CLI finds it), so that pythia-70m, the Hub id, measures the paper's trigrams."""
+    from conftest import paper_dir_beside_data
+
     from analysis.orchestration.sweep.plan import plan_sweep
 
+    kw.setdefault("paper_dir", paper_dir_beside_data())
     return plan_sweep(models, revisions, profile="quick", overrides=SIZES, corpus="fixture", out=out,
                       threads=1, **kw)
 
@@ -275,6 +283,14 @@ def test_organism_expands_to_its_saved_checkpoints(tmp_path):
     assert list(tl["value"]) == pytest.approx([c["train_loss"] for c in manifest["checkpoints"]])
     assert set(df[df["measure"] == "context_f1"]["neuron"]) == {
         df[(df["measure"] == "best_f1") & (df["step"] == max(steps))]["neuron"].iloc[0]}
+    # the n-gram curves over its checkpoints: one trigram list (chosen from the text) at every step
+    for measure in ("trigram_loss_clean", "trigram_loss_ablated", "context_effect_total", "context_effect_indirect"):
+        assert sorted(df[df["measure"] == measure]["step"]) == steps, measure
+    tri = pd.read_parquet(tmp_path / "out" / "trigrams.parquet")
+    lists = {step: tuple(g.sort_values("index")["trigram"]) for step, g in tri.groupby("step")}
+    assert sorted(lists) == steps and len(set(lists.values())) == 1 and set(tri["source"]) == {"selected"}
+    clean = df[df["measure"] == "trigram_loss_clean"].set_index("step")["value"]
+    assert tri.groupby("step")["clean"].mean().to_numpy() == pytest.approx(clean.sort_index().to_numpy())
 
 
 def test_a_mistake_is_one_line_before_any_task(hub, tmp_path):
@@ -360,12 +376,21 @@ def test_sweep_report_overlays_the_authors_curves_and_lists_the_claims(serial, s
     assert {n: f["sha256"] for n, f in rec["paper"]["files"].items()} == {n: f.sha256 for n, f in FILES.items()}
     claims = {c["id"]: c for c in rec["models"]["pythia-70m"]["claims"]}
     assert list(claims) == [c.id for c in CLAIMS]
-    for c in claims.values():
+    for c in claims.values():  # every claim measured now, the split and the trigrams included
         assert isinstance(c["authors"]["value"], (int, float)) and c["authors"]["where"]
-        assert c["verdict"] == (NOT_MEASURED if c["id"] in ("indirect_share", "trigrams_first") else NOT_REPRODUCED), c
+        assert c["verdict"] == NOT_REPRODUCED, c
+    assert rec["models"]["pythia-70m"]["counts"][NOT_MEASURED] == 0
     df = pd.read_parquet(out / "table.parquet")
-    f1 = df[(df["model"] == "pythia-70m") & (df["measure"] == "context_f1") & (df["step"] == 143000)]["value"]
-    assert claims["final_f1"]["ours"]["value"] == float(f1.iloc[0])
+    final = df[(df["model"] == "pythia-70m") & (df["step"] == 143000)].set_index("measure")["value"]
+    assert claims["final_f1"]["ours"]["value"] == float(final["context_f1"])
+    # the indirect share is our indirect effect over our total at step143000, from the table
+    assert claims["indirect_share"]["ours"]["value"] == pytest.approx(
+        final["context_effect_indirect"] / final["context_effect_total"])
+    # trigrams_first reads the paper's 228 trigrams at each of pythia-70m's computed checkpoints
+    tri = pd.read_parquet(out / "trigrams.parquet")
+    mine = tri[tri["model"] == "pythia-70m"]
+    assert set(mine["source"]) == {"paper"} and mine.groupby("step")["trigram"].count().eq(228).all()
+    assert claims["trigrams_first"]["ours"]["timing"]["n"] == mine["trigram"].nunique()
     import html as escape
 
     html = escape.unescape(sweep_report["html"])
@@ -377,6 +402,19 @@ def test_sweep_report_overlays_the_authors_curves_and_lists_the_claims(serial, s
     assert "reference_files" not in json.loads((out / "figures" / "sweep_best_f1.json").read_text())
     for name in ("paper_effect_split", "paper_trigram_losses", "paper_other_neurons"):
         assert (out / "figures" / f"{name}.png").is_file() and name in html
+        # theirs and ours: our pythia-70m's series beside the authors'
+        drawn = pd.read_csv(out / "figures" / f"{name}.csv")
+        assert {"ours", "Quirke et al."} <= set(drawn["who"]), name
+        assert drawn[drawn["who"] == "ours"]["series"].str.startswith("pythia-70m: ").all()
+    for name in ("sweep_trigram_loss", "sweep_effect_indirect", "sweep_other_ablation"):
+        fig = json.loads((out / "figures" / f"{name}.json").read_text())
+        assert fig["reference_files"] == {n: f.sha256 for n, f in FILES.items()}, name
+    # the closing map of the paper's figures 1-8 to this report's
+    import re
+
+    fig5 = re.search(r"Figure 5 \(direct and indirect effect of L3N669 on German loss\):(.*?)Figure 6", html, re.S)
+    assert fig5 and "paper_effect_split" in fig5.group(1) and "sweep_effect_indirect" in fig5.group(1)
+    assert re.search(r"Figure 7 \(L3N669's average direct logit attribution[^)]*\): not measured by the sweep", html)
 
 
 def test_weights_without_a_copy_equal_the_copy_and_outlive_the_bridge():
@@ -642,6 +680,30 @@ def test_the_dashboard_the_sweep_prints_serves_its_pages():
             assert page.status == 200 and b"Dask" in page.read()
     finally:
         executor.close()
+
+
+def test_the_ngram_inputs_are_in_the_key(hub, paper_dir, tmp_path):
+    """The n-gram sizes (from the profile) and the trigram list are in each task's key: the
+    authors' folder changes the key of pythia-70m (the Hub id: it then measures their 228
+    trigrams, whose strings and sha256 the spec carries) and not that of pythia-160m."""
+    paper = paper_dir
+
+    def keys(**kw):
+        return {t["model"]: t["key"] for t in _plan(tmp_path / "o", revisions="step143000", **kw).tasks}
+
+    with_paper, without = keys(paper_dir=paper), keys(paper_dir=None)
+    assert with_paper["pythia-70m"] != without["pythia-70m"]
+    assert with_paper["pythia-160m"] == without["pythia-160m"]
+    plan = _plan(tmp_path / "o", revisions="step143000", paper_dir=paper)
+    spec = {t["model"]: t for t in plan.tasks}
+    src = spec["pythia-70m"]["params"]["ngrams"]["trigrams"]
+    assert src["kind"] == "paper" and len(src["strings"]) == 228 and src["sha256"]
+    assert spec["pythia-160m"]["params"]["ngrams"]["trigrams"]["kind"] == "selected"
+    from analysis.orchestration.sweep.plan import plan_sweep
+
+    more = plan_sweep("pythia-70m", "step143000", profile="quick", corpus="fixture", out=tmp_path / "o",
+                      threads=1, paper_dir=paper, overrides=SIZES + ("ngram_prompts=3",))
+    assert more.tasks[0]["key"] != with_paper["pythia-70m"]
 
 
 def test_torch_threads_and_the_batch_size_are_in_the_key(tmp_path, monkeypatch):

@@ -9,11 +9,12 @@ one-line reason. Verdicts: `reproduced`, `not reproduced`, or `not measured` (wi
 claim this run has no number for is never passed).
 
 The claims read our numbers through `Ours`, filled from the report's artifacts
-(`ours_from_report`) or from a sweep's table (`analysis.orchestration.sweep.reference`).
-L3N669's direct/indirect split comes from the `ngrams` step (its `text.effects` on the
-report's German examples, at the report's own checkpoint); the trigram losses over training
-are not measured per checkpoint yet (issue 19 §2), so `trigram_losses` stays `None` with the
-reason. A single checkpoint cannot time when trigrams are learned.
+(`ours_from_report`) or from a sweep's tables (`analysis.orchestration.sweep.reference`).
+In a report, L3N669's direct/indirect split comes from the `ngrams` step (its `text.effects`
+on the report's German examples, at the report's own checkpoint), and `trigram_losses` stays
+`None` with the reason: a single checkpoint cannot time when trigrams are learned. A sweep
+measures both at every checkpoint (`families.ngram_dynamics`), the paper's 228 trigrams
+included when it was given the authors' folder, so there both claims are checked.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ NOT_MEASURED_YET = ("L3N669's direct/indirect split comes from the ngrams step a
 NO_NGRAMS = "the ngrams step did not run in this report, so the direct/indirect split was not measured"
 ONE_CHECKPOINT = ("the ngrams step measures the trigram losses at the report's own checkpoint only; "
                   "when trigrams are learned and when they come to depend on L3N669 needs them over "
-                  "training checkpoints (issue 19 §2, not in this version)")
+                  "training checkpoints: a sweep measures them (german-neuron sweep --models pythia-70m "
+                  "--paper-dir DIR)")
 
 
 @dataclass
@@ -284,6 +286,8 @@ def _ours_share(ours):
     if s.empty:
         raise NotMeasured(f"the direct/indirect split was not measured at {_step(FINAL_STEP)}")
     r = s.iloc[0]
+    if float(r["total"]) == 0.0:  # ablating changed nothing: no share of nothing
+        raise NotMeasured(f"our total effect at {_step(FINAL_STEP)} is 0 nats, so it has no indirect share")
     share = float(r["indirect_path_ablated"] / r["total"])
     return {"value": share, "text": f"{share:.2f} = {r['indirect_path_ablated']:.3f} / {r['total']:.3f} nats"}
 

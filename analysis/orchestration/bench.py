@@ -598,7 +598,9 @@ def print_bench(res: dict, echo: Callable[[str], None] = print) -> None:
 # A task of about a second: a small GPT-NeoX (fixture tokenizer) on the fixture corpus.
 SWEEP_BENCH_SHAPE = {"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 2,
                      "intermediate_size": 512}
-SWEEP_BENCH_SIZES = ("activation_examples=4", "probe_samples=60", "loss_examples=4")
+# the n-gram sizes at their minimum too: the bench times the sweep's machinery, not the measurement
+SWEEP_BENCH_SIZES = ("activation_examples=4", "probe_samples=60", "loss_examples=4", "ngram_examples=2",
+                     "ngram_prompts=2", "ngram_trigrams=1", "null_german_neurons=1")
 SWEEP_TARGETS = {"overhead_fraction": ("<=", 0.05)}
 
 

@@ -381,13 +381,14 @@ def sweep(
         typer.echo(s, err=True)
 
     with one_line_errors(debug):
-        folder = resolve_paper_dir(paper_dir, data_dir) if report else None
+        # also without a report: pythia-70m's tasks measure the paper's trigrams from it
+        folder = resolve_paper_dir(paper_dir, data_dir)
         if folder is not None:  # a changed file is refused before any task runs
             verify(folder)
         plan = plan_sweep(models, revisions, neuron=neuron, profile=profile, overrides=set_ or [],
                           device=device, out=out, data_dir=data_dir, corpus=corpus,
                           batch_tokens=batch_tokens, threads=threads, keep_weights=keep_weights,
-                          dtype=dtype, tf32=tf32, log=log)
+                          dtype=dtype, tf32=tf32, paper_dir=folder, log=log)
         res = run_sweep(plan, scheduler=scheduler, workers=workers, log=log,
                         command="german-neuron " + shlex.join(sys.argv[1:]))
         c = res["counts"]

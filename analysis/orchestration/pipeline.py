@@ -443,10 +443,13 @@ def _run_locked(cfg, out, render, renderer, show_progress, log, corpus, command,
     sweep_context = None
     if sweep is not None and draw:
         from .sweep.figures import draw_sweep_figures
+        from .sweep.report import paper_figure_map
         from .sweep.summary import sweep_summary
 
         sweep_context = sweep_summary(sweep, cfg.paper_dir)
-        figs += draw_sweep_figures(sweep, out / "figures", cfg.paper_dir)
+        sweep_figs = draw_sweep_figures(sweep, out / "figures", cfg.paper_dir)
+        sweep_context["paper_figures"] = paper_figure_map([f["name"] for f in sweep_figs])
+        figs += sweep_figs
     context = {
         "title": f"The German context neuron {cfg.neuron} in {model.model_id}",
         "run": {

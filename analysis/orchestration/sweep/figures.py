@@ -18,7 +18,7 @@ def draw_sweep_figures(out: str | os.PathLike, fig_dir: Path, paper_dir: str | o
     Pythia-70M itself (`reference.real_models`), each measure the authors published is
     overlaid (`MEASURES`' `authors`), and their series this project does not measure yet
     are drawn alone (`figures.paper.REFERENCE_FIGURES`); their records name the files'
-    sha256 (`reference_files`).
+    sha256 (`reference_files`), with ours beside them where the sweep measured them.
 
     Raises:
         DataError: a file of `paper_dir` is missing or changed.
@@ -62,9 +62,11 @@ def draw_sweep_figures(out: str | os.PathLike, fig_dir: Path, paper_dir: str | o
     if authors is not None and not table["step"].dropna().empty:
         for spec in ref_figs.REFERENCE_FIGURES:
             ours = figs.ours_series(table, spec["ours"], real) if spec["ours"] else None
+            if ours is not None and ours.empty:  # a sweep from before its n-gram measurements
+                ours = None
             chart = ref_figs.reference_figure(spec, authors, ours)
             records.append(plots.save(chart, fig_dir, spec["name"], {
                 "step": "sweep", "artifact_key": digest, "function": "figures.paper.reference_figure",
-                "caption": spec["caption"] + ("" if ours is not None else " " + ref_figs.AUTHORS_ONLY),
+                "caption": spec["caption"] + " " + (ref_figs.OURS_NOTE if ours is not None else ref_figs.AUTHORS_ONLY),
                 "seed_cell": None, "table": str(Path(out).resolve() / "table.parquet"), **files}))
     return records

@@ -90,9 +90,14 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
                out: str | os.PathLike | None = None, data_dir: str | None = None,
                corpus: str | None = None, batch_tokens: int | None = None,
                threads: int | None = None, keep_weights: str = "auto", dtype: str = "float32",
-               tf32: str | bool = "off", log: Callable[[str], None] = lambda s: None) -> SweepPlan:
+               tf32: str | bool = "off", paper_dir: str | os.PathLike | None = None,
+               log: Callable[[str], None] = lambda s: None) -> SweepPlan:
     """Validate the request and plan every task (see the module docstring). Nothing is
     downloaded here but, online, a Pythia model's config.json when it is not cached.
+
+    `paper_dir`: the authors' folder (`core.paper`, already resolved); a model that is
+    `EleutherAI/pythia-70m` itself then measures the paper's 228 trigrams at every revision
+    (`ngram_params`), any other model (or without the folder) trigrams chosen from the text.
 
     Raises:
         UsageError: bad `--models`, `--revisions`, `--neuron` (malformed, or outside a
@@ -105,6 +110,7 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
     from ...core.config import Neuron, get_profile
     from ...core.data import CORPORA, load_corpus
     from ...core.models import PYTHIA_REPO
+    from ...core.paper import is_real_pythia_70m
 
     if device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
         raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
@@ -178,6 +184,7 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
             "test_size": prof.probe_test_size, "split_seed": prof.seed,
             "batch_tokens": prof.batch_tokens, "threads": threads, "dtype": dtype, "tf32": tf32,
             "ablation": "mean (English mean at that checkpoint, hook_post)",
+            "ngrams": ngram_params(prof, paper_dir if is_real_pythia_70m(e.source, e.kind) else None),
         }
         base[e.name] = {
             "model": e.name, "kind": "hub" if e.kind == "hub" else "folder", "repo": e.repo,
@@ -224,6 +231,34 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
     }
     return SweepPlan(out=out, models=entries, tasks=tasks, deferred=deferred, settings=settings,
                      base=base, code=code, refs=hub_refs)
+
+
+def ngram_params(prof, paper_dir: str | os.PathLike | None) -> dict:
+    """The n-gram part of a task's parameters (in its key; `families.ngram_dynamics`): the
+    sizes it reads from the profile (`ngram_examples`, `ngram_prompts`, `ngram_trigrams`,
+    and `null_german_neurons` for the other German neurons), the prompts' shape, and the
+    trigrams: `{"kind": "paper", "file", "sha256", "n", "strings"}` (the authors' list,
+    sha256-verified, its strings carried to the worker) when `paper_dir` is given, else
+    `{"kind": "selected", "n", "rule"}`.
+
+    Raises:
+        DataError: the authors' trigram file is missing or changed.
+    """
+    from ...core import paper as ref
+    from ...families.ngrams import COMMON_TOKENS, CONTEXT_LENGTH
+
+    if paper_dir is not None:
+        strings = ref.read_trigrams(paper_dir)
+        digest = ref.verify(paper_dir, (ref.TRIGRAM_LIST,))[ref.TRIGRAM_LIST]
+        source = {"kind": "paper", "file": ref.TRIGRAM_LIST, "sha256": digest, "n": len(strings),
+                  "strings": strings}
+    else:
+        source = {"kind": "selected", "n": prof.ngram_trigrams,
+                  "rule": "the most frequent trigrams of letter tokens in the German text that never "
+                          "occur in the English text (families.ngram_dynamics.text_trigrams)"}
+    return {"measurement": "analysis.families.ngram_dynamics", "examples": prof.ngram_examples,
+            "prompts": prof.ngram_prompts, "context_length": CONTEXT_LENGTH, "common_tokens": COMMON_TOKENS,
+            "other_neurons": prof.null_german_neurons, "trigrams": source}
 
 
 def _known_shape(e: ModelEntry) -> tuple[int, int] | None:

@@ -32,6 +32,17 @@ def sweep_paper_dir(sweep_dir: str | os.PathLike, paper_dir: str | os.PathLike |
     return resolve_paper_dir(paper_dir, data_dir or recorded)
 
 
+def paper_figure_map(drawn: list[str]) -> list[dict]:
+    """Quirke et al.'s figures 1-8 and the figures of this sweep's report that show the same
+    series (`figures.sweep.PAPER_FIGURES`, kept to those drawn, `drawn`: figure names):
+    `[{"number", "what", "figures": [names]}]`; an empty list: not measured by the sweep."""
+    from figures.sweep import PAPER_FIGURES
+
+    have = set(drawn)
+    return [{"number": n, "what": what, "figures": [f for f in names if f in have]}
+            for n, what, names in PAPER_FIGURES]
+
+
 def build_sweep_report(sweep_dir: str | os.PathLike, renderer: str = "auto",
                        log: Callable[[str], None] | None = None, paper_dir: str | os.PathLike | None = None,
                        data_dir: str | os.PathLike | None = None) -> dict:
@@ -53,6 +64,7 @@ def build_sweep_report(sweep_dir: str | os.PathLike, renderer: str = "auto",
     folder = sweep_paper_dir(out, paper_dir, data_dir)
     summary = sweep_summary(out, folder)
     figs = draw_sweep_figures(out, out / "figures", folder)
+    summary["paper_figures"] = paper_figure_map([f["name"] for f in figs])
     names = ", ".join(m["name"] for m in summary["models"])
     context: dict[str, Any] = {
         "title": f"Training dynamics of the German context neuron: {names}",

@@ -11,6 +11,13 @@ from pathlib import Path
 from ...core.errors import UsageError
 
 THRESHOLD_F1 = 0.9          # "the neuron has formed": the context neuron's probe F1 reaches this
+# The n-gram numbers the report states at each model's last checkpoint: (name, measure, language).
+NGRAM_LAST = (("effect_total", "context_effect_total", "german"),
+              ("effect_direct", "context_effect_direct", "german"),
+              ("effect_indirect", "context_effect_indirect", "german"),
+              ("trigram_clean", "trigram_loss_clean", "german"),
+              ("trigram_ablated", "trigram_loss_ablated", "german"),
+              ("other_max", "other_ablation_max", "german"))
 
 
 def first_reaching(table, threshold: float = THRESHOLD_F1) -> dict[str, dict | None]:
@@ -79,14 +86,20 @@ def sweep_summary(out: str | os.PathLike, paper_dir: str | os.PathLike | None = 
                                 "ablation_german": val("context_ablation_pct", "german")[0],
                                 "ablation_english": val("context_ablation_pct", "english")[0],
                                 "loss_german": val("loss", "german")[0], "loss_english": val("loss", "english")[0],
-                                "best_neuron": best[1] if best else None, "best_f1": best[0] if best else None}})
+                                "best_neuron": best[1] if best else None, "best_f1": best[0] if best else None,
+                                # the n-gram measurements (None in a sweep from before them)
+                                **{k: (val(m_, lang) or (None,))[0] for k, m_, lang in NGRAM_LAST}}})
     digest = hashlib.sha256((out / "table.parquet").read_bytes()).hexdigest()
     from .reference import paper_context
+    from .table import TRIGRAM_TABLE
 
-    paper = paper_context(out, table, manifest["settings"]["models"], paper_dir, digest)
+    trigrams = pd.read_parquet(out / TRIGRAM_TABLE) if (out / TRIGRAM_TABLE).is_file() else None
+    paper = paper_context(out, table, manifest["settings"]["models"], paper_dir, digest, trigrams)
     return {"paper": paper, "dir": str(out.resolve()), "table": str((out / "table.parquet").resolve()),
             "table_csv": str((out / "table.csv").resolve()), "table_sha256": digest,
             "n_rows": int(len(table)), "threshold": THRESHOLD_F1, "models": models,
+            # Quirke et al.'s figures 1-8 -> ours: set once the figures are drawn (`report.paper_figure_map`)
+            "paper_figures": None,
             "counts": manifest["counts"], "settings": manifest["settings"], "command": manifest["command"],
             "created": manifest["created"], "executor": manifest["executor"],
             "code": manifest["code"], "libraries": manifest["libraries"],

@@ -302,6 +302,8 @@ def _measure(spec: dict, base: dict, t0: float) -> dict:
             toks[part], records[part] = {}, {}
             for lang, corpus in corpora.items():
                 toks[part][lang], records[part][lang] = tokenize_examples(model, corpus.examples, n, lang)
+        ngram_spec = spec["params"].get("ngrams")
+        ngram_in = _ngram_inputs(model, corpora, ngram_spec, profile) if ngram_spec else None
         # One copy of the weights: the engine's, taken from the bridge without cloning; the
         # bridge (and the Hugging Face model inside it) is dropped before measuring.
         keep_bridge = bool(spec.get("keep_bridge"))  # the old way, for `bench --sweep` only
@@ -319,21 +321,27 @@ def _measure(spec: dict, base: dict, t0: float) -> dict:
         if context is not None:
             context.check(weights.n_layers, weights.d_mlp)
         t1 = time.perf_counter()
+        t_ngrams = None
         with matmul_precision(bool(spec["params"].get("tf32", False))):
             row, arrays = measure_checkpoint(fwd, toks, context, profile, device)
+            if ngram_in is not None:
+                t2 = time.perf_counter()
+                row, arrays = _measure_ngrams(fwd, toks, row, arrays, ngram_in, ngram_spec, profile, device)
+                t_ngrams = time.perf_counter() - t2
         t_measure = time.perf_counter() - t1
         result = {
             "model": {"kind": spec["kind"], "repo": spec.get("repo"), "revision": spec["revision"] if spec["kind"] == "hub" else None,
                       "commit": commit, "fingerprint": info["fingerprint"], "n_params": n_params,
                       **{k: info[k] for k in ("n_layers", "d_model", "d_mlp", "n_heads", "d_vocab", "n_ctx")}},
             "context_neuron_source": spec["params"]["context_neuron_source"],
-            "tokens": records,
+            "tokens": records | ({"ngram": ngram_in["records"]} if ngram_in else {}),
             **row,
         }
         _hold(spec)
         cost = {"tokens_forwarded": fwd.tokens_forwarded, "unembedded_rows": fwd.unembedded_rows,
                 "peak_rss_bytes": peak_rss_bytes(), "rss_measuring_bytes": rss_measuring,
                 "threads": base["threads"], "load_s": round(t_load, 3), "measure_s": round(t_measure, 3),
+                "ngrams_s": None if t_ngrams is None else round(t_ngrams, 3),
                 "worker": base["worker"]}
         inputs = task_inputs(spec, commit, code)
         ArtifactStore(artifact_dir(task_store(spec), key)).save(inputs, result, time.perf_counter() - t0,
@@ -350,6 +358,51 @@ def _measure(spec: dict, base: dict, t0: float) -> dict:
             commit_dir = snapshot_commit(snap)
             if commit_dir:
                 delete_cached_weights(spec["repo"], commit_dir)
+
+
+def _ngram_inputs(model, corpora: dict, ngram_spec: dict, profile) -> dict:
+    """What the n-gram measurement of a task reads, from the tokenizer and the text only
+    (the same at every checkpoint of a model): the German examples of the split (the first
+    `ngram_examples`), the trigrams (`ngram_dynamics.trigram_ids`: the paper's strings from
+    the spec, or chosen from the whole German and English texts), and the random contexts
+    (`ngrams.context_prompts` over the German text's `ngrams.common_tokens`)."""
+    import numpy as np
+
+    from ...core.runner import tokenize_examples
+    from ...families.ngram_dynamics import trigram_ids
+    from ...families.ngrams import common_tokens, context_prompts
+
+    text, rec = tokenize_examples(model, corpora["german"].examples, int(ngram_spec["examples"]), "german")
+    pools = {lang: tokenize_examples(model, corpora[lang].examples, None, lang)[0] for lang in ("german", "english")}
+    ids, strings = trigram_ids(model, ngram_spec["trigrams"], pools["german"], pools["english"],
+                               int(ngram_spec["trigrams"].get("n") or 0))
+    common = common_tokens(pools["german"], int(model.info["d_vocab"]), model.to_str_tokens,
+                           int(ngram_spec["common_tokens"]))
+    contexts = context_prompts(common, int(ngram_spec["prompts"]), int(ngram_spec["context_length"]), profile.seed)
+    return {"text": text, "records": rec, "ids": ids, "strings": strings,
+            "contexts": np.asarray(contexts, dtype=np.int64), "common": common}
+
+
+def _measure_ngrams(fwd, toks: dict, row: dict, arrays: dict, ngram_in: dict, ngram_spec: dict,
+                    profile, device: str) -> tuple[dict, dict]:
+    """`row`/`arrays` of `measure_checkpoint` with the n-gram measurements added (the
+    context neuron: the one `measure_checkpoint` studied, so that `--neuron auto` measures
+    the checkpoint's own; ablation value: its mean English activation there): `ngrams`
+    (`ngram_dynamics.measure_ngram_checkpoint`) and `other_neurons`
+    (`ngram_dynamics.measure_other_neurons`)."""
+    from ...core.config import Neuron
+    from ...families.ngram_dynamics import measure_ngram_checkpoint, measure_other_neurons
+
+    ctx = Neuron.parse(row["context"]["neuron"])
+    value = float(row["context"]["value"])
+    ng, ng_arrays = measure_ngram_checkpoint(fwd, ngram_in["text"], ngram_in["ids"], ngram_in["contexts"], ctx,
+                                             value, profile.batch_tokens, device)
+    src = {k: v for k, v in ngram_spec["trigrams"].items() if k != "strings"}
+    row = {**row, "ngrams": {"context_neuron": str(ctx), "ablation_value": value, "trigram_source": src,
+                             "trigram_list": ngram_in["strings"], "trigram_ids": ngram_in["ids"], **ng},
+           "other_neurons": measure_other_neurons(fwd, toks, arrays["discovery_f1"], arrays["discovery_coef"],
+                                                  ctx, int(ngram_spec["other_neurons"]), profile, device)}
+    return row, {**arrays, **ng_arrays, "ngram_contexts": ngram_in["contexts"]}
 
 
 def _current_rss() -> int | None:
