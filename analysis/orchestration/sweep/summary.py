@@ -84,9 +84,12 @@ def sweep_summary(out: str | os.PathLike, paper_dir: str | os.PathLike | None = 
     from .reference import paper_context
 
     paper = paper_context(out, table, manifest["settings"]["models"], paper_dir, digest)
+    from .seeds import seed_rows
+
+    seeds = seed_rows(out, manifest, table)  # issue 21 §3: per training seed (seeds.py)
     return {"paper": paper, "dir": str(out.resolve()), "table": str((out / "table.parquet").resolve()),
             "table_csv": str((out / "table.csv").resolve()), "table_sha256": digest,
-            "n_rows": int(len(table)), "threshold": THRESHOLD_F1, "models": models,
+            "n_rows": int(len(table)), "threshold": THRESHOLD_F1, "models": models, "seeds": seeds,
             "counts": manifest["counts"], "settings": manifest["settings"], "command": manifest["command"],
             "created": manifest["created"], "executor": manifest["executor"],
             "code": manifest["code"], "libraries": manifest["libraries"],
