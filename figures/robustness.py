@@ -11,12 +11,14 @@ from .plots import Chart, Table, check_spec
 
 
 def spec_curve_table(specs: Sequence[Mapping]) -> Table:
-    """One row per specification, sorted by the German loss change (nats): its label, the
-    change with its 95% interval, the English change, probe F1, whether the finding holds,
-    and whether it is the seed's choice."""
+    """One row per specification, sorted by the German loss change (nats): its label
+    (ablation / aggregation / data), its data set, the change with its 95% interval, the
+    English change, probe F1, whether the finding holds, and whether it is the seed's choice."""
     rows = sorted(specs, key=lambda s: s["german_nats"])
     return Table({
-        "specification": [f"{s['ablation']} / {s['aggregation']}" for s in rows],
+        "specification": [f"{s['ablation']} / {s['aggregation']}"
+                          + (f" / {s['data']}" if s.get("data") else "") for s in rows],
+        "data": [s.get("data") for s in rows],
         "german_nats": [s["german_nats"] for s in rows],
         "german_lo": [(s["german"]["increase_nats_ci"] or [None, None])[0] for s in rows],
         "german_hi": [(s["german"]["increase_nats_ci"] or [None, None])[1] for s in rows],
@@ -37,7 +39,8 @@ def spec_curve(specs: Sequence[Mapping], neuron: str) -> Chart:
     y = np.array(t["german_nats"], dtype=float)
     lo = np.array([np.nan if v is None else v for v in t["german_lo"]], dtype=float)
     hi = np.array([np.nan if v is None else v for v in t["german_hi"]], dtype=float)
-    fig, ax = plt.subplots(figsize=(7.0, 3.6), dpi=110)
+    # wider with the data dimension: 20 labelled specifications instead of 10
+    fig, ax = plt.subplots(figsize=(7.0 if len(t) <= 10 else 9.0, 3.8), dpi=110)
     ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="none", ecolor="grey", capsize=2)
     held = np.array(t["holds"])
     ax.scatter(x[held], y[held], color="#DD8452", label="finding holds", zorder=3)

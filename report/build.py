@@ -146,6 +146,8 @@ SECTIONS: tuple[Section, ...] = (
 SWEEP_SECTIONS: tuple[Section, ...] = (
     Section("Sweep", "sweep_setup.md.j2"),
     Section("Training dynamics across checkpoints and model sizes", "75_sweep.md.j2", (), ("sweep",)),
+    Section("Per training seed", "76_sweep_seeds.md.j2", (), ("sweep_seeds",),
+            when=lambda c: bool((c.get("sweep") or {}).get("seeds"))),
     Section("Checkpoints", "sweep_checkpoints.md.j2"),
     Section("Provenance", "sweep_provenance.md.j2"),
 )

@@ -317,6 +317,17 @@ def test_default_plant_is_recovered(planted_default):
     rb = arts["robustness"]["result"]
     assert rows["German loss change"]["passed"] and rows["German loss change"]["measured"] >= rb["null"]["random_p99"]["german"]
     assert rb["probe"]["per_token"]["rank"] == 1
+    # issue 21 §1 and §4: the data dimension. On the held-out Europarl passages (the plant's
+    # domain, not its fitting passages) the plant is again the first per-token German neuron;
+    # the specifications the construction says must hold (written before running) are all
+    # measured, and how many hold is reported (printed here; the section states it)
+    assert set(rb["data"]) == {"seed", "europarl-heldout"} and rb["n_specifications"] == 20
+    assert {s["data"] for s in rb["specifications"]} == {"seed", "europarl-heldout"}
+    assert rb["data"]["europarl-heldout"]["probe"]["per_token"]["rank"] == 1
+    must = rb["planted_must_hold"]
+    assert must["n_predicted"] == must["n_measured"] == 12
+    print(f"\nplanted: the finding holds in {rb['n_hold']} of {rb['n_specifications']} specifications, "
+          f"{must['n_hold']} of the {must['n_predicted']} the construction predicts (not: {must['failed']})")
     assert arts["ablation"]["result"]["context"]["german"]["percent_increase"] == de
     tok = next(row for row in r["rows"] if "loss rises most" in row["check"])
     assert tok["measured"] >= 5 and len(r["helped"]) == 20
@@ -367,10 +378,17 @@ def test_plant_is_recorded_and_fitted_on_text_the_report_never_reads(planted_def
             assert fit["dataset"] == name and fit["n"] == FIT_PASSAGES and len(fit["indices_sha256"]) == 64
             _, held = split_indices(fit["n_passages_in_file"])
             assert not set(fit["indices"]) & set(held)  # never in the europarl-heldout corpus
-            read = {d["file"] for d in art["provenance"]["data"].values()}
-            assert fit["file"] not in read, step  # the report's corpora are other files
+            # the report's corpora are other files, or (the robustness step's second data
+            # set) the held-out passages of the fitting file, disjoint from the fit
+            for d in art["provenance"]["data"].values():
+                if d["file"] == fit["file"]:
+                    assert d["subset"]["part"] == "heldout" and d["subset"]["indices"] == held, step
+                    assert not set(d["subset"]["indices"]) & set(fit["indices"]), step
         assert plant["input"]["scale"] > 0 and plant["output"]["scale"] > 0
     assert arts["planted"]["result"]["scales"]["output"] == plant["output"]["scale"]
+    # the loop above is not vacuous: the robustness step reads the held-out Europarl passages
+    read = {d["file"] for d in arts["robustness"]["provenance"]["data"].values()}
+    assert {plant["fit"][lang]["file"] for lang in FIT_DATASETS} <= read
 
 
 def test_the_planted_checkpoint_is_the_same_with_one_thread_and_another_batch_split(

@@ -9,6 +9,7 @@ import torch
 
 from analysis.core.config import Neuron
 from analysis.families.robustness import (
+    corpus_activations,
     holds,
     max_f1_null,
     null_neurons,
@@ -93,6 +94,10 @@ def test_the_tiny_report_carries_the_robustness_step_its_figures_and_section(tin
     assert r["null"]["n_random"] == p.null_neurons_per_layer * 6
     assert r["fwer"]["n_permutations"] == p.permutations
     assert r["n_specifications"] == len(ABLATIONS) * len(AGGREGATIONS)
+    # the fixture corpus is neither real corpus: the data dimension is not varied, and it says so
+    assert list(r["data"]) == ["fixture"] and "not varied" in r["data_note"]
+    assert {s["data"] for s in r["specifications"]} == {"fixture"}
+    assert not any(s["seed_choice"] for s in r["specifications"])  # the seed's data is not here
     assert r["n_hold"] == sum(s["holds"] for s in r["specifications"])
     store = ArtifactStore(Path(cfg.out) / "artifacts")
     null_de = store.load_array("robustness", "null_german")
@@ -136,3 +141,36 @@ def test_single_neuron_losses_equal_the_full_pass(tiny, tiny_fwd, stack_tokens):
     # the edits change the losses: the comparison above is not between unedited passes
     assert sum(not np.allclose(got[k], got["original"], rtol=0, atol=1e-6) for k in ours) >= 4
 
+
+
+def test_corpus_activations_equal_the_activations_and_discovery_passes(tiny, tiny_fwd):
+    """The second data set's one pass gives what the run's corpus gets from two steps: the
+    per-token samples of `discovery.sample_all_neurons` (first rows, example order), the
+    sequence means and token means of `activations.collect_mlp_activations`, and the
+    context neuron's activations at every kept position; examples shorter than the crop
+    start contribute nothing."""
+    from analysis.core.engine import make_batches
+    from analysis.families.activations import collect_mlp_activations
+    from analysis.families.discovery import sample_all_neurons
+
+    texts = ["Die Kommission hat heute einen Vorschlag angenommen, der die Regeln für den Markt ändert.",
+             "Kurz.",
+             "The committee adopted the report without a vote after a short debate on the budget.",
+             "Wir müssen die Frage noch einmal prüfen, bevor das Parlament darüber abstimmt."]
+    toks = [tiny.to_tokens(t) for t in texts]
+    crop, ctx = (5, 40), Neuron(2, 17)
+    L, d = tiny_fwd.w.n_layers, tiny_fwd.w.d_mlp
+    col = ctx.layer * d + ctx.index
+    n_pos = sum(max(0, min(crop[1], len(t)) - crop[0]) for t in toks)
+    assert len(toks[1]) <= crop[0] < n_pos  # one example has no kept position
+    got = corpus_activations(tiny_fwd, toks, crop, n_pos - 5, col, batch_tokens=64, show_progress=False)
+    want = sample_all_neurons(tiny_fwd, toks, crop, n_pos - 5, 4096, show_progress=False)
+    assert got["samples"].shape == want.shape == (n_pos - 5, L * d)
+    assert np.allclose(got["samples"], want, atol=1e-6)
+    seq: dict = {}
+    samples, means, count = collect_mlp_activations(tiny_fwd, make_batches(toks, 4096, pad_id=1), range(L),
+                                                    [ctx], crop, show_progress=False, sequence_means=seq)
+    assert got["n_positions"] == count == n_pos
+    assert np.allclose(got["sequence_means"], np.stack([seq[i] for i in sorted(seq) if i != 1]), atol=1e-6)
+    assert np.allclose(got["token_mean"], np.concatenate([means[layer] for layer in range(L)]), atol=1e-6)
+    assert np.allclose(got["context"], samples[:, 0], atol=1e-6)

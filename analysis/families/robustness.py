@@ -29,9 +29,36 @@ threshold at 5% (Westfall–Young max-statistic); each top neuron's permutation 
 it refits all neurons on `probe_samples` tokens per class per permutation, tens of seconds
 each on a 2-core CPU.
 
-**Specification curve (§1).** The finding's three numbers under every combination of
-ablation type (`ABLATIONS`) and probe aggregation (`AGGREGATIONS`) on the run's corpus;
-its criterion (`holds`) is fixed in this module before any run.
+**Specification curve (§1).** The finding's three numbers (probe F1, German and English
+loss change) and the context neuron's discovery rank under every combination of ablation
+type (`ABLATIONS`), probe aggregation (`AGGREGATIONS`) and data (`DATA`): the run's corpus
+and, where the run reads one of the two real corpora, the other one (`OTHER_DATA`: the
+seed's WMT German / KDE4 English and the paper's Europarl de/en), so N = 5 × 2 × 2 = 20 on
+a real model and 10 on the hermetic fixture corpus (which has no second corpus without
+`--data-dir`; the result's `data_note` says so). On the second corpus everything is
+measured on that corpus alone, exactly as on the run's: its first `activation_examples`
+passages per language give every neuron's per-token samples (the first `probe_samples`),
+sequence means and token means (the ablation values and the resample pool), in one pass
+(`corpus_activations`); every neuron is probed on them under both aggregations
+(`discovery.probe_all`, the split and seed of discovery; its rank by `discovery.rank` on the
+vectorised fit, without discovery's sklearn refit of its top rows); the losses are those of
+its first `null_loss_examples` passages cut to `null_loss_tokens` tokens. The criterion
+(`holds`) is fixed in this module before any run.
+
+Europarl here is the `europarl-heldout` corpus (`data.CORPORA`): the 200 + 200 held-out
+passages of the Europarl files, disjoint from the organism's training text and from the
+planted control's fitting passages (both drawn from the other split, `data.split_indices`),
+so neither control is measured on text it was built from.
+
+**Per-token family-wise threshold (§2), not computed.** A max-statistic over all neurons of
+the *per-token* probe with labels permuted by sequence would refit every neuron's probe
+(`probe_samples` tokens per class, 12,288 neurons on Pythia-70M's shape) once per
+permutation: as long as discovery's own fit (13-21 s on a 2-core CPU at the quick profile's
+2,000 tokens per class, measured, `PER_TOKEN_FWER_NOTE`), so 19 permutations (the quick
+profile's, for a smallest p-value of 0.05) would add 4-7 minutes to the quick report and
+1,000 (the paper profile's, on 5,000 tokens per class) 10 hours or more on a CPU.
+The report says so and gives the sequence-mean threshold instead, whose permutations refit
+one row per sequence.
 """
 
 from __future__ import annotations
@@ -49,6 +76,21 @@ PERMUTATION_SALT = 2121
 FWER_LEVEL = 0.05
 MIN_SEQUENCES = 10  # `discovery.probe_all` refuses fewer samples per class (train/test split)
 
+# Why the per-token probe has no family-wise threshold here (module docstring), with the cost
+# that decides it: one refit of every neuron's per-token probe, as one permutation would need,
+# timed on Pythia-70M's shape at the quick profile's `probe_samples` (2,000 per class).
+PER_TOKEN_FWER_NOTE = {
+    "computed": False,
+    "why": "a per-token max-statistic refits every neuron's probe once per permutation "
+           "(labels permuted by sequence); one refit of Pythia-70M's 12,288 neurons on 2,000 "
+           "tokens per class took 13-21 s on a 2-core CPU (measured), so the quick profile's "
+           "19 permutations would add 4-7 minutes to the step and the paper profile's 1,000 "
+           "(on 5,000 tokens per class) 10 hours or more",
+    "seconds_per_refit": [12.7, 21.2],  # two refits, 2 torch threads, a shared 2-core machine
+    "instead": "the sequence-mean probe's family-wise threshold (one row per sequence) and "
+               "each top neuron's permutation p-value under it",
+}
+
 # Ablation types of the specification curve: what the context neuron's `hook_post` is set to.
 # `english_mean` is the seed's (and the `ablation` step's).
 ABLATIONS = {
@@ -63,7 +105,15 @@ AGGREGATIONS = {
     "per_token": "per token (the seed's probe: one sample per position)",
     "sequence_mean": "sequence mean (Gurnee et al.: one sample per text, its mean activation)",
 }
-SEED_SPEC = ("english_mean", "per_token")
+# Data of the specification curve: the two real corpora (`data.CORPORA`). The run's corpus is
+# always one of the specifications' data; the other real corpus joins it (`OTHER_DATA`).
+DATA = {
+    "seed": "WMT German / KDE4 English (the seed's corpus)",
+    "europarl-heldout": "Europarl de/en (the paper's and Gurnee et al.'s domain): the held-out "
+                        "passages, disjoint from the organism's training text and the plant's fit",
+}
+OTHER_DATA = {"seed": "europarl-heldout", "europarl-heldout": "seed"}
+SEED_SPEC = ("english_mean", "per_token", "seed")
 
 # The criterion, fixed before running (the same targets as the planted control's rows,
 # analysis.controls.planted_check.TARGETS, which restate the seed's claims): the neuron
@@ -81,8 +131,12 @@ HOLDS = {"f1": 0.8, "english_fraction": 1 / 3}
 # Zero ablation holds only where the plant's English activation is near zero, which its
 # construction does not fix; German-mean ablation keeps the neuron "on" and so should NOT
 # raise the German loss: the finding is expected to fail there.
-PLANTED_MUST_HOLD = [(a, g) for a in ("english_mean", "all_mean", "resample_english")
-                     for g in AGGREGATIONS]
+# (c) Data: both. The plant's input direction and its boosted tokens were fitted on Europarl
+# passages (the training split; `controls.planted`), so on the held-out Europarl passages
+# (same domain, other passages) the construction predicts the same as on WMT/KDE4, where the
+# planted-recovered rows already check it. So 3 ablations × 2 aggregations × 2 data = 12.
+PLANTED_MUST_HOLD = [(a, g, data) for a in ("english_mean", "all_mean", "resample_english")
+                     for g in AGGREGATIONS for data in DATA]
 
 
 def null_neurons(n_layers: int, d_mlp: int, k: int, seed: int,
@@ -217,6 +271,93 @@ def max_f1_null(german: np.ndarray, english: np.ndarray, test_size: float, seed:
     return out
 
 
+def corpus_activations(fwd: Forward, toks: Sequence[Sequence[int]], crop: tuple[int, int],
+                       n_samples: int, col: int, batch_tokens: int, device: str = "cpu",
+                       desc: str = "activations", show_progress: bool = True) -> dict:
+    """Every neuron's `hook_post` on one language's examples at positions `crop[0]:crop[1]`
+    (position 0 is BOS), in one pass: what the `activations` and `discovery` steps give on
+    the run's corpus, for another corpus (the specification curve's second data set).
+
+    Args:
+        toks: token lists (BOS prepended), in example order.
+        n_samples: per-token rows kept (discovery's `probe_samples`).
+        col: the context neuron's column (`layer * d_mlp + index`), kept at every position.
+
+    Returns:
+        `{"samples": float32 [min(n_samples, n_positions), n_layers * d_mlp]` (the first rows
+        in example then position order, as `discovery.sample_all_neurons`),
+        `"sequence_means": float32 [examples with a position in the crop, n_layers * d_mlp]`
+        (example order), `"token_mean": float64 [n_layers * d_mlp]` (over every kept
+        position), `"context": float32 [n_positions]` (column `col` at every kept position,
+        example then position order), `"n_positions": int}`; columns layer-major.
+    """
+    from ..core.engine import make_batches
+
+    start, end = crop
+    L, d = fwd.w.n_layers, fwd.w.d_mlp
+    counts = [max(0, min(end, len(t)) - start) for t in toks]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+    total = int(offsets[-1])
+    keep = min(n_samples, total)
+    samples = np.empty((keep, L * d), dtype=np.float32)
+    context = np.empty(total, dtype=np.float32)
+    seq: dict[int, np.ndarray] = {}
+    sums = torch.zeros(L * d, dtype=torch.float64)
+    names = [f"blocks.{layer}.mlp.hook_post" for layer in range(L)]
+    with torch.inference_mode():
+        for batch in progress(make_batches(toks, batch_tokens, pad_id=1, device=device), desc,
+                              show_progress):
+            capture = dict.fromkeys(names)
+            fwd.run(batch.tokens, stop_layer=L, capture=capture)
+            for row, ex in enumerate(batch.index):
+                hi = min(end, int(batch.lengths[row]))
+                if hi <= start:
+                    continue
+                acts = torch.cat([capture[n][row, start:hi] for n in names], -1).float().cpu()  # [pos, L*d]
+                sums += acts.double().sum(0)
+                seq[ex] = acts.mean(0).numpy()
+                context[offsets[ex]:offsets[ex + 1]] = acts[:, col].numpy()
+                lo_row, hi_row = offsets[ex], min(offsets[ex + 1], keep)
+                if lo_row < keep:
+                    samples[lo_row:hi_row] = acts[:hi_row - lo_row].numpy()
+    return {"samples": samples,
+            "sequence_means": (np.stack([seq[i] for i in sorted(seq)]) if seq
+                               else np.zeros((0, L * d), dtype=np.float32)),
+            "token_mean": (sums / max(total, 1)).numpy(), "context": context, "n_positions": total}
+
+
+def ablation_values(col: int, mean_de: np.ndarray, mean_en: np.ndarray, n_de: int, n_en: int) -> dict:
+    """The constant values of `ABLATIONS` for column `col`, from every neuron's token means
+    `[n_neurons]` over German and English positions (`n_de`, `n_en` of them): English mean,
+    German mean, the pooled (token-weighted) mean, zero."""
+    return {"english_mean": float(mean_en[col]), "german_mean": float(mean_de[col]),
+            "all_mean": float((mean_en[col] * n_en + mean_de[col] * n_de) / (n_en + n_de)),
+            "zero": 0.0}
+
+
+def specifications(probe: Mapping, losses: Mapping, data: str) -> list[dict]:
+    """The specifications of one data set: for each ablation type and aggregation, the
+    context neuron's probe F1 and rank (`probe[aggregation] = {"f1", "rank"}`) and its German
+    and English loss change (`losses[language]` from `single_neuron_losses`, with a variant
+    `ctx:<ablation>` per ablation type; nats), and whether the finding holds (`holds`)."""
+    from .ablation import loss_summary
+
+    out = []
+    for a in ABLATIONS:
+        summ = {lang: loss_summary(losses[lang]["original"], losses[lang][f"ctx:{a}"])
+                for lang in ("german", "english")}
+        de_nats = summ["german"]["ablated"] - summ["german"]["original"]
+        en_nats = summ["english"]["ablated"] - summ["english"]["original"]
+        for g in AGGREGATIONS:
+            out.append({"ablation": a, "aggregation": g, "data": data,
+                        "seed_choice": (a, g, data) == SEED_SPEC,
+                        "f1": probe[g]["f1"], "rank": probe[g]["rank"],
+                        "german": summ["german"], "english": summ["english"],
+                        "german_nats": de_nats, "english_nats": en_nats,
+                        "holds": holds(probe[g]["f1"], summ["german"], en_nats)})
+    return out
+
+
 def holds(f1: float, german: Mapping, english_nats: float) -> bool:
     """The finding's criterion (`HOLDS`, fixed in advance): probe F1 ≥ 0.8, the German
     increase's 95% interval (nats) above 0, and |English change| < ⅓ of the German change
@@ -246,14 +387,16 @@ def run_step(run, arts: dict) -> dict:
 
     Arrays: `null_german`, `null_english` float64 `[n_null]` (loss change, nats, random
     neurons then German-positive ones, in `result.null.neurons` order); `max_f1_null`
-    float64 `[n_permutations]`; `sequence_f1` float64 `[n_layers, d_mlp]`."""
+    float64 `[n_permutations]`; `sequence_f1` float64 `[n_layers, d_mlp]`; with a second
+    data set (`result.data`), `<data>_per_token_f1` and `<data>_sequence_f1` float64
+    `[n_layers, d_mlp]` (every neuron's probe F1 on it)."""
     import sys
 
+    from ..core.data import CORPORA, load_corpus
     from ..core.errors import ReportError
-    from ..core.runner import LANGUAGES
+    from ..core.runner import LANGUAGES, tokenize_examples
     from ..core.stats import METHODS
-    from .ablation import loss_summary
-    from .discovery import probe_all
+    from .discovery import probe_all, rank
 
     p = run.profile
     ctx = run.context
@@ -264,15 +407,34 @@ def run_step(run, arts: dict) -> dict:
     german_pos = [Neuron.parse(r["neuron"]) for r in disc["result"]["ranked"]
                   if r["neuron"] != str(ctx)][:p.null_german_neurons]
     randoms = null_neurons(L, d, p.null_neurons_per_layer, p.seed, exclude=[ctx, *german_pos])
+    # The specification curve's second data set (module docstring): its corpora are read and
+    # checksum-verified here, so a missing file fails before any compute, and their sha256
+    # are in the key (`data` below).
+    other = OTHER_DATA.get(run.corpus)
+    other_corpora = ({lang: load_corpus(CORPORA[other][lang], run.data_dir) for lang in LANGUAGES}
+                     if other else {})
+    other_act = {lang: tokenize_examples(run.model, c.examples, p.activation_examples, lang)
+                 for lang, c in other_corpora.items()}
+    other_loss = {lang: tokenize_examples(run.model, c.examples, p.null_loss_examples, lang)
+                  for lang, c in other_corpora.items()}
     params = {"context_neuron": str(ctx), "random_neurons": [str(n) for n in randoms],
               "german_positive_neurons": [str(n) for n in german_pos],
               "null_salt": NULL_SALT, "permutation_salt": PERMUTATION_SALT,
               "null_loss_examples": p.null_loss_examples, "null_loss_tokens": p.null_loss_tokens,
               "permutations": p.permutations, "crop": [p.crop_start, p.crop_end],
               "split_seed": p.seed, "test_size": p.probe_test_size,
+              "probe_samples": p.probe_samples, "activation_examples": p.activation_examples,
               "ablations": ABLATIONS, "aggregations": AGGREGATIONS, "holds": HOLDS,
+              "data": [run.corpus, *([other] if other else [])],
               "act_tokens": {k: v[1] for k, v in act_toks.items()},
-              "loss_tokens": {k: v[1] for k, v in loss_toks.items()}}
+              "loss_tokens": {k: v[1] for k, v in loss_toks.items()},
+              "other_act_tokens": {k: v[1] for k, v in other_act.items()},
+              "other_loss_tokens": {k: v[1] for k, v in other_loss.items()}}
+    data_prov = {**run.data_prov(*LANGUAGES),
+                 **{f"{other}:{lang}": c.provenance() for lang, c in other_corpora.items()}}
+
+    def cut(toks):
+        return [t[:p.null_loss_tokens] for t in toks]
 
     def compute():
         # Every neuron's sequence means and token mean over the activation examples, read
@@ -290,13 +452,7 @@ def run_step(run, arts: dict) -> dict:
                 + " (raise activation_examples)")
         col = ctx.layer * d + ctx.index
         en_mean = tok_mean["english"]
-        values = {
-            "english_mean": float(en_mean[col]),
-            "german_mean": float(tok_mean["german"][col]),
-            "all_mean": float((en_mean[col] * n_pos["english"] + tok_mean["german"][col] * n_pos["german"])
-                              / (n_pos["english"] + n_pos["german"])),
-            "zero": 0.0,
-        }
+        values = ablation_values(col, tok_mean["german"], en_mean, n_pos["german"], n_pos["english"])
         ctx_i = acts["result"]["neurons"].index(str(ctx))
         pool = run.store.load_array("activations", "english")[:, ctx_i]
         variants = {f"ctx:{a}": (ctx, set_neurons([ctx.index], v)) for a, v in values.items()}
@@ -308,9 +464,8 @@ def run_step(run, arts: dict) -> dict:
             # the resample draws restart per language so each language's draws are reproducible alone
             v = {**variants, "ctx:resample_english": (ctx, resample_edit(
                 ctx.index, pool, p.seed + (0 if lang == "german" else 1)))}
-            cut = [t[:p.null_loss_tokens] for t in loss_toks[lang][0]]
-            losses[lang] = single_neuron_losses(run.fwd, run.batches(cut), v, p.batch_tokens,
-                                                desc=f"robustness losses {lang}",
+            losses[lang] = single_neuron_losses(run.fwd, run.batches(cut(loss_toks[lang][0])), v,
+                                                p.batch_tokens, desc=f"robustness losses {lang}",
                                                 show_progress=run.show_progress)
 
         def effect(name, lang):
@@ -359,8 +514,8 @@ def run_step(run, arts: dict) -> dict:
                 "permuted": "language labels of whole sequences",
                 "n_permutations": p.permutations, "level": FWER_LEVEL, "threshold": threshold,
                 "n_sequences": {"german": int(len(de_seq)), "english": int(len(en_seq))},
-                "top": top}
-        # Specification curve.
+                "top": top, "per_token": PER_TOKEN_FWER_NOTE}
+        # Specification curve, the run's corpus.
         d_stats = {k2: run.store.load_array("discovery", k2).reshape(-1)
                    for k2 in ("coef", "f1", "test_acc", "separation")}
         # discovery's own row when it lists the neuron (its top rows are refitted with sklearn
@@ -370,38 +525,81 @@ def run_step(run, arts: dict) -> dict:
                                "rank": int(row["rank"]) if row else rank_of(col, d_stats)},
                  "sequence_mean": {"f1": float(stats["f1"][col]) if stats["coef"][col] > 0 else 0.0,
                                    "rank": rank_of(col, stats)}}
-        specs = []
-        for a in ABLATIONS:
-            summ = {lang: loss_summary(losses[lang]["original"], losses[lang][f"ctx:{a}"])
-                    for lang in LANGUAGES}
-            en_nats = summ["english"]["ablated"] - summ["english"]["original"]
-            for g in AGGREGATIONS:
-                specs.append({"ablation": a, "aggregation": g, "data": run.corpus,
-                              "seed_choice": (a, g) == SEED_SPEC,
-                              "f1": probe[g]["f1"], "rank": probe[g]["rank"],
-                              "german": summ["german"], "english": summ["english"],
-                              "german_nats": summ["german"]["ablated"] - summ["german"]["original"],
-                              "english_nats": en_nats,
-                              "holds": holds(probe[g]["f1"], summ["german"], en_nats)})
+        specs = specifications(probe, losses, run.corpus)
+        arrays = {"null_german": null_de, "null_english": null_en, "max_f1_null": maxima,
+                  "sequence_f1": stats["f1"].reshape(L, d)}
+        by_data = {run.corpus: {"probe": probe, "ablation_values": values,
+                                "n_examples": {lang: len(loss_toks[lang][0]) for lang in LANGUAGES},
+                                "n_sequences": {"german": int(len(de_seq)), "english": int(len(en_seq))}}}
+        if other:
+            o_specs, o_rec, o_arrays = other_data(other)
+            specs += o_specs
+            by_data[other] = o_rec
+            arrays |= o_arrays
+        must = [s for s in specs if (s["ablation"], s["aggregation"], s["data"]) in PLANTED_MUST_HOLD]
         result = {
             "context_neuron": str(ctx), "interval": METHODS["loss"],
             "ablation_values": values,
             "ablation_step_value": acts["result"]["english_means"][str(ctx)], "ablations": ABLATIONS, "aggregations": AGGREGATIONS,
             "criterion": HOLDS, "probe": probe, "null": null_result, "fwer": fwer,
+            "data": {name: {"description": DATA.get(name, f"the run's corpus ({name})"), **rec}
+                     for name, rec in by_data.items()},
             "specifications": specs, "n_specifications": len(specs),
             "n_hold": sum(s["holds"] for s in specs),
             # §4: read on the planted control only, where PLANTED_MUST_HOLD is its prediction
             "planted_must_hold": {
-                "specifications": [f"{a} / {g}" for a, g in PLANTED_MUST_HOLD],
-                "n_hold": sum(s["holds"] for s in specs
-                              if (s["ablation"], s["aggregation"]) in PLANTED_MUST_HOLD)},
-            "data_note": "one corpus (the run's); Europarl de/en is not a dimension yet",
+                "specifications": [f"{a} / {g} / {dd}" for a, g, dd in PLANTED_MUST_HOLD],
+                "n_predicted": len(PLANTED_MUST_HOLD), "n_measured": len(must),
+                "n_hold": sum(s["holds"] for s in must),
+                "failed": [f"{s['ablation']} / {s['aggregation']} / {s['data']}" for s in must if not s["holds"]]},
+            "data_note": (f"two data sets: the run's corpus ({run.corpus}) and {other}" if other else
+                          f"one data set: the run's corpus ({run.corpus}) is neither of the two real "
+                          "corpora (the seed's WMT/KDE4, Europarl), so the data dimension is not varied"),
         }
-        arrays = {"null_german": null_de, "null_english": null_en, "max_f1_null": maxima,
-                  "sequence_f1": stats["f1"].reshape(L, d)}
         return result, arrays
 
-    inputs = run.inputs("robustness", sys.modules[__name__], params, run.data_prov(*LANGUAGES),
+    def other_data(name):
+        """The specifications on the second data set `name`, measured on it alone (module
+        docstring): (specs, record, arrays)."""
+        col = ctx.layer * d + ctx.index
+        got = {lang: corpus_activations(run.fwd, other_act[lang][0], (p.crop_start, p.crop_end),
+                                        p.probe_samples, col, p.batch_tokens, run.cfg.device,
+                                        desc=f"robustness {name} {lang}", show_progress=run.show_progress)
+               for lang in LANGUAGES}
+        n_seq = {lang: len(got[lang]["sequence_means"]) for lang in LANGUAGES}
+        if min(n_seq.values()) < MIN_SEQUENCES:
+            raise ReportError(f"the robustness step's {name} data have too few examples with a "
+                              f"position in the crop ({n_seq}; at least {MIN_SEQUENCES} per language)")
+        tok_stats = probe_all(got["german"]["samples"], got["english"]["samples"], p.probe_samples,
+                              p.probe_test_size, p.seed)
+        de_s, en_s = got["german"]["sequence_means"], got["english"]["sequence_means"]
+        seq_stats = probe_all(de_s, en_s, max(len(de_s), len(en_s)), p.probe_test_size, p.seed,
+                              chunk=de_s.shape[1])
+        probe = {"per_token": {"f1": float(tok_stats["f1"][col]), "rank": rank_of(col, tok_stats)},
+                 "sequence_mean": {"f1": float(seq_stats["f1"][col]) if seq_stats["coef"][col] > 0 else 0.0,
+                                   "rank": rank_of(col, seq_stats)}}
+        values = ablation_values(col, got["german"]["token_mean"], got["english"]["token_mean"],
+                                 got["german"]["n_positions"], got["english"]["n_positions"])
+        variants = {f"ctx:{a}": (ctx, set_neurons([ctx.index], v)) for a, v in values.items()}
+        losses = {}
+        for lang in LANGUAGES:
+            v = {**variants, "ctx:resample_english": (ctx, resample_edit(
+                ctx.index, got["english"]["context"], p.seed + (0 if lang == "german" else 1)))}
+            losses[lang] = single_neuron_losses(run.fwd, run.batches(cut(other_loss[lang][0])), v,
+                                                p.batch_tokens, desc=f"robustness {name} losses {lang}",
+                                                show_progress=run.show_progress)
+        best = rank(tok_stats, True)
+        record = {"probe": probe, "ablation_values": values,
+                  "n_examples": {lang: len(other_loss[lang][0]) for lang in LANGUAGES},
+                  "n_sequences": n_seq,
+                  "n_per_token_samples": {lang: int(len(got[lang]["samples"])) for lang in LANGUAGES},
+                  "best_per_token": (str(Neuron(*divmod(int(best[0]), d))) if len(best) else None),
+                  "rank_method": "discovery.rank on the vectorised fit (no sklearn refit of the top rows)"}
+        arrays = {f"{name.replace('-', '_')}_per_token_f1": tok_stats["f1"].reshape(L, d),
+                  f"{name.replace('-', '_')}_sequence_f1": seq_stats["f1"].reshape(L, d)}
+        return specifications(probe, losses, name), record, arrays
+
+    inputs = run.inputs("robustness", sys.modules[__name__], params, data_prov,
                         {"discovery": disc["key"], "activations": acts["key"]})
     return run.step(inputs, compute)
 
@@ -417,7 +615,8 @@ def figures(run, arts: dict, fig_dir) -> list[dict]:
         plots.save(figs.spec_curve(res["specifications"], ctx), fig_dir, "robustness_spec_curve", {
             "step": "robustness", "artifact_key": art["key"],
             "caption": f"Specification curve: the German loss change (nats) when {ctx} is ablated, "
-                       "under each combination of ablation type and probe aggregation, sorted "
+                       "under each combination of ablation type, probe aggregation and data "
+                       f"({', '.join(res['data'])}), sorted "
                        "(bars: 95% paired-bootstrap intervals; filled: the finding holds by the "
                        "criterion fixed in advance; ringed: the seed's choice).",
             "seed_cell": "Check loss increase from disabling each German neuron on German data",

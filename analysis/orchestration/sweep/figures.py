@@ -59,6 +59,10 @@ def draw_sweep_figures(out: str | os.PathLike, fig_dir: Path, paper_dir: str | o
                                           f"probe F1 reaches {THRESHOLD_F1}." + (note if overlay is not None else ""),
             "seed_cell": None, "table": str(Path(out).resolve() / "table.parquet"),
             **(files if overlay is not None else {})}))
+    from .seeds import draw_seed_figure, seed_rows  # issue 21 §3: the per-seed figure
+
+    rows = seed_rows(out, json.loads((Path(out) / "sweep.json").read_text()), table)
+    records += draw_seed_figure(rows, fig_dir, digest, str(Path(out).resolve() / "table.parquet"))
     if authors is not None and not table["step"].dropna().empty:
         for spec in ref_figs.REFERENCE_FIGURES:
             ours = figs.ours_series(table, spec["ours"], real) if spec["ours"] else None

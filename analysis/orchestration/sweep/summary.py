@@ -95,9 +95,12 @@ def sweep_summary(out: str | os.PathLike, paper_dir: str | os.PathLike | None = 
 
     trigrams = pd.read_parquet(out / TRIGRAM_TABLE) if (out / TRIGRAM_TABLE).is_file() else None
     paper = paper_context(out, table, manifest["settings"]["models"], paper_dir, digest, trigrams)
+    from .seeds import seed_rows
+
+    seeds = seed_rows(out, manifest, table)  # issue 21 §3: per training seed (seeds.py)
     return {"paper": paper, "dir": str(out.resolve()), "table": str((out / "table.parquet").resolve()),
             "table_csv": str((out / "table.csv").resolve()), "table_sha256": digest,
-            "n_rows": int(len(table)), "threshold": THRESHOLD_F1, "models": models,
+            "n_rows": int(len(table)), "threshold": THRESHOLD_F1, "models": models, "seeds": seeds,
             # Quirke et al.'s figures 1-8 -> ours: set once the figures are drawn (`report.paper_figure_map`)
             "paper_figures": None,
             "counts": manifest["counts"], "settings": manifest["settings"], "command": manifest["command"],
