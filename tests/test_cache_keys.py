@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -138,20 +137,17 @@ def test_the_record_names_every_hashed_module_with_its_hash():
     assert "analysis/resources/seed_reference.json" in rec["resources"]
 
 
-_COPY: dict[str, Path] = {}
-
-
-def _shared_copy() -> Path:
-    """One copy for every hypothesis example (each restores what it changed)."""
-    if "root" not in _COPY:
-        _COPY["root"] = copy_package(Path(tempfile.mkdtemp(prefix="codehash-")) / "pkg")
-    return _COPY["root"]
+@pytest.fixture(scope="module")
+def package_copy(tmp_path_factory) -> Path:
+    """One copy for every hypothesis example (each restores what it changed), inside the
+    run's temporary folder so that pytest removes it."""
+    return copy_package(tmp_path_factory.mktemp("codehash") / "pkg")
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_any_byte_changed_in_any_hashed_file_changes_the_key(data):
-    root = _shared_copy()
+def test_any_byte_changed_in_any_hashed_file_changes_the_key(package_copy, data):
+    root = package_copy
     step = data.draw(st.sampled_from(sorted(step_modules())), label="step")
     rec = codehash.code_record(step_modules()[step], root)
     files = [codehash.module_file(m, root) for m in rec["modules"]] + [root / r for r in rec["resources"]]
