@@ -261,21 +261,40 @@ def test_ngram_rows_pass_and_fail():
     missing = ngram_rows(planted, {"trigrams": [], "and": {"circuits": []}})
     assert [r["passed"] for r in missing] == [False] * 4 and missing[0]["measured"] is None
     assert ngram_rows(None, {"trigrams": []}) == []
-def test_robustness_row_passes_and_fails():
+def test_robustness_rows_pass_and_fail():
     """Issue 21 §4: the planted neuron's German effect against the random null's 99th
-    percentile; not checked when the plant is not the context neuron."""
+    percentile, and per data set its sequence-mean F1 rank (ties shared); not checked when
+    the plant is not the context neuron."""
     from analysis.controls.planted_check import robustness_rows
     from analysis.core.config import Neuron
 
-    def res(context="L2N100", de=0.2, p99=0.01):
+    def res(context="L2N100", de=0.2, p99=0.01, by_f1=({"rank": 1, "tied": 0}, {"rank": 1, "tied": 71})):
         return {"context_neuron": context,
-                "null": {"n_random": 18, "random_p99": {"german": p99}, "context": {"german_nats": de}}}
+                "null": {"n_random": 18, "random_p99": {"german": p99}, "context": {"german_nats": de}},
+                "data": {name: {"probe": {"sequence_mean": {"f1": 1.0, "rank": 1, "by_f1": b}}}
+                         for name, b in zip(("seed", "europarl-heldout"), by_f1, strict=True)}}
 
     n = Neuron(2, 100)
-    assert [r["passed"] for r in robustness_rows(n, res())] == [True]
-    assert [r["passed"] for r in robustness_rows(n, res(de=0.01))] == [True]  # at the percentile
-    assert [r["passed"] for r in robustness_rows(n, res(de=0.005))] == [False]
-    assert [r["passed"] for r in robustness_rows(n, res(context="L3N669"))] == [None]
+    assert [r["passed"] for r in robustness_rows(n, res())] == [True, True, True]
+    assert "71 other neurons at the same F1" in robustness_rows(n, res())[2]["check"]
+    assert [r["passed"] for r in robustness_rows(n, res(de=0.01))][0] is True  # at the percentile
+    assert [r["passed"] for r in robustness_rows(n, res(de=0.005))][0] is False
+    second = res(by_f1=({"rank": 2, "tied": 0}, None))
+    assert [r["passed"] for r in robustness_rows(n, second)] == [True, False, False]
+    assert robustness_rows(n, second)[2]["measured"] is None
+    assert [r["passed"] for r in robustness_rows(n, res(context="L3N669"))] == [None, None, None]
+
+
+def test_f1_rank_shares_ties_and_skips_english_neurons():
+    from analysis.families.robustness import f1_rank, rank_of
+
+    stats = {"coef": np.array([1.0, 1.0, -1.0, 1.0, 1.0]), "f1": np.array([1.0, 0.9, 1.0, 1.0, 0.99]),
+             "test_acc": np.array([1.0, 0.9, 1.0, 1.0, 0.99]),
+             "separation": np.array([2.0, 1.0, -9.0, 3.0, 1.0])}
+    # columns 0 and 3 tie at F1 1.0 (column 2 is English-positive and does not count)
+    assert f1_rank(0, stats) == {"rank": 1, "tied": 1} and f1_rank(3, stats) == {"rank": 1, "tied": 1}
+    assert rank_of(0, stats) == 2 and rank_of(3, stats) == 1  # |separation| breaks the tie
+    assert f1_rank(4, stats) == {"rank": 3, "tied": 0} and f1_rank(2, stats) is None
 
 
 # ----------------------------------------------------------------------------- known answers

@@ -378,6 +378,21 @@ def rank_of(col: int, stats: Mapping[str, np.ndarray]) -> int | None:
     return int(hit[0]) + 1 if hit.size else None
 
 
+def f1_rank(col: int, stats: Mapping[str, np.ndarray]) -> dict | None:
+    """Column `col`'s rank by probe F1 alone among German-positive neurons, ties shared
+    (1 + how many have a strictly larger F1), and how many others have exactly its F1:
+    `{"rank", "tied"}`; None when its coefficient is not positive. `rank_of` breaks those ties
+    by test accuracy and |separation| (`discovery.rank`); where the F1 saturates (a
+    sequence-mean probe separates two languages perfectly for dozens of neurons of a
+    random-weight model) this says that the probe cannot single out one neuron, and which
+    rank the tie-breaks gave is not a finding."""
+    pos = stats["coef"] > 0
+    if not pos[col]:
+        return None
+    f1, mine = stats["f1"][pos], stats["f1"][col]
+    return {"rank": int((f1 > mine).sum()) + 1, "tied": int((f1 == mine).sum()) - 1}
+
+
 # ------------------------------------------------------------------ pipeline step
 
 
@@ -524,7 +539,7 @@ def run_step(run, arts: dict) -> dict:
         probe = {"per_token": {"f1": float(row["f1"]) if row else float(d_stats["f1"][col]),
                                "rank": int(row["rank"]) if row else rank_of(col, d_stats)},
                  "sequence_mean": {"f1": float(stats["f1"][col]) if stats["coef"][col] > 0 else 0.0,
-                                   "rank": rank_of(col, stats)}}
+                                   "rank": rank_of(col, stats), "by_f1": f1_rank(col, stats)}}
         specs = specifications(probe, losses, run.corpus)
         arrays = {"null_german": null_de, "null_english": null_en, "max_f1_null": maxima,
                   "sequence_f1": stats["f1"].reshape(L, d)}
@@ -577,7 +592,7 @@ def run_step(run, arts: dict) -> dict:
                               chunk=de_s.shape[1])
         probe = {"per_token": {"f1": float(tok_stats["f1"][col]), "rank": rank_of(col, tok_stats)},
                  "sequence_mean": {"f1": float(seq_stats["f1"][col]) if seq_stats["coef"][col] > 0 else 0.0,
-                                   "rank": rank_of(col, seq_stats)}}
+                                   "rank": rank_of(col, seq_stats), "by_f1": f1_rank(col, seq_stats)}}
         values = ablation_values(col, got["german"]["token_mean"], got["english"]["token_mean"],
                                  got["german"]["n_positions"], got["english"]["n_positions"])
         variants = {f"ctx:{a}": (ctx, set_neurons([ctx.index], v)) for a, v in values.items()}
