@@ -261,28 +261,21 @@ def test_ngram_rows_pass_and_fail():
     missing = ngram_rows(planted, {"trigrams": [], "and": {"circuits": []}})
     assert [r["passed"] for r in missing] == [False] * 4 and missing[0]["measured"] is None
     assert ngram_rows(None, {"trigrams": []}) == []
-def test_robustness_rows_pass_and_fail():
+def test_robustness_row_passes_and_fails():
     """Issue 21 §4: the planted neuron's German effect against the random null's 99th
-    percentile, and per data set its sequence-mean F1 rank (ties shared); not checked when
-    the plant is not the context neuron."""
+    percentile; not checked when the plant is not the context neuron."""
     from analysis.controls.planted_check import robustness_rows
     from analysis.core.config import Neuron
 
-    def res(context="L2N100", de=0.2, p99=0.01, by_f1=({"rank": 1, "tied": 0}, {"rank": 1, "tied": 71})):
+    def res(context="L2N100", de=0.2, p99=0.01):
         return {"context_neuron": context,
-                "null": {"n_random": 18, "random_p99": {"german": p99}, "context": {"german_nats": de}},
-                "data": {name: {"probe": {"sequence_mean": {"f1": 1.0, "rank": 1, "by_f1": b}}}
-                         for name, b in zip(("seed", "europarl-heldout"), by_f1, strict=True)}}
+                "null": {"n_random": 18, "random_p99": {"german": p99}, "context": {"german_nats": de}}}
 
     n = Neuron(2, 100)
-    assert [r["passed"] for r in robustness_rows(n, res())] == [True, True, True]
-    assert "71 other neurons at the same F1" in robustness_rows(n, res())[2]["check"]
-    assert [r["passed"] for r in robustness_rows(n, res(de=0.01))][0] is True  # at the percentile
-    assert [r["passed"] for r in robustness_rows(n, res(de=0.005))][0] is False
-    second = res(by_f1=({"rank": 2, "tied": 0}, None))
-    assert [r["passed"] for r in robustness_rows(n, second)] == [True, False, False]
-    assert robustness_rows(n, second)[2]["measured"] is None
-    assert [r["passed"] for r in robustness_rows(n, res(context="L3N669"))] == [None, None, None]
+    assert [r["passed"] for r in robustness_rows(n, res())] == [True]
+    assert [r["passed"] for r in robustness_rows(n, res(de=0.01))] == [True]  # at the percentile
+    assert [r["passed"] for r in robustness_rows(n, res(de=0.005))] == [False]
+    assert [r["passed"] for r in robustness_rows(n, res(context="L3N669"))] == [None]
 
 
 def test_f1_rank_shares_ties_and_skips_english_neurons():
