@@ -84,7 +84,7 @@ MEASURES = (
     # The paper's figure 7 (families.ngram_dynamics.frequent_token_dla): both languages on one axis.
     {"name": "sweep_dla_frequent", "measure": "context_dla_frequent", "language": ("german", "english"),
      "ylabel": "logit per unit activation", "zero_line": True, "title": "Context neuron's direct logit attribution on frequent tokens",
-     "caption": "The context neuron's direct logit attribution (its output weights through the unembedding, "
+     "caption": "Direct logit attribution of the context neuron (its output weights through the unembedding, "
                 "W_out[neuron] @ W_U, in logits per unit of its activation, final LayerNorm scale 1) "
                 "averaged over the 200 most frequent German tokens (solid) and the 200 most frequent English "
                 "tokens (dashed) of the sweep's data, as Quirke et al. define it for their figure 7."},
