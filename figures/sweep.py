@@ -81,6 +81,13 @@ MEASURES = (
      "ylabel": "probe F1 (German)", "title": "Other German neurons: median probe F1",
      "caption": "Median probe F1 of the best German-positive neurons of discovery at each checkpoint, "
                 "the context neuron excluded (those mean-ablated in the figure above)."},
+    # The paper's figure 7 (families.ngram_dynamics.frequent_token_dla): both languages on one axis.
+    {"name": "sweep_dla_frequent", "measure": "context_dla_frequent", "language": ("german", "english"),
+     "ylabel": "logit per unit activation", "zero_line": True, "title": "Context neuron's direct logit attribution on frequent tokens",
+     "caption": "Direct logit attribution of the context neuron (its output weights through the unembedding, "
+                "W_out[neuron] @ W_U, in logits per unit of its activation, final LayerNorm scale 1) "
+                "averaged over the 200 most frequent German tokens (solid) and the 200 most frequent English "
+                "tokens (dashed) of the sweep's data, as Quirke et al. define it for their figure 7."},
     {"name": "sweep_german_candidates", "measure": "german_candidates_f1_0_85", "language": None,
      "ylabel": "neurons", "title": "German neurons: how many have probe F1 > 0.85",
      "caption": "German-positive neurons whose single-neuron probe F1 exceeds 0.85 at that checkpoint "
@@ -103,7 +110,7 @@ PAPER_FIGURES = (
     (5, "direct and indirect effect of L3N669 on German loss",
      ("paper_effect_split", "sweep_effect_total", "sweep_effect_indirect", "sweep_effect_direct")),
     (6, "trigram losses with only the direct or only the indirect path ablated", ("paper_trigram_losses",)),
-    (7, "L3N669's average direct logit attribution on frequent German and English tokens", ()),
+    (7, "L3N669's average direct logit attribution on frequent German and English tokens", ("sweep_dla_frequent",)),
     (8, "German, English and trigram loss", ("sweep_loss_german", "sweep_loss_english", "sweep_trigram_loss")),
 )
 
@@ -125,7 +132,8 @@ def measure_figure(table, spec: dict, marks: dict | None = None, authors=None):
     Args:
         table: the sweep's tidy table (pandas DataFrame, `analysis.orchestration.sweep.table.TABLE_COLUMNS`).
         spec: an entry of `MEASURES` (`measure`, `language`, `ylabel`, `title`, optional
-            `ylim`, `label_neurons`, `authors`).
+            `ylim`, `label_neurons`, `authors`, `zero_line`); `language` None, one language, or a tuple
+            of languages drawn as one line each per model (solid, dashed, dotted, in order).
         marks: `{model: step}` to mark with a dotted vertical line (the first checkpoint
             where the context neuron's probe F1 reaches the threshold), None for none.
         authors: the authors' published series (pandas DataFrame, `core.paper.authors_series`),
@@ -134,7 +142,11 @@ def measure_figure(table, spec: dict, marks: dict | None = None, authors=None):
         A matplotlib Figure, or None when the table has no row of this measure.
     """
     rows = table[table["measure"] == spec["measure"]]
-    rows = rows[rows["language"] == spec["language"]] if spec["language"] else rows[rows["language"].isna()]
+    langs = spec["language"] if isinstance(spec["language"], tuple) else None
+    if langs:
+        rows = rows[rows["language"].isin(list(langs))]
+    else:
+        rows = rows[rows["language"] == spec["language"]] if spec["language"] else rows[rows["language"].isna()]
     rows = rows[rows["step"].notna()]
     if rows.empty:
         return None
@@ -142,11 +154,17 @@ def measure_figure(table, spec: dict, marks: dict | None = None, authors=None):
     colors = dict(zip(models, _colors(len(models)), strict=True))
     fig, ax = plt.subplots(figsize=(6.8, 4.1), dpi=110, layout="constrained")
     ratios = set()
-    for m in models:
-        g = rows[rows["model"] == m].sort_values("step")
+    series = [(m, lang) for m in models for lang in (langs or (None,))]
+    for m, lang in series:
+        g = rows[rows["model"] == m]
+        g = (g if lang is None else g[g["language"] == lang]).sort_values("step")
+        if g.empty:
+            continue
         x = g["step"].to_numpy(dtype=float)
         y = g["value"].to_numpy(dtype=float)
-        ax.plot(x, y, "o-", ms=3.5, lw=1.4, color=colors[m], label=m)
+        style = "-" if lang is None else ("-", "--", ":")[langs.index(lang) % 3]
+        ax.plot(x, y, "o" + style, ms=3.5, lw=1.4, color=colors[m],
+                label=m if lang is None else f"{m}: {lang.capitalize()}")
         if g["ci_low"].notna().any():
             ax.fill_between(x, g["ci_low"].to_numpy(dtype=float), g["ci_high"].to_numpy(dtype=float),
                             color=colors[m], alpha=0.15, lw=0)
@@ -166,7 +184,7 @@ def measure_figure(table, spec: dict, marks: dict | None = None, authors=None):
         from .paper import authors_lines
 
         authors_lines(ax, authors, spec.get("authors") or ())
-    if spec["measure"].endswith("_pct"):
+    if spec["measure"].endswith("_pct") or spec.get("zero_line"):
         ax.axhline(0, color="black", lw=0.6)
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlim(left=0)

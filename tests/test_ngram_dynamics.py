@@ -87,6 +87,28 @@ def test_other_neurons_ablation_equals_a_plain_forward(tiny, tiny_fwd):
     assert res["increase_max"] == max(r["increase"] for r in res["neurons"])
 
 
+def test_frequent_token_dla_is_the_neurons_output_weights_through_the_unembedding():
+    """Known answer: W_out[1, 2] = (2, 0, 0, -1) and W_U's rows 0 and 3 = (0..5) and 1, so the
+    DLA of token t is 2t - 1 logits per unit activation; other neurons never enter."""
+    W_out = torch.zeros(2, 3, 4)
+    W_out[1, 2] = torch.tensor([2.0, 0.0, 0.0, -1.0])
+    W_out[0, 0] = W_out[1, 1] = 100.0
+    W_U = torch.zeros(4, 6)
+    W_U[0] = torch.arange(6.0)
+    W_U[3] = 1.0
+    W_U[1] = W_U[2] = 50.0                 # the neuron writes nothing along these
+    got = nd.frequent_token_dla(W_out, W_U, Neuron(1, 2), {"german": [0, 2], "english": [5]})
+    assert list(got) == ["german", "english"]
+    assert got["german"]["mean"] == pytest.approx(1.0)     # (-1 + 3) / 2
+    assert got["english"]["mean"] == pytest.approx(9.0)
+    assert got["german"]["values"].tolist() == [-1.0, 3.0] and got["german"]["values"].dtype == np.float64
+    for bad in ({"german": []}, {"german": [6]}, {"english": [-1]}):
+        with pytest.raises(ValueError):
+            nd.frequent_token_dla(W_out, W_U, Neuron(1, 2), bad)
+    with pytest.raises(ValueError):
+        nd.frequent_token_dla(W_out, W_U, Neuron(2, 0), {"german": [0]})
+
+
 def _table(steps, share_paths=True):
     rows = []
     for s in steps:

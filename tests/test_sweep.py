@@ -160,6 +160,58 @@ def test_the_table_is_tidy_parquet_and_csv(serial):
     assert (df.groupby("model")["n_params"].nunique() == 1).all()
 
 
+def test_the_table_has_the_frequent_token_dla_of_every_measured_revision(hub, serial):
+    """The paper's figure 7 per checkpoint (`ngram_dynamics.frequent_token_dla`): every
+    measured revision of every model has `context_dla_frequent` for German and English,
+    finite, about its checkpoint's context neuron; it moves over training; and at one
+    checkpoint it is the context neuron's output weights through the unembedding of that
+    revision's weights, recomputed here from the Hub cache over the ids the artifact lists."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis.core.engine import Weights
+    from analysis.core.models import load_revision
+    from analysis.orchestration.sweep.task import load_artifact
+
+    df = pd.read_parquet(serial["out"] / "table.parquet")
+    dla = df[df["measure"] == "context_dla_frequent"]
+    measured = {(t["model"], t["revision"]) for t in serial["res"]["tasks"] if t["status"] in ("computed", "reused")}
+    assert len(measured) == 8
+    for lang in ("german", "english"):
+        got = dla[dla["language"] == lang]
+        assert set(zip(got["model"], got["revision"], strict=True)) == measured and len(got) == len(measured)
+        assert np.isfinite(got["value"].to_numpy(dtype=float)).all()
+    ctx = df[df["measure"] == "context_f1"].set_index(["model", "revision"])["neuron"]
+    assert all(ctx[(m, r)] == n for m, r, n in zip(dla["model"], dla["revision"], dla["neuron"], strict=True))
+    g70 = dla[(dla["model"] == "pythia-70m") & (dla["language"] == "german")]
+    assert g70["value"].nunique() == len(g70)  # each revision's weights differ
+    task = next(t for t in serial["res"]["tasks"] if (t["model"], t["revision"]) == ("pythia-70m", "step1000"))
+    art = load_artifact(serial["out"] / "store", task["key"])["result"]["frequent_token_dla"]
+    m = load_revision("step1000", None, "cpu", repo="EleutherAI/pythia-70m")
+    w = Weights.from_bridge(m.bridge, m.info["rotary_pct"])
+    direction = w.W_out[3, 669].double() @ w.W_U.double()  # [d_vocab]
+    for lang in ("german", "english"):
+        ids = art[lang]["token_ids"]
+        assert 0 < len(ids) <= 200 and len(set(ids)) == len(ids) and art[lang]["n_tokens"] == len(ids)
+        row = dla[(dla["model"] == "pythia-70m") & (dla["revision"] == "step1000") & (dla["language"] == lang)]
+        assert float(row["value"].iloc[0]) == pytest.approx(float(direction[ids].mean()), rel=1e-9, abs=1e-12)
+    assert art["german"]["token_ids"] != art["english"]["token_ids"] and art["tokens"] == 200
+    assert art["difference"] == pytest.approx(art["german"]["mean"] - art["english"]["mean"])
+
+
+def test_the_paper_figure_map_names_a_drawn_figure_for_figure_7():
+    """Quirke et al.'s figure 7 (average DLA on frequent German and English tokens) is drawn
+    by the sweep: its entry names a `MEASURES` figure of that measure, both languages."""
+    from figures.sweep import MEASURES, PAPER_FIGURES
+
+    entry = {n: names for n, _, names in PAPER_FIGURES}[7]
+    assert entry
+    specs = {s["name"]: s for s in MEASURES}
+    assert all(n in specs for n in entry)
+    assert any(specs[n]["measure"] == "context_dla_frequent" and set(specs[n]["language"]) == {"german", "english"}
+               for n in entry)
+
+
 def test_cluster_artifacts_equal_the_serial_ones_byte_for_byte(serial, cluster):
     assert "LocalCluster: 2 workers" in "\n".join(cluster["logs"])
     assert cluster["res"]["counts"] == serial["res"]["counts"]
@@ -414,7 +466,8 @@ def test_sweep_report_overlays_the_authors_curves_and_lists_the_claims(serial, s
 
     fig5 = re.search(r"Figure 5 \(direct and indirect effect of L3N669 on German loss\):(.*?)Figure 6", html, re.S)
     assert fig5 and "paper_effect_split" in fig5.group(1) and "sweep_effect_indirect" in fig5.group(1)
-    assert re.search(r"Figure 7 \(L3N669's average direct logit attribution[^)]*\): not measured by the sweep", html)
+    fig7 = re.search(r"Figure 7 \(L3N669's average direct logit attribution[^)]*\):(.*?)Figure 8", html, re.S)
+    assert fig7 and "sweep_dla_frequent" in fig7.group(1) and "not measured" not in fig7.group(1)
 
 
 def test_weights_without_a_copy_equal_the_copy_and_outlive_the_bridge():
@@ -682,8 +735,9 @@ def test_the_dashboard_the_sweep_prints_serves_its_pages():
         executor.close()
 
 
-def test_the_ngram_inputs_are_in_the_key(hub, paper_dir, tmp_path):
-    """The n-gram sizes (from the profile) and the trigram list are in each task's key: the
+def test_the_ngram_inputs_are_in_the_key(hub, paper_dir, tmp_path, monkeypatch):
+    """The n-gram sizes (from the profile), the trigram list and the number of frequent
+    tokens of the DLA (the paper's figure 7) are in each task's key: the
     authors' folder changes the key of pythia-70m (the Hub id: it then measures their 228
     trigrams, whose strings and sha256 the spec carries) and not that of pythia-160m."""
     paper = paper_dir
@@ -704,6 +758,12 @@ def test_the_ngram_inputs_are_in_the_key(hub, paper_dir, tmp_path):
     more = plan_sweep("pythia-70m", "step143000", profile="quick", corpus="fixture", out=tmp_path / "o",
                       threads=1, paper_dir=paper, overrides=SIZES + ("ngram_prompts=3",))
     assert more.tasks[0]["key"] != with_paper["pythia-70m"]
+    assert spec["pythia-70m"]["params"]["ngrams"]["frequent_token_dla"]["tokens"] == 200
+    from analysis.families import ngram_dynamics
+
+    monkeypatch.setattr(ngram_dynamics, "DLA_TOKENS", 100)
+    fewer = keys(paper_dir=paper)
+    assert all(fewer[m] != with_paper[m] for m in ("pythia-70m", "pythia-160m"))
 
 
 def test_torch_threads_and_the_batch_size_are_in_the_key(tmp_path, monkeypatch):

@@ -30,6 +30,24 @@ differs is only what a sweep can know before any checkpoint is measured:
 
 No AND circuits per checkpoint: the paper draws them at the final checkpoint only (the
 report's `ngrams` step).
+
+**Direct logit attribution on frequent tokens (the paper's figure 7).** The authors'
+`generate_dla_data.py` (luciaquirke/contextual-ngrams) computes, at every checkpoint,
+`dla = model.W_out[layer, neuron] @ model.W_U` on TransformerLens weights loaded with
+`fold_ln`, `center_writing_weights` and `center_unembed` (as `core.models.PROCESSING`
+loads ours), and averages it over the 200 most frequent German and the 200 most frequent
+English tokens (`get_common_tokens(..., k=200)`); `figures.py::figure_7` draws both means
+against the checkpoint. No activation and no final LayerNorm scale enter: it is the logit
+written per unit of the neuron's activation when the final LayerNorm divides by 1.
+`frequent_token_dla` computes exactly that product (with `l3_tokens.neuron_direction_logit_diff`,
+the unigram step's neuron-direction logits) for the checkpoint's context neuron. The token
+lists are `ngrams.common_tokens` over every German and every English example the task reads
+(occurrences, BOS excluded, tokens holding a letter), one list per language for every
+checkpoint. Deviation, documented: the authors count on Europarl and also drop Pythia's
+"weird" tokens (W_U / W_E norm thresholds at checkpoint 0) and tokens without an ASCII
+letter; here the data are the sweep's, and any letter counts (as for the n-gram prompts).
+(Their saved table swaps the column names "German DLA" / "English DLA"; their figure_7
+swaps the legend back, so the figure is right; the definition above is the one it plots.)
 """
 
 from __future__ import annotations
@@ -41,6 +59,7 @@ import numpy as np
 from ..core.config import Neuron
 
 F1_CANDIDATE = 0.85   # the authors' German-neuron candidates: F1 above this (their figure_4 data)
+DLA_TOKENS = 200      # frequent tokens per language of the paper's figure 7 (`get_common_tokens(k=200)`)
 
 
 def text_trigrams(german: Sequence[Sequence[int]], english: Sequence[Sequence[int]],
@@ -192,3 +211,41 @@ def trigram_ids(model, source: dict, german_pool, english_pool, k: int) -> tuple
     picked = text_trigrams(german_pool, english_pool, letter, k)
     ids = [r["ids"] for r in picked]
     return ids, ["".join(model.to_str_tokens(i)) for i in ids]
+
+
+def frequent_token_dla(W_out, W_U, neuron: Neuron, tokens: dict[str, Sequence[int]]) -> dict:
+    """The context neuron's direct logit attribution averaged over frequent tokens, per
+    language: Quirke et al.'s figure 7 at one checkpoint (see the module docstring).
+
+    DLA of token t = (W_out[layer, index] @ W_U)[t]: the logit the neuron writes to t per unit
+    of its activation (`hook_post`), with the final LayerNorm's scale taken as 1 and no
+    `b_U` (the authors' `model.W_out[layer, neuron] @ model.W_U`); computed in float64 by
+    `l3_tokens.neuron_direction_logit_diff(W_out, W_U, neuron, 1, 0)`.
+
+    Args:
+        W_out: `[n_layers, d_mlp, d_model]` (the engine's, writing weights centred).
+        W_U: `[d_model, d_vocab]` (the engine's: final LayerNorm weight folded in, centred).
+        neuron: the context neuron.
+        tokens: `{language: token ids}` (e.g. `{"german": [k], "english": [k]}`).
+    Returns:
+        `{language: {"mean": logits per unit activation, mean over the ids, "values": [n_ids]
+        float64 numpy array of each id's DLA}}`, in `tokens`' order.
+    Raises:
+        ValueError: a language has no token id, or an id is outside `[0, d_vocab)`; the
+            neuron is outside `W_out`.
+    """
+    from .l3_tokens import neuron_direction_logit_diff
+
+    if not (0 <= neuron.layer < W_out.shape[0] and 0 <= neuron.index < W_out.shape[1]):
+        raise ValueError(f"{neuron} is outside W_out of shape {tuple(W_out.shape)}")
+    per_token = neuron_direction_logit_diff(W_out, W_U, neuron, 1.0, 0.0)  # float64 [d_vocab]
+    out = {}
+    for lang, ids in tokens.items():
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size == 0:
+            raise ValueError(f"no {lang} token to average the direct logit attribution over")
+        if ids.min() < 0 or ids.max() >= per_token.shape[0]:
+            raise ValueError(f"a {lang} token id is outside the vocabulary [0, {per_token.shape[0]})")
+        values = per_token[ids]
+        out[lang] = {"mean": float(values.mean()), "values": values}
+    return out

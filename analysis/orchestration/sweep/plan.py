@@ -236,8 +236,9 @@ def plan_sweep(models: str, revisions: str = "quick", *, neuron: str | None = No
 def ngram_params(prof, paper_dir: str | os.PathLike | None) -> dict:
     """The n-gram part of a task's parameters (in its key; `families.ngram_dynamics`): the
     sizes it reads from the profile (`ngram_examples`, `ngram_prompts`, `ngram_trigrams`,
-    and `null_german_neurons` for the other German neurons), the prompts' shape, and the
-    trigrams: `{"kind": "paper", "file", "sha256", "n", "strings"}` (the authors' list,
+    and `null_german_neurons` for the other German neurons), the prompts' shape, the
+    frequent-token DLA's token count and counting rule (`frequent_token_dla`, the paper's
+    figure 7: `ngram_dynamics.DLA_TOKENS` per language), and the trigrams: `{"kind": "paper", "file", "sha256", "n", "strings"}` (the authors' list,
     sha256-verified, its strings carried to the worker) when `paper_dir` is given, else
     `{"kind": "selected", "n", "rule"}`.
 
@@ -256,9 +257,18 @@ def ngram_params(prof, paper_dir: str | os.PathLike | None) -> dict:
         source = {"kind": "selected", "n": prof.ngram_trigrams,
                   "rule": "the most frequent trigrams of letter tokens in the German text that never "
                           "occur in the English text (families.ngram_dynamics.text_trigrams)"}
+    from ...families.ngram_dynamics import DLA_TOKENS
+
     return {"measurement": "analysis.families.ngram_dynamics", "examples": prof.ngram_examples,
             "prompts": prof.ngram_prompts, "context_length": CONTEXT_LENGTH, "common_tokens": COMMON_TOKENS,
-            "other_neurons": prof.null_german_neurons, "trigrams": source}
+            "other_neurons": prof.null_german_neurons, "trigrams": source,
+            "frequent_token_dla": {
+                "tokens": DLA_TOKENS, "measurement": "analysis.families.ngram_dynamics.frequent_token_dla",
+                "definition": "W_out[context neuron] @ W_U (logits per unit activation, final LayerNorm "
+                              "scale 1), mean over each language's most frequent tokens (Quirke et al. "
+                              "figure 7)",
+                "count": "occurrences over every example of each language's data, BOS excluded, tokens "
+                         "holding a letter (families.ngrams.common_tokens)"}}
 
 
 def _known_shape(e: ModelEntry) -> tuple[int, int] | None:

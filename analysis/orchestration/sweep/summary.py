@@ -17,7 +17,9 @@ NGRAM_LAST = (("effect_total", "context_effect_total", "german"),
               ("effect_indirect", "context_effect_indirect", "german"),
               ("trigram_clean", "trigram_loss_clean", "german"),
               ("trigram_ablated", "trigram_loss_ablated", "german"),
-              ("other_max", "other_ablation_max", "german"))
+              ("other_max", "other_ablation_max", "german"),
+              ("dla_german", "context_dla_frequent", "german"),   # the paper's figure 7
+              ("dla_english", "context_dla_frequent", "english"))
 
 
 def first_reaching(table, threshold: float = THRESHOLD_F1) -> dict[str, dict | None]:

@@ -29,7 +29,10 @@ def table_rows(task: dict, art: dict, model: dict) -> list[dict]:
     context neuron's effect on the German examples, with 95% paired-bootstrap intervals),
     `trigram_loss_clean` / `_ablated` / `_direct_ablated` / `_indirect_ablated` (German,
     the mean over the trigrams of each trigram's mean last-token loss over its prompts; the
-    trigrams themselves in `trigram_rows`), and for the other German neurons
+    trigrams themselves in `trigram_rows`), `context_dla_frequent` (per language, the
+    context neuron's direct logit attribution `W_out[neuron] @ W_U` averaged over the
+    language's most frequent tokens, in logits per unit activation: the paper's figure 7),
+    and for the other German neurons
     (`neuron`: the one with the largest value) `other_ablation_median` / `_max` (German
     loss increase, nats), `other_f1_median` / `_max` (their discovery F1), and `german_candidates_f1_0_85` (how many
     German-positive neurons have discovery F1 > 0.85)."""
@@ -73,6 +76,10 @@ def table_rows(task: dict, art: dict, model: dict) -> list[dict]:
         if ng.get("trigrams"):
             for path, v in ng["trigrams"]["mean"].items():
                 add(f"trigram_loss_{path}", v, "german", ng["context_neuron"])
+    dla = res.get("frequent_token_dla")
+    if dla:
+        for lang in ("german", "english"):
+            add("context_dla_frequent", dla[lang]["mean"], lang, dla["neuron"])
     other = res.get("other_neurons")
     if other:
         add("german_candidates_f1_0_85", other["n_candidates_f1_0_85"])

@@ -365,7 +365,9 @@ def _ngram_inputs(model, corpora: dict, ngram_spec: dict, profile) -> dict:
     (the same at every checkpoint of a model): the German examples of the split (the first
     `ngram_examples`), the trigrams (`ngram_dynamics.trigram_ids`: the paper's strings from
     the spec, or chosen from the whole German and English texts), and the random contexts
-    (`ngrams.context_prompts` over the German text's `ngrams.common_tokens`)."""
+    (`ngrams.context_prompts` over the German text's `ngrams.common_tokens`), and with
+    `frequent_token_dla` in the spec, `frequent`: `{language: int64 [k]}`, the
+    `ngrams.common_tokens` of every German and every English example (the paper's figure 7)."""
     import numpy as np
 
     from ...core.runner import tokenize_examples
@@ -379,8 +381,13 @@ def _ngram_inputs(model, corpora: dict, ngram_spec: dict, profile) -> dict:
     common = common_tokens(pools["german"], int(model.info["d_vocab"]), model.to_str_tokens,
                            int(ngram_spec["common_tokens"]))
     contexts = context_prompts(common, int(ngram_spec["prompts"]), int(ngram_spec["context_length"]), profile.seed)
-    return {"text": text, "records": rec, "ids": ids, "strings": strings,
-            "contexts": np.asarray(contexts, dtype=np.int64), "common": common}
+    out = {"text": text, "records": rec, "ids": ids, "strings": strings,
+           "contexts": np.asarray(contexts, dtype=np.int64), "common": common}
+    dla = ngram_spec.get("frequent_token_dla")
+    if dla:  # the paper's figure 7: the most frequent tokens of each language's whole text
+        out["frequent"] = {lang: common_tokens(pools[lang], int(model.info["d_vocab"]), model.to_str_tokens,
+                                               int(dla["tokens"])) for lang in ("german", "english")}
+    return out
 
 
 def _measure_ngrams(fwd, toks: dict, row: dict, arrays: dict, ngram_in: dict, ngram_spec: dict,
@@ -388,10 +395,16 @@ def _measure_ngrams(fwd, toks: dict, row: dict, arrays: dict, ngram_in: dict, ng
     """`row`/`arrays` of `measure_checkpoint` with the n-gram measurements added (the
     context neuron: the one `measure_checkpoint` studied, so that `--neuron auto` measures
     the checkpoint's own; ablation value: its mean English activation there): `ngrams`
-    (`ngram_dynamics.measure_ngram_checkpoint`) and `other_neurons`
-    (`ngram_dynamics.measure_other_neurons`)."""
+    (`ngram_dynamics.measure_ngram_checkpoint`), `other_neurons`
+    (`ngram_dynamics.measure_other_neurons`) and, when the spec asks for it,
+    `frequent_token_dla` (`ngram_dynamics.frequent_token_dla`, the paper's figure 7: logits
+    per unit activation; arrays `frequent_dla_<language>` float64 `[k]`, each token's DLA)."""
     from ...core.config import Neuron
-    from ...families.ngram_dynamics import measure_ngram_checkpoint, measure_other_neurons
+    from ...families.ngram_dynamics import (
+        frequent_token_dla,
+        measure_ngram_checkpoint,
+        measure_other_neurons,
+    )
 
     ctx = Neuron.parse(row["context"]["neuron"])
     value = float(row["context"]["value"])
@@ -402,7 +415,17 @@ def _measure_ngrams(fwd, toks: dict, row: dict, arrays: dict, ngram_in: dict, ng
                              "trigram_list": ngram_in["strings"], "trigram_ids": ngram_in["ids"], **ng},
            "other_neurons": measure_other_neurons(fwd, toks, arrays["discovery_f1"], arrays["discovery_coef"],
                                                   ctx, int(ngram_spec["other_neurons"]), profile, device)}
-    return row, {**arrays, **ng_arrays, "ngram_contexts": ngram_in["contexts"]}
+    arrays = {**arrays, **ng_arrays, "ngram_contexts": ngram_in["contexts"]}
+    if "frequent" in ngram_in:
+        dla = frequent_token_dla(fwd.w.W_out, fwd.w.W_U, ctx, ngram_in["frequent"])
+        row["frequent_token_dla"] = {
+            "neuron": str(ctx), "units": "logits per unit of the neuron's activation (final LayerNorm scale 1)",
+            "tokens": int(ngram_spec["frequent_token_dla"]["tokens"]),
+            **{lang: {"mean": d["mean"], "n_tokens": int(len(d["values"])),
+                      "token_ids": [int(i) for i in ngram_in["frequent"][lang]]} for lang, d in dla.items()},
+            "difference": dla["german"]["mean"] - dla["english"]["mean"]}
+        arrays |= {f"frequent_dla_{lang}": d["values"] for lang, d in dla.items()}
+    return row, arrays
 
 
 def _current_rss() -> int | None:
