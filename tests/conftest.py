@@ -209,7 +209,7 @@ def planted_rebuilt(shared_inputs, tmp_path_factory):
     """`pythia-70m-planted` built again from nothing in a fresh model store, with one torch
     thread and the fitting passages forwarded 7 at a time (16 by default): `(store,
     checkpoint folder)`. The control must come out byte-identical (issue 18), and the
-    known-answer run repeated on it must give the same artifacts (tests/test_planted.py)."""
+    pipeline run on it must give the same artifacts as on the stored one (tests/test_planted.py)."""
     import time
 
     import torch

@@ -9,7 +9,6 @@ neuron as the only studied neuron besides the discovered one), not a whole repor
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -419,71 +418,48 @@ def test_the_planted_checkpoint_is_the_same_with_one_thread_and_another_batch_sp
     assert _fingerprint_dir(path) == fingerprint
 
 
-def test_the_planted_control_rebuilt_from_nothing_gives_identical_artifacts(
-        shared_inputs, planted_default, planted_rebuilt, tmp_path, monkeypatch):
-    """Issue 4 on the real text and Pythia-70M's shape: the known-answer run above (model
-    from the user's store) and the same run on the model rebuilt from nothing in a fresh
-    store (one thread, another batch split: `planted_rebuilt`) give artifacts with the same
-    cache keys, result payloads and bit-identical arrays, for every step the self-check
-    reads. (Every step of the pipeline, on one model: test_determinism.py on `tiny`.)"""
+# Sizes of the determinism runs: determinism does not depend on them (the known-answer
+# checks above read the quick profile's run). Every step runs, so every size is cut, as the
+# Hub-layout report's (`test_hub.HUB_SIZES`).
+SMALL = ["activation_examples=10", "probe_samples=500", "loss_examples=8", "dla_examples=4",
+         "downstream_examples=4", "shift_examples=4", "neuron_examples=4", "top_examples=2",
+         "ngram_examples=4", "ngram_prompts=2", "null_neurons_per_layer=1", "null_german_neurons=2",
+         "null_loss_examples=4", "null_loss_tokens=32", "permutations=3"]
+
+
+def test_every_step_is_deterministic_on_the_plant_rebuilt_from_nothing(
+        shared_inputs, planted_rebuilt, tmp_path, monkeypatch):
+    """Issue 4 on the real text and Pythia-70M's shape: the whole pipeline (every step a plant
+    runs but backup, which needs a studied neuron besides the context neuron:
+    test_determinism.py runs it on `tiny`) on the plant from the user's store and on the one rebuilt from nothing in a
+    fresh store (one thread, another batch split: `planted_rebuilt`), with fewer examples than
+    the quick profile (`SMALL`), gives artifacts with the same cache keys, result payloads and
+    bit-identical arrays. A spy on `planted._materialise` checks that the second run read the
+    rebuilt checkpoint, not the user's."""
     from analysis.controls import planted
-    from analysis.orchestration.regression import diff_runs
-
-    read = []
-    materialise = planted._materialise
-    monkeypatch.setattr(planted, "_materialise", lambda *a: read.append(materialise(*a)) or read[-1])
-    monkeypatch.setenv("GERMAN_NEURON_MODEL_STORE", str(planted_rebuilt[0]))
-    res, wall = _planted_run(shared_inputs, tmp_path / "second", None, ("planted",))
-    print(f"\nplanted L3N669 run on the rebuilt model: {wall:.0f} s")
-    assert read and set(read) == {planted_rebuilt[1]}  # the rebuilt checkpoint, not the user's
-    d = diff_runs(planted_default["out"], res["out"])
-    assert d["identical"], d
-    assert {s["step"] for s in d["steps"]} >= {"discovery", "activations", "probes", "ablation",
-                                                "l3_tokens", "unigrams", "ngrams", "robustness",
-                                                "planted"}
-
-
-# Sizes for the steps the known-answer run does not compute: determinism does not depend on
-# them. The activation and probe sizes stay quick's, so the known-answer run's activations,
-# discovery, probes and ngrams are read from its artifacts, not computed twice more
-# (`test_the_planted_control_rebuilt_from_nothing_gives_identical_artifacts` checks those);
-# fewer loss examples make the cards (a mean ablation per card) cheap, at the price of
-# recomputing the context neuron's own ablation (one neuron, 8 examples per language).
-SMALL = ["loss_examples=8", "dla_examples=4", "downstream_examples=4", "shift_examples=4",
-         "neuron_examples=4", "top_examples=2"]
-
-
-def test_the_other_steps_are_deterministic_on_the_rebuilt_plant(
-        shared_inputs, planted_default, planted_rebuilt, tmp_path, monkeypatch):
-    """The rest of issue 4 on Pythia-70M's shape: every step the known-answer run above does
-    not compute (DLA, the ablated probes, the other languages' probes, correlations,
-    downstream, the individual neurons, the cards), on the model from the user's store and on
-    the one rebuilt from nothing, with fewer examples than the quick profile (`SMALL`), each
-    run starting from a copy of the known-answer run's artifacts (the steps whose sizes
-    `SMALL` leaves alone are cached, keyed by the same weights fingerprint): the same keys,
-    payloads and arrays. No studied neurons besides the plant, as in that run, so the
-    recomputed ablation is one neuron's and the backup step (pairs of studied neurons) does
-    not run here; `test_determinism` covers it on `tiny`."""
     from analysis.core.config import RunConfig, get_profile
     from analysis.orchestration.pipeline import STEPS, run_report
     from analysis.orchestration.regression import diff_runs
 
-    rest = tuple(s.name for s in STEPS if s.name not in planted_default["artifacts"])
-    outs, logs = [], []
-    for name, store in (("first", os.environ["GERMAN_NEURON_MODEL_STORE"]), ("second", planted_rebuilt[0])):
+    read = []
+    materialise = planted._materialise
+    outs = []
+    for name, store in (("stored", os.environ["GERMAN_NEURON_MODEL_STORE"]), ("rebuilt", planted_rebuilt[0])):
         monkeypatch.setenv("GERMAN_NEURON_MODEL_STORE", str(store))
-        shutil.copytree(Path(planted_default["out"]) / "artifacts", tmp_path / name / "artifacts")
+        if name == "rebuilt":
+            monkeypatch.setattr(planted, "_materialise", lambda *a: read.append(materialise(*a)) or read[-1])
         cfg = RunConfig(model=PLANTED, neuron=None, profile=get_profile("quick").with_overrides(SMALL),
                         studied=(), out=str(tmp_path / name),
                         tokenizer=shared_inputs["tokenizer"], data_dir=shared_inputs["data_dir"])
-        run_report(cfg, render=False, show_progress=False, log=logs.append, steps=rest)
+        t0 = time.perf_counter()
+        run_report(cfg, render=False, show_progress=False, log=lambda s: None)
+        print(f"\nplanted, every step at small sizes, {name} model: {time.perf_counter() - t0:.0f} s")
         outs.append(tmp_path / name)
-    computed = {line.split(":")[0].strip() for line in logs if ": computed in" in line}
-    assert computed and computed.isdisjoint(set(planted_default["artifacts"]) - {"ablation"}), computed
+    assert read and set(read) == {planted_rebuilt[1]}  # the rebuilt checkpoint, not the user's
     d = diff_runs(*outs)
     assert d["identical"], d
-    assert {s["step"] for s in d["steps"]} >= {"dla", "probes_ablated", "probes_english_neurons",
-                                                "correlations", "downstream", "neurons", "cards"}
+    # not run on a plant: dynamics (checkpoints over training) and paper (the real Pythia-70M)
+    assert {s["step"] for s in d["steps"]} == {s.name for s in STEPS} - {"backup", "dynamics", "paper"}
 
 
 def test_the_plant_is_the_model_its_committed_baseline_was_recorded_on(planted_default):
