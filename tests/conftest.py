@@ -25,6 +25,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     torch.set_num_threads(int(_threads))
 SHARED_INPUTS: dict[str, str | None] = {k: os.environ.get(v) for k, v in ENV.items()}
+# Property tests draw the same examples on every run and machine (hypothesis derives the seed
+# from the test's name), so a pass means the same everywhere and a failure reproduces;
+# `HYPOTHESIS_PROFILE=explore` draws new ones (and keeps failures in .hypothesis/).
+from hypothesis import settings as _hypothesis  # noqa: E402
+
+_hypothesis.register_profile("deterministic", derandomize=True, database=None)
+_hypothesis.register_profile("explore", derandomize=False)
+_hypothesis.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 # The user's store of generated checkpoints, kept across test runs (content-keyed: a model
 # is reused only when the code and inputs that built it are unchanged).
 MODEL_STORE = os.environ.get("GERMAN_NEURON_MODEL_STORE")
