@@ -45,9 +45,9 @@ The plant, for neuron `LxNy` (`--plant`, default L3N669), in the Hugging Face we
 
 Fitting passages: the first `FIT_PASSAGES` passages of the *training split* of the Europarl
 files (`europarl/german_europarl.json`, `english_europarl.json`; `data.split_indices`),
-each cut to its first `FIT_TOKENS` tokens. The report never reads these files under the
-`seed` or `fixture` corpus sets, and under `europarl-heldout` it reads only the held-out
-split, so the fitting examples are disjoint from every example any profile reads. (The
+each cut to its first `FIT_TOKENS` tokens. The report reads only the held-out split of these
+files (the `europarl-heldout` corpus set, and the robustness step's second data set under
+`seed`), so the fitting examples are disjoint from every example any profile reads. (The
 seed's own files could not give that: `paper` reads 1,000 of KDE4's 1,007 English
 examples, and `unigrams` and the paper `downstream` step read every example of both.)
 Which passages (indices and their sha256, the file's sha256), the directions' summaries
@@ -198,6 +198,24 @@ class _Stop(Exception):
     """Raised by a capture hook to end a forward pass early."""
 
 
+def _forward_padded(model, token_lists: Sequence[Sequence[int]], batch: int, crop_start: int):
+    """Forward `token_lists` through `model.gpt_neox`, `batch` lists at a time, each batch
+    right-padded with id 1 to its longest list (a capture hook may end a pass early with
+    `_Stop`); after each pass, yield `(row, tokens)` for every list of the batch with a
+    position at or after `crop_start`, while the hooks' captures hold that batch."""
+    for s in range(0, len(token_lists), batch):
+        chunk = [list(t) for t in token_lists[s:s + batch]]
+        n = max(len(t) for t in chunk)
+        ids = torch.tensor([t + [1] * (n - len(t)) for t in chunk], dtype=torch.long)
+        try:
+            model.gpt_neox(input_ids=ids)
+        except _Stop:
+            pass
+        for row, t in enumerate(chunk):
+            if len(t) > crop_start:
+                yield row, t
+
+
 def collect_fit_states(model, layer: int, token_lists: Sequence[Sequence[int]], *,
                        final: bool, crop_start: int = FIT_CROP_START,
                        batch: int = FIT_BATCH) -> tuple[np.ndarray, np.ndarray | None]:
@@ -233,21 +251,11 @@ def collect_fit_states(model, layer: int, token_lists: Sequence[Sequence[int]], 
     xs, fs = [], []
     try:
         with torch.inference_mode():
-            for s in range(0, len(token_lists), batch):
-                chunk = [list(t) for t in token_lists[s:s + batch]]
-                n = max(len(t) for t in chunk)
-                ids = torch.tensor([t + [1] * (n - len(t)) for t in chunk], dtype=torch.long)
-                try:
-                    model.gpt_neox(input_ids=ids)
-                except _Stop:
-                    pass
-                for row, t in enumerate(chunk):
-                    if len(t) <= crop_start:
-                        continue
-                    xs.append(layer_norm_normalise(cap["x"][row, crop_start:len(t)]))
-                    if final:
-                        f = cap["f"][row, crop_start:len(t)].double()
-                        fs.append(f - f.mean(-1, keepdim=True))
+            for row, t in _forward_padded(model, token_lists, batch, crop_start):
+                xs.append(layer_norm_normalise(cap["x"][row, crop_start:len(t)]))
+                if final:
+                    f = cap["f"][row, crop_start:len(t)].double()
+                    fs.append(f - f.mean(-1, keepdim=True))
     finally:
         for h in hooks:
             h.remove()
@@ -499,20 +507,10 @@ def collect_ngram_states(model, context: Neuron, layer: int, token_lists: Sequen
     rs, acts, toks = [], [], []
     try:
         with torch.inference_mode():
-            for s in range(0, len(token_lists), batch):
-                chunk = [list(t) for t in token_lists[s:s + batch]]
-                n = max(len(t) for t in chunk)
-                ids = torch.tensor([t + [1] * (n - len(t)) for t in chunk], dtype=torch.long)
-                try:
-                    model.gpt_neox(input_ids=ids)
-                except _Stop:
-                    pass
-                for row, t in enumerate(chunk):
-                    if len(t) <= crop_start:
-                        continue
-                    rs.append(cap["r"][row, crop_start:len(t)].double())
-                    acts.append(cap["a"][row, crop_start:len(t)].double())
-                    toks.extend(t[crop_start:])
+            for row, t in _forward_padded(model, token_lists, batch, crop_start):
+                rs.append(cap["r"][row, crop_start:len(t)].double())
+                acts.append(cap["a"][row, crop_start:len(t)].double())
+                toks.extend(t[crop_start:])
     finally:
         for h in hooks:
             h.remove()
