@@ -51,6 +51,16 @@ MEASURES = (
      "title": "Trigram loss, context neuron mean-ablated",
      "caption": "The same trigram loss with the context neuron set to its mean English activation at "
                 "that checkpoint."},
+    {"name": "sweep_trigram_loss_indirect", "measure": "trigram_loss_indirect_ablated", "language": "german",
+     "authors": ("trigram_indirect_path_ablated",), "ylabel": "loss (nats), mean over trigrams",
+     "title": "Trigram loss, only the context neuron's indirect path ablated",
+     "caption": "The same trigram loss with only the context neuron's path through later layers "
+                "ablated (its own write to the unembedding kept)."},
+    {"name": "sweep_trigram_loss_direct", "measure": "trigram_loss_direct_ablated", "language": "german",
+     "authors": ("trigram_direct_path_ablated",), "ylabel": "loss (nats), mean over trigrams",
+     "title": "Trigram loss, only the context neuron's direct path ablated",
+     "caption": "The same trigram loss with only the context neuron's own write to the unembedding "
+                "ablated (later components frozen at their unedited values)."},
     {"name": "sweep_effect_total", "measure": "context_effect_total", "language": "german",
      "authors": ("effect_total",), "ylabel": "German loss increase (nats)",
      "title": "Context neuron's total effect on German loss",
@@ -109,7 +119,8 @@ PAPER_FIGURES = (
      ("paper_other_neurons", "sweep_ablation_nats", "sweep_other_ablation")),
     (5, "direct and indirect effect of L3N669 on German loss",
      ("paper_effect_split", "sweep_effect_total", "sweep_effect_indirect", "sweep_effect_direct")),
-    (6, "trigram losses with only the direct or only the indirect path ablated", ("paper_trigram_losses",)),
+    (6, "trigram losses with only the direct or only the indirect path ablated",
+     ("paper_trigram_losses", "sweep_trigram_loss_indirect", "sweep_trigram_loss_direct")),
     (7, "L3N669's average direct logit attribution on frequent German and English tokens", ("sweep_dla_frequent",)),
     (8, "German, English and trigram loss", ("sweep_loss_german", "sweep_loss_english", "sweep_trigram_loss")),
 )
