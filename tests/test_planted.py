@@ -262,19 +262,31 @@ def test_ngram_rows_pass_and_fail():
     assert ngram_rows(None, {"trigrams": []}) == []
 def test_robustness_row_passes_and_fails():
     """Issue 21 §4: the planted neuron's German effect against the random null's 99th
-    percentile; not checked when the plant is not the context neuron."""
+    percentile, and its rank under each aggregation on each data set (per token on the run's
+    own corpus is discovery's row); not checked when the plant is not the context neuron."""
     from analysis.controls.planted_check import robustness_rows
     from analysis.core.config import Neuron
 
-    def res(context="L2N100", de=0.2, p99=0.01):
-        return {"context_neuron": context,
-                "null": {"n_random": 18, "random_p99": {"german": p99}, "context": {"german_nats": de}}}
+    def res(context="L2N100", de=0.2, p99=0.01, seq=1, other_tok=1, other_seq=1):
+        return {"context_neuron": context, "run_corpus": "seed",
+                "null": {"n_random": 18, "random_p99": {"german": p99}, "context": {"german_nats": de}},
+                "data": {"europarl-heldout": {"probe": {"per_token": {"rank": other_tok},
+                                                        "sequence_mean": {"rank": other_seq}}},
+                         "seed": {"probe": {"per_token": {"rank": 1}, "sequence_mean": {"rank": seq}}}}}
 
     n = Neuron(2, 100)
-    assert [r["passed"] for r in robustness_rows(n, res())] == [True]
-    assert [r["passed"] for r in robustness_rows(n, res(de=0.01))] == [True]  # at the percentile
-    assert [r["passed"] for r in robustness_rows(n, res(de=0.005))] == [False]
-    assert [r["passed"] for r in robustness_rows(n, res(context="L3N669"))] == [None]
+    rows = robustness_rows(n, res())
+    assert [r["passed"] for r in rows] == [True] * 4
+    assert sorted(r["check"].split(" (")[0] for r in rows[1:]) == [
+        "rank among German-positive neurons, per-token probe on europarl-heldout",
+        "rank among German-positive neurons, sequence-mean probe on europarl-heldout",
+        "rank among German-positive neurons, sequence-mean probe on seed"]
+    assert [r["passed"] for r in robustness_rows(n, res(de=0.01))][0]  # at the percentile
+    assert [r["passed"] for r in robustness_rows(n, res(de=0.005))] == [False, True, True, True]
+    assert sum(not r["passed"] for r in robustness_rows(n, res(seq=2, other_seq=None))) == 2
+    bad = [r["check"] for r in robustness_rows(n, res(other_tok=3)) if not r["passed"]]
+    assert len(bad) == 1 and "per-token probe on europarl-heldout" in bad[0]
+    assert [r["passed"] for r in robustness_rows(n, res(context="L3N669"))] == [None] * 4
 
 
 def test_f1_rank_shares_ties_and_skips_english_neurons():
@@ -287,6 +299,22 @@ def test_f1_rank_shares_ties_and_skips_english_neurons():
     assert f1_rank(0, stats) == {"rank": 1, "tied": 1} and f1_rank(3, stats) == {"rank": 1, "tied": 1}
     assert rank_of(0, stats) == 2 and rank_of(3, stats) == 1  # |separation| breaks the tie
     assert f1_rank(4, stats) == {"rank": 3, "tied": 0} and f1_rank(2, stats) is None
+
+
+def test_sequence_rank_takes_gurnee_candidates_by_mean_difference_then_f1():
+    from analysis.families.robustness import sequence_rank
+
+    # six neurons; column 2 is English-positive. Mean differences 0.5, 3, -, 1, 2, 0.1
+    stats = {"coef": np.array([1.0, 1.0, -1.0, 1.0, 1.0, 1.0]),
+             "f1": np.array([1.0, 0.9, 1.0, 1.0, 1.0, 1.0]),
+             "mean_german": np.array([1.5, 4.0, 0.0, 2.0, 3.0, 1.1]),
+             "mean_english": np.full(6, 1.0)}
+    # three candidates (largest differences: 1, 4, 3): by F1 then difference -> 4, 3, 1;
+    # then the rest by F1 then difference -> 0 (0.5), 5 (0.1)
+    got = {c: sequence_rank(c, stats, candidates=3) for c in range(6)}
+    assert got == {4: 1, 3: 2, 1: 3, 0: 4, 5: 5, 2: None}
+    # with every neuron a candidate, F1 first: column 1 (F1 0.9) falls behind all the F1-1.0 ones
+    assert sequence_rank(1, stats, candidates=10) == 5 and sequence_rank(4, stats, candidates=10) == 1
 
 
 # ----------------------------------------------------------------------------- known answers
@@ -336,6 +364,12 @@ def test_default_plant_is_recovered(planted_default):
     assert set(rb["data"]) == {"seed", "europarl-heldout"} and rb["n_specifications"] == 20
     assert {s["data"] for s in rb["specifications"]} == {"seed", "europarl-heldout"}
     assert rb["data"]["europarl-heldout"]["probe"]["per_token"]["rank"] == 1
+    # §4: first under the sequence-mean aggregation too, on both data sets, by Gurnee et al.'s
+    # rule (F1 alone ties hundreds of neurons at 1.0 here; printed, the section states it)
+    assert [rb["data"][k]["probe"]["sequence_mean"]["rank"] for k in ("seed", "europarl-heldout")] == [1, 1]
+    assert all(row["passed"] for row in r["rows"] if row["check"].startswith("rank among"))
+    print("\nplanted: sequence-mean F1 ties " + ", ".join(
+        f"{k}: {v['probe']['sequence_mean']['by_f1']}" for k, v in rb["data"].items()))
     must = rb["planted_must_hold"]
     assert must["n_predicted"] == must["n_measured"] == 12
     print(f"\nplanted: the finding holds in {rb['n_hold']} of {rb['n_specifications']} specifications, "
@@ -345,7 +379,7 @@ def test_default_plant_is_recovered(planted_default):
     assert tok["measured"] >= 5 and len(r["helped"]) == 20
     # read from the model's losses: each helped token's loss rises on average when ablated
     assert all(t["value"] > 0 and t["count"] >= 5 for t in r["helped"])
-    assert r["passed"] and r["n_passed"] == r["n_checked"] == 11  # 6 + 4 n-gram rows (issue 19 §4) + the null-percentile row (issue 21 §4)
+    assert r["passed"] and r["n_passed"] == r["n_checked"] == 14  # 6 + 4 n-gram rows (issue 19 §4) + the null-percentile and 3 rank rows (issue 21 §4)
     # the planted contextual n-gram (issue 19 §4): recovered by the ngrams step, through the
     # indirect path and the planted L5 neuron, which ANDs current token and context
     assert r["ngram"]["neuron"] == "L5N1000"
@@ -373,7 +407,7 @@ def test_the_report_calls_it_a_known_answer_control(planted_default):
             "the report should recover it.") in md
     assert "Pipeline check, not the finding" not in md
     assert "Planted → recovered. The answer is known here: L3N669 was planted" in md
-    assert "11 of the 11 checks that ran pass: the report recovers the planted neuron." in md
+    assert "14 of the 14 checks that ran pass: the report recovers the planted neuron." in md
     assert 'pc = load("planted")' in code
 
 
