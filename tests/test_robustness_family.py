@@ -12,9 +12,11 @@ from analysis.families.robustness import (
     corpus_activations,
     holds,
     max_f1_null,
+    max_f1_null_per_token,
     null_neurons,
     percentile_of,
     resample_edit,
+    sequence_of_rows,
     single_neuron_losses,
 )
 
@@ -78,6 +80,69 @@ def test_max_f1_null_is_below_a_planted_separating_column():
     assert float(np.quantile(maxima, 0.95)) < 0.95
 
 
+def test_sequence_of_rows_follows_the_samples_layout():
+    """Rows are example order then position order, an example giving its positions in the
+    crop (none when it is shorter than the crop start), cut at n_rows."""
+    toks = [list(range(8)), list(range(3)), list(range(5)), list(range(20))]
+    # crop (2, 6): 4, 1, 3, 4 positions
+    assert sequence_of_rows(toks, (2, 6), 100).tolist() == [0] * 4 + [1] + [2] * 3 + [3] * 4
+    assert sequence_of_rows(toks, (2, 6), 6).tolist() == [0, 0, 0, 0, 1, 2]
+    assert sequence_of_rows(toks, (4, 6), 100).tolist() == [0, 0, 2, 3, 3]
+
+
+def test_per_token_null_permutes_sequences_not_tokens():
+    """Ten sequences per language of 30 tokens. Noise columns carry a per-sequence offset (the
+    tokens of one text share it) and no language effect; column 7 is a language effect alone.
+    Permuting sequence labels, the null's best per-token F1 sits well below column 7's
+    observed F1; each permutation keeps whole sequences together (a token-level shuffle would
+    give the offset columns no edge and the null would be far too low). Seeded."""
+    from analysis.families.discovery import probe_all
+
+    rng = np.random.default_rng(1)
+    n_seq, n_tok, m = 10, 30, 60
+
+    def language(shift):
+        offsets = rng.normal(scale=2.0, size=(n_seq, 1, m))
+        offsets[..., 7] = 0.0  # column 7: a clean language feature
+        x = offsets + rng.normal(size=(n_seq, n_tok, m))
+        x[:, :, 7] += shift
+        return x.reshape(n_seq * n_tok, m).astype(np.float32)
+
+    de, en = language(4.0), language(0.0)
+    seq = np.repeat(np.arange(n_seq), n_tok)
+    observed = probe_all(de, en, len(de), 0.2, 0)["f1"][7]
+    maxima = max_f1_null_per_token(de, en, seq, seq, 0.2, 0, 19)
+    assert maxima.shape == (19,) and np.array_equal(maxima, max_f1_null_per_token(de, en, seq, seq, 0.2, 0, 19))
+    assert observed > 0.95 and float(np.quantile(maxima, 0.95)) < observed - 0.1
+    # the per-sequence offsets matter: each token its own unit (a token shuffle) gives a null
+    # far too easy to beat, below the sequence permutation's
+    tokens = max_f1_null_per_token(de, en, np.arange(len(de)), np.arange(len(en)), 0.2, 0, 19)
+    assert float(np.median(maxima)) > float(np.median(tokens))  # 0.70 vs 0.64 (measured)
+
+
+def test_per_token_null_keeps_the_classes_balanced(monkeypatch):
+    """Sequences of unequal length (as WMT's German and KDE4's English): every permutation
+    probes two classes of equal size, about half of the positions each, as discovery's."""
+    import analysis.families.discovery as discovery
+
+    seen, real = [], discovery.probe_all
+
+    def spy(pos, neg, n, *a, **k):
+        seen.append((len(pos), len(neg), n))
+        return real(pos, neg, n, *a, **k)
+
+    monkeypatch.setattr(discovery, "probe_all", spy)
+    rng = np.random.default_rng(0)
+    seq_de, seq_en = np.repeat(np.arange(4), [90, 80, 60, 20]), np.repeat(np.arange(9), 28)[:250]
+    de, en = rng.normal(size=(250, 5)).astype(np.float32), rng.normal(size=(250, 5)).astype(np.float32)
+    max_f1_null_per_token(de, en, seq_de, seq_en, 0.2, 0, 12)
+    assert len(seen) == 12
+    assert all(p == q == n and 250 - 90 <= n <= 250 for p, q, n in seen)
+    # one sequence holding nearly every position: no balanced split, a one-line cause
+    with pytest.raises(ValueError, match="too few sequences"):
+        max_f1_null_per_token(de, en[:8], np.zeros(250, dtype=int), np.zeros(8, dtype=int), 0.2, 0, 1)
+
+
 def test_the_tiny_report_carries_the_robustness_step_its_figures_and_section(tiny_report):
     """Read from the session's `tiny` report (no new build): the step ran with the profile's
     sizes, its percentiles are read from its own null arrays, and the report shows it."""
@@ -105,6 +170,14 @@ def test_the_tiny_report_carries_the_robustness_step_its_figures_and_section(tin
     de = r["null"]["context"]["german_nats"]
     assert r["null"]["percentile"]["random"]["german"] == percentile_of(de, null_de[:k])
     assert len(store.load_array("robustness", "max_f1_null")) == p.permutations
+    # the per-token max-statistic (discovery's probe), with its own permutations
+    ft = r["fwer"]["per_token"]
+    tok_null = store.load_array("robustness", "max_f1_null_per_token")
+    assert len(tok_null) == ft["n_permutations"] == min(p.permutations, 99)
+    assert ft["threshold"] == float(np.quantile(tok_null, 0.95))
+    assert 0 < ft["n_positions"]["german"] <= p.probe_samples and 0 < ft["n_positions"]["english"] <= p.probe_samples
+    for row in r["fwer"]["top"]:
+        assert row["per_token_p_value"] == (1 + np.sum(tok_null >= row["per_token_f1_vectorised"])) / (1 + len(tok_null))
     # the seed's mean ablation here is the `ablation` step's: the same English mean
     assert r["ablation_values"]["english_mean"] == pytest.approx(r["ablation_step_value"], rel=1e-4)
     names = {f["name"] for f in res["figures"] if f.get("step") == "robustness"}

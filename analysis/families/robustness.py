@@ -25,9 +25,7 @@ of the sequence-mean probe (`discovery.probe_all` on per-sequence mean activatio
 split and seed of the real fit). The sequence means (and every neuron's token mean, the
 null's ablation values) are read from the `activations` artifact, whose pass computes them. The 95th percentile of those maxima is the family-wise
 threshold at 5% (Westfall–Young max-statistic); each top neuron's permutation p-value is
-`(1 + #{max ≥ its F1}) / (1 + n_permutations)`. The per-token probe is not permuted here:
-it refits all neurons on `probe_samples` tokens per class per permutation, tens of seconds
-each on a 2-core CPU.
+`(1 + #{max ≥ its F1}) / (1 + n_permutations)`. The per-token probe gets the same (below).
 
 **Specification curve (§1).** The finding's three numbers (probe F1, German and English
 loss change) and the context neuron's discovery rank under every combination of ablation
@@ -54,15 +52,20 @@ passages of the Europarl files, disjoint from the organism's training text and f
 planted control's fitting passages (both drawn from the other split, `data.split_indices`),
 so neither control is measured on text it was built from.
 
-**Per-token family-wise threshold (§2), not computed.** A max-statistic over all neurons of
-the *per-token* probe with labels permuted by sequence would refit every neuron's probe
-(`probe_samples` tokens per class, 12,288 neurons on Pythia-70M's shape) once per
-permutation: as long as discovery's own fit (13-21 s on a 2-core CPU at the quick profile's
-2,000 tokens per class, measured, `PER_TOKEN_FWER_NOTE`), so 19 permutations (the quick
-profile's, for a smallest p-value of 0.05) would add 4-7 minutes to the quick report and
-1,000 (the paper profile's, on 5,000 tokens per class) 10 hours or more on a CPU.
-The report says so and gives the sequence-mean threshold instead, whose permutations refit
-one row per sequence.
+**Per-token family-wise threshold (§2).** Discovery ranks by the *per-token* probe, so its
+top neurons get the same max-statistic on that probe: the exchangeable units are the
+sequences whose positions make discovery's samples (its first `probe_samples` positions per
+language, `discovery.sample_all_neurons`, sampled again here in one pass; the last sequence
+of each language contributes only the positions discovery took). Per permutation the
+sequences are shuffled and split into two classes of (about) equal numbers of positions, as
+discovery's, and every neuron's probe is refitted (`probe_all`: the split and seed of
+discovery; `max_f1_null_per_token`); the statistic is the largest German-positive F1. Observed F1s
+are discovery's vectorised fit, the same function as the null's (its sklearn refit of the
+top rows differs by ~1e-5). `min(permutations, TOKEN_PERMUTATIONS_MAX)` permutations: each
+refits all neurons (about 3 s on one CPU thread at the quick profile's 2,000 + 2,000
+positions on Pythia-70M's shape; an earlier measurement of 13-21 s was on a machine shared
+with other jobs), so the quick profile's 19 add about a minute and the paper profile gets 99
+(smallest p-value 0.01), not its 1,000.
 """
 
 from __future__ import annotations
@@ -84,20 +87,9 @@ SEQUENCE_RANK_RULE = (f"Gurnee et al.: the {GURNEE_CANDIDATES} German-positive n
                       "difference of class means of the sequence means, by F1, then that difference; "
                       "the others after them, ordered the same way (sequence_rank)")
 
-# Why the per-token probe has no family-wise threshold here (module docstring), with the cost
-# that decides it: one refit of every neuron's per-token probe, as one permutation would need,
-# timed on Pythia-70M's shape at the quick profile's `probe_samples` (2,000 per class).
-PER_TOKEN_FWER_NOTE = {
-    "computed": False,
-    "why": "a per-token max-statistic refits every neuron's probe once per permutation "
-           "(labels permuted by sequence); one refit of Pythia-70M's 12,288 neurons on 2,000 "
-           "tokens per class took 13-21 s on a 2-core CPU (measured), so the quick profile's "
-           "19 permutations would add 4-7 minutes to the step and the paper profile's 1,000 "
-           "(on 5,000 tokens per class) 10 hours or more",
-    "seconds_per_refit": [12.7, 21.2],  # two refits, 2 torch threads, a shared 2-core machine
-    "instead": "the sequence-mean probe's family-wise threshold (one row per sequence) and "
-               "each top neuron's permutation p-value under it",
-}
+TOKEN_PERMUTATIONS_MAX = 99  # per-token max-statistic: each permutation refits every neuron's probe
+TOKEN_PERMUTATION_SALT = 2122
+MIN_TOKEN_ROWS = 10  # `discovery.probe_all` refuses fewer samples per class
 
 # Ablation types of the specification curve: what the context neuron's `hook_post` is set to.
 # `english_mean` is the seed's (and the `ablation` step's).
@@ -279,6 +271,59 @@ def max_f1_null(german: np.ndarray, english: np.ndarray, test_size: float, seed:
     return out
 
 
+def sequence_of_rows(toks: Sequence[Sequence[int]], crop: tuple[int, int], n_rows: int) -> np.ndarray:
+    """The example index of each row of `discovery.sample_all_neurons(toks, crop, n_rows)`
+    (example order, then position order; an example contributes its positions in the crop):
+    int64 `[min(n_rows, available)]`."""
+    start, end = crop
+    counts = [max(0, min(end, len(t)) - start) for t in toks]
+    return np.repeat(np.arange(len(toks)), counts)[:n_rows]
+
+
+def max_f1_null_per_token(german: np.ndarray, english: np.ndarray, seq_de: np.ndarray, seq_en: np.ndarray,
+                          test_size: float, seed: int, n_permutations: int) -> np.ndarray:
+    """Max-statistic null of the per-token probe F1 over all neurons, permuting the language
+    labels of whole sequences (module docstring). `german` `[n_de, m]`, `english` `[n_en, m]`:
+    per-token samples; `seq_de`, `seq_en` `[n_de]`, `[n_en]`: the sequence of each row
+    (`sequence_of_rows`).
+
+    The observed probe sees equal numbers of German and English positions, whole sequences in
+    order; each permutation keeps that design: permutation i
+    (`default_rng([seed, TOKEN_PERMUTATION_SALT, i])`) shuffles the pooled sequences and
+    labels German the first of them until they hold half of the positions, the rest English;
+    both classes are their sequences' rows in pooled order, cut to the smaller class's count
+    (a few rows below the observed count when the split falls inside a long sequence: a
+    slightly noisier, so conservative, null). Unbalanced classes would not do: a probe that
+    calls everything English scores F1 0 for German, one that calls everything German 2/3 on
+    balanced classes. The statistic is the largest F1 of `discovery.probe_all` over the `m`
+    columns among German-positive fits. Returns float64 `[n_permutations]`.
+
+    Raises:
+        ValueError: a permutation's classes have fewer than `MIN_TOKEN_ROWS` positions each (one
+            sequence holds most of them)."""
+    from .discovery import probe_all
+
+    pooled = np.concatenate([german, english])
+    units = np.concatenate([seq_de, seq_en + (int(seq_de.max()) + 1 if len(seq_de) else 0)])
+    ids, sizes = np.unique(units, return_counts=True)
+    out = np.zeros(n_permutations)
+    for i in range(n_permutations):
+        order = np.random.default_rng([seed, TOKEN_PERMUTATION_SALT, i]).permutation(len(ids))
+        filled = np.cumsum(sizes[order])
+        # the first k sequences, k where their positions come closest to half
+        k = int(np.argmin(np.abs(filled[:-1] - len(units) / 2))) + 1 if len(ids) > 1 else 1
+        mask = np.isin(units, ids[order[:k]])
+        pos, neg = pooled[mask], pooled[~mask]
+        n = min(len(pos), len(neg))
+        if n < MIN_TOKEN_ROWS:
+            raise ValueError(f"a permutation of the per-token null leaves {n} positions per class "
+                             f"(at least {MIN_TOKEN_ROWS}): too few sequences; raise activation_examples "
+                             "or probe_samples")
+        stats = probe_all(pos[:n], neg[:n], n, test_size, seed)
+        out[i] = float(np.where(stats["coef"] > 0, stats["f1"], 0.0).max())
+    return out
+
+
 def corpus_activations(fwd: Forward, toks: Sequence[Sequence[int]], crop: tuple[int, int],
                        n_samples: int, col: int, batch_tokens: int, device: str = "cpu",
                        desc: str = "activations", show_progress: bool = True) -> dict:
@@ -439,7 +484,8 @@ def run_step(run, arts: dict) -> dict:
 
     Arrays: `null_german`, `null_english` float64 `[n_null]` (loss change, nats, random
     neurons then German-positive ones, in `result.null.neurons` order); `max_f1_null`
-    float64 `[n_permutations]`; `sequence_f1` float64 `[n_layers, d_mlp]`; with a second
+    float64 `[n_permutations]`; `max_f1_null_per_token` float64 `[min(n_permutations,
+    TOKEN_PERMUTATIONS_MAX)]`; `sequence_f1` float64 `[n_layers, d_mlp]`; with a second
     data set (`result.data`), `<data>_per_token_f1` and `<data>_sequence_f1` float64
     `[n_layers, d_mlp]` (every neuron's probe F1 on it)."""
     import sys
@@ -448,9 +494,10 @@ def run_step(run, arts: dict) -> dict:
     from ..core.errors import ReportError
     from ..core.runner import LANGUAGES, tokenize_examples
     from ..core.stats import METHODS
-    from .discovery import probe_all, rank
+    from .discovery import probe_all, rank, sample_all_neurons
 
     p = run.profile
+    n_token_perm = min(p.permutations, TOKEN_PERMUTATIONS_MAX)
     ctx = run.context
     disc, acts = arts["discovery"], arts["activations"]
     L, d = disc["result"]["n_layers"], disc["result"]["d_mlp"]
@@ -473,7 +520,8 @@ def run_step(run, arts: dict) -> dict:
               "german_positive_neurons": [str(n) for n in german_pos],
               "null_salt": NULL_SALT, "permutation_salt": PERMUTATION_SALT,
               "null_loss_examples": p.null_loss_examples, "null_loss_tokens": p.null_loss_tokens,
-              "permutations": p.permutations, "crop": [p.crop_start, p.crop_end],
+              "permutations": p.permutations, "token_permutations": n_token_perm,
+              "token_permutation_salt": TOKEN_PERMUTATION_SALT, "crop": [p.crop_start, p.crop_end],
               "split_seed": p.seed, "test_size": p.probe_test_size,
               "probe_samples": p.probe_samples, "activation_examples": p.activation_examples,
               "ablations": ABLATIONS, "aggregations": AGGREGATIONS, "holds": HOLDS,
@@ -553,20 +601,50 @@ def run_step(run, arts: dict) -> dict:
                           chunk=de_seq.shape[1])
         maxima = max_f1_null(de_seq, en_seq, p.probe_test_size, p.seed, p.permutations)
         threshold = float(np.quantile(maxima, 1 - FWER_LEVEL))
+        # The same on the per-token probe (module docstring): discovery's samples again, and
+        # the sequence each row comes from.
+        crop = (p.crop_start, p.crop_end)
+        samples = {lang: sample_all_neurons(run.fwd, act_toks[lang][0], crop, p.probe_samples, p.batch_tokens,
+                                            run.cfg.device, desc=f"robustness per-token {lang}",
+                                            show_progress=run.show_progress) for lang in LANGUAGES}
+        rows_seq = {lang: sequence_of_rows(act_toks[lang][0], crop, p.probe_samples) for lang in LANGUAGES}
+        try:
+            tok_maxima = max_f1_null_per_token(samples["german"], samples["english"], rows_seq["german"],
+                                               rows_seq["english"], p.probe_test_size, p.seed, n_token_perm)
+        except ValueError as e:
+            raise ReportError(f"the robustness step's per-token threshold: {e}") from None
+        del samples
+        tok_threshold = float(np.quantile(tok_maxima, 1 - FWER_LEVEL))
+
+        def p_value(f1, null):
+            return float((1 + np.sum(null >= f1)) / (1 + len(null)))
+
         top = []
         for r in disc["result"]["ranked"][:10]:
             c = r["layer"] * d + r["index"]
             f1s = float(stats["f1"][c]) if stats["coef"][c] > 0 else 0.0
+            f1t = float(r.get("vectorised", r)["f1"])  # the null's function: the vectorised fit
             top.append({"neuron": r["neuron"], "per_token_rank": r["rank"], "per_token_f1": r["f1"],
+                        "per_token_f1_vectorised": f1t, "per_token_p_value": p_value(f1t, tok_maxima),
+                        "per_token_above_threshold": f1t > tok_threshold,
                         "sequence_mean_f1": f1s,
                         "sequence_mean_rank": sequence_rank(c, stats),
-                        "p_value": float((1 + np.sum(maxima >= f1s)) / (1 + len(maxima))),
+                        "p_value": p_value(f1s, maxima),
                         "above_threshold": f1s > threshold})
         fwer = {"statistic": "max over all neurons of the sequence-mean probe F1 (German-positive fits)",
                 "permuted": "language labels of whole sequences",
                 "n_permutations": p.permutations, "level": FWER_LEVEL, "threshold": threshold,
                 "n_sequences": {"german": int(len(de_seq)), "english": int(len(en_seq))},
-                "top": top, "per_token": PER_TOKEN_FWER_NOTE}
+                "top": top,
+                "per_token": {
+                    "statistic": "max over all neurons of the per-token probe F1 (German-positive fits, "
+                                 "discovery's vectorised fit)",
+                    "permuted": "language labels of the sequences whose positions make discovery's samples",
+                    "n_permutations": n_token_perm, "threshold": tok_threshold,
+                    "n_sequences": {lang: int(len(np.unique(rows_seq[lang]))) for lang in LANGUAGES},
+                    "n_positions": {lang: int(len(rows_seq[lang])) for lang in LANGUAGES},
+                    "why_fewer": (f"each permutation refits every neuron's probe, so at most "
+                                  f"{TOKEN_PERMUTATIONS_MAX}" if n_token_perm < p.permutations else None)}}
         # Specification curve, the run's corpus.
         d_stats = {k2: run.store.load_array("discovery", k2).reshape(-1)
                    for k2 in ("coef", "f1", "test_acc", "separation")}
@@ -579,6 +657,7 @@ def run_step(run, arts: dict) -> dict:
                                    "rank": sequence_rank(col, stats), "by_f1": f1_rank(col, stats)}}
         specs = specifications(probe, losses, run.corpus)
         arrays = {"null_german": null_de, "null_english": null_en, "max_f1_null": maxima,
+                  "max_f1_null_per_token": tok_maxima,
                   "sequence_f1": stats["f1"].reshape(L, d)}
         by_data = {run.corpus: {"probe": probe, "ablation_values": values,
                                 "n_examples": {lang: len(loss_toks[lang][0]) for lang in LANGUAGES},
