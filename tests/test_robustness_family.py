@@ -94,8 +94,8 @@ def test_per_token_null_permutes_sequences_not_tokens():
     """Ten sequences per language of 30 tokens. Noise columns carry a per-sequence offset (the
     tokens of one text share it) and no language effect; column 7 is a language effect alone.
     Permuting sequence labels, the null's best per-token F1 sits well below column 7's
-    observed F1; each permutation keeps whole sequences together (a token-level shuffle would
-    give the offset columns no edge and the null would be far too low). Seeded."""
+    observed F1. Seeded. (That each permutation keeps whole sequences together is checked
+    below, on the rows the probe receives.)"""
     from analysis.families.discovery import probe_all
 
     rng = np.random.default_rng(1)
@@ -114,33 +114,58 @@ def test_per_token_null_permutes_sequences_not_tokens():
     maxima = max_f1_null_per_token(de, en, seq, seq, 0.2, 0, 19)
     assert maxima.shape == (19,) and np.array_equal(maxima, max_f1_null_per_token(de, en, seq, seq, 0.2, 0, 19))
     assert observed > 0.95 and float(np.quantile(maxima, 0.95)) < observed - 0.1
-    # the per-sequence offsets matter: each token its own unit (a token shuffle) gives a null
-    # far too easy to beat, below the sequence permutation's
-    tokens = max_f1_null_per_token(de, en, np.arange(len(de)), np.arange(len(en)), 0.2, 0, 19)
-    assert float(np.median(maxima)) > float(np.median(tokens))  # 0.70 vs 0.64 (measured)
 
 
-def test_per_token_null_keeps_the_classes_balanced(monkeypatch):
+def test_per_token_null_keeps_the_classes_balanced_and_sequences_whole(monkeypatch):
     """Sequences of unequal length (as WMT's German and KDE4's English): every permutation
-    probes two classes of equal size, about half of the positions each, as discovery's."""
+    probes two classes of equal size within half the longest sequence of half the positions,
+    each made of whole sequences (the larger one cut after its last rows), never sharing one."""
     import analysis.families.discovery as discovery
 
     seen, real = [], discovery.probe_all
 
     def spy(pos, neg, n, *a, **k):
-        seen.append((len(pos), len(neg), n))
+        seen.append((pos[:, 0].copy(), neg[:, 0].copy(), n))
         return real(pos, neg, n, *a, **k)
 
     monkeypatch.setattr(discovery, "probe_all", spy)
     rng = np.random.default_rng(0)
-    seq_de, seq_en = np.repeat(np.arange(4), [90, 80, 60, 20]), np.repeat(np.arange(9), 28)[:250]
+    sizes_de, seq_en = [90, 80, 60, 20], np.repeat(np.arange(9), 28)[:250]
+    seq_de = np.repeat(np.arange(4), sizes_de)
     de, en = rng.normal(size=(250, 5)).astype(np.float32), rng.normal(size=(250, 5)).astype(np.float32)
+    # column 0 names each row's sequence (German 0-3, English 10-18), so the spy sees the units
+    de[:, 0], en[:, 0] = seq_de, 10 + seq_en
+    size = {**dict(enumerate(sizes_de)), **{10 + u: int(c) for u, c in zip(*np.unique(seq_en, return_counts=True), strict=True)}}
     max_f1_null_per_token(de, en, seq_de, seq_en, 0.2, 0, 12)
     assert len(seen) == 12
-    assert all(p == q == n and 250 - 90 <= n <= 250 for p, q, n in seen)
+    for pos, neg, n in seen:
+        assert len(pos) == len(neg) == n and 250 - 45 <= n <= 250
+        assert not set(pos) & set(neg)
+        for rows in (pos, neg):
+            units, counts = np.unique(rows, return_counts=True)
+            cut = rows[-1]  # only the last sequence of a class may be cut
+            assert all(c == size[u] for u, c in zip(units, counts, strict=True) if u != cut)
+            assert all(np.all(np.diff(np.flatnonzero(rows == u)) == 1) for u in units)  # contiguous
+        # at least one class is all whole sequences (the smaller one, uncut)
+        assert any(all(c == size[u] for u, c in zip(*np.unique(r, return_counts=True), strict=True)) for r in (pos, neg))
     # one sequence holding nearly every position: no balanced split, a one-line cause
     with pytest.raises(ValueError, match="too few sequences"):
         max_f1_null_per_token(de, en[:8], np.zeros(250, dtype=int), np.zeros(8, dtype=int), 0.2, 0, 1)
+
+
+def test_fwer_threshold_agrees_with_the_permutation_p_value():
+    """An observed value passes the threshold exactly when its p-value is at most the level,
+    ties included, for several permutation counts; too few permutations give no threshold."""
+    from analysis.families.robustness import fwer_threshold, permutation_p_value
+
+    rng = np.random.default_rng(3)
+    for n in (19, 20, 39, 40, 99):
+        maxima = np.round(rng.uniform(0.5, 0.9, n), 2)  # ties on purpose
+        t = fwer_threshold(maxima, 0.05)
+        for obs in np.concatenate([maxima, np.linspace(0.45, 0.95, 101)]):
+            assert (obs > t) == (permutation_p_value(obs, maxima) <= 0.05), (n, obs, t)
+    assert fwer_threshold(np.array([0.6, 0.7, 0.8]), 0.05) is None
+    assert fwer_threshold(np.array([0.6, 0.7, 0.8]), 0.25) == 0.8
 
 
 def test_the_tiny_report_carries_the_robustness_step_its_figures_and_section(tiny_report):
@@ -150,7 +175,12 @@ def test_the_tiny_report_carries_the_robustness_step_its_figures_and_section(tin
 
     from analysis.core.artifacts import ArtifactStore
     from analysis.core.config import get_profile
-    from analysis.families.robustness import ABLATIONS, AGGREGATIONS
+    from analysis.families.robustness import (
+        ABLATIONS,
+        AGGREGATIONS,
+        fwer_threshold,
+        permutation_p_value,
+    )
 
     res, _, cfg = tiny_report
     art = res["artifacts"]["robustness"]
@@ -174,10 +204,11 @@ def test_the_tiny_report_carries_the_robustness_step_its_figures_and_section(tin
     ft = r["fwer"]["per_token"]
     tok_null = store.load_array("robustness", "max_f1_null_per_token")
     assert len(tok_null) == ft["n_permutations"] == min(p.permutations, 99)
-    assert ft["threshold"] == float(np.quantile(tok_null, 0.95))
+    assert ft["threshold"] == fwer_threshold(tok_null) == float(tok_null.max())  # 19 permutations at 5%
     assert 0 < ft["n_positions"]["german"] <= p.probe_samples and 0 < ft["n_positions"]["english"] <= p.probe_samples
     for row in r["fwer"]["top"]:
-        assert row["per_token_p_value"] == (1 + np.sum(tok_null >= row["per_token_f1_vectorised"])) / (1 + len(tok_null))
+        assert row["per_token_p_value"] == permutation_p_value(row["per_token_f1_vectorised"], tok_null)
+        assert row["per_token_above_threshold"] == (row["per_token_p_value"] <= 0.05)
     # the seed's mean ablation here is the `ablation` step's: the same English mean
     assert r["ablation_values"]["english_mean"] == pytest.approx(r["ablation_step_value"], rel=1e-4)
     names = {f["name"] for f in res["figures"] if f.get("step") == "robustness"}
