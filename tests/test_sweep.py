@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -410,6 +411,8 @@ def test_sweep_report_shows_one_curve_per_model(serial, sweep_report):
         assert needle in html, needle
     if sweep_report["paper_dir"] is None:  # pythia-70m is the real id: the report says how to pass them
         assert "were not available to this report" in html and "--paper-dir DIR" in html
+    # the final ablation in % and in nats (the effect split beside it is in nats)
+    assert re.search(r"raises the German loss by\s+[+−-][0-9.]+% \([+−-][0-9.]+ nats\)", html)
 
 
 def test_sweep_report_overlays_the_authors_curves_and_lists_the_claims(serial, sweep_report, paper_dir):
@@ -518,12 +521,41 @@ def test_a_plain_checkpoint_folder_is_one_task_keyed_by_its_fingerprint(tmp_path
     summary = sweep_summary(tmp_path / "out")
     (m,) = summary["models"]
     assert m["last"]["step"] is None and m["context_neuron"] == art["result"]["best"]["neuron"]
+    # the parameter count is the checkpoint's own, as transformers loads it (not the
+    # TransformerLens bridge's, which adds split q, k, v copies)
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(ckpt)
+    assert art["result"]["model"]["n_params"] == m["n_params"] == sum(p.numel() for p in hf.parameters())
     assert draw_sweep_figures(tmp_path / "out", tmp_path / "figs") == []  # no training step to plot against
     import shutil
 
     moved = shutil.copytree(ckpt, tmp_path / "elsewhere" / "renamed")  # the same weights elsewhere
     res, _ = _run(tmp_path / "out", models=str(moved), neuron="auto")
     assert res["counts"] == {"reused": 1} and res["tasks"][0]["key"] == task["key"]
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "sharded", "pickle"])
+def test_checkpoint_n_params_counts_the_stored_tensors(tmp_path, layout):
+    """One file, shards with their index, or a pickle: the count is the model's parameters
+    (a small GPT-NeoX, untied embeddings), and a folder without weights is refused."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from analysis.core.errors import UsageError
+    from analysis.core.models import checkpoint_n_params
+
+    cfg = GPTNeoXConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=32)
+    model = GPTNeoXForCausalLM(cfg)
+    kw = {"safetensors": {}, "sharded": {"max_shard_size": "20KB"},
+          "pickle": {"safe_serialization": False}}[layout]
+    model.save_pretrained(tmp_path / "m", **kw)
+    names = {f.name for f in (tmp_path / "m").iterdir()}
+    assert (layout == "sharded") == any(n.endswith(".index.json") for n in names)
+    assert checkpoint_n_params(tmp_path / "m") == sum(p.numel() for p in model.parameters())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no weight files"):
+        checkpoint_n_params(tmp_path / "empty")
 
 
 def test_a_model_report_shows_the_sweep_beside_its_own_dynamics(tiny_report, serial, tmp_path):

@@ -170,6 +170,35 @@ def weight_files(path: Path) -> list[Path]:
     return [path / n for n in _weight_layout(path)[0]]
 
 
+def checkpoint_n_params(path: Path) -> int:
+    """How many parameters a checkpoint folder stores: the elements of every tensor in its
+    weight files (`weight_files`; safetensors read from their headers, pickles loaded
+    memory-mapped onto the meta device), each stored tensor once. Counted from the files, not
+    from the loaded TransformerLens bridge, whose GPT-NeoX adapter holds split q, k, v copies
+    beside each layer's fused `query_key_value` (75,154,432 "parameters" for Pythia-70M's
+    70,426,624).
+
+    Raises:
+        UsageError: the folder has no weight files, or an index that is not a weights index.
+    """
+    import math
+
+    files = weight_files(Path(path))
+    if not files:
+        raise UsageError(f"{path} holds no weight files (model.safetensors, pytorch_model.bin or shards)")
+    total = 0
+    for f in files:
+        if f.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(f), "pt") as st:
+                total += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
+        else:
+            state = torch.load(f, map_location="meta", weights_only=True, mmap=True)
+            total += sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
+    return int(total)
+
+
 def missing_shards(path: Path) -> list[str]:
     """The shard files the folder's weights index names but the folder lacks (an
     interrupted or partial download), in order; empty for a complete or unsharded folder.

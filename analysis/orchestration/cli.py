@@ -404,7 +404,8 @@ def sweep(
         typer.echo(f"table: {res['table']['parquet']} ({res['table']['rows']} rows), {res['table']['csv']}")
         if report and res["table"]["rows"]:
             paths = build_sweep_report(res["out"], renderer=renderer, log=log, paper_dir=folder, data_dir=data_dir)
-            typer.echo(f"html: {paths['html']}")
+            for kind in ("html", "pdf"):
+                typer.echo(f"{kind}: {paths[kind]}")
     if c.get("failed"):
         raise typer.Exit(1)
 

@@ -87,6 +87,8 @@ def sweep_summary(out: str | os.PathLike, paper_dir: str | os.PathLike | None = 
                                 "context_f1": ctx_f1[0],
                                 "ablation_german": val("context_ablation_pct", "german")[0],
                                 "ablation_english": val("context_ablation_pct", "english")[0],
+                                "ablation_german_nats": (val("context_ablation_nats", "german") or (None,))[0],
+                                "ablation_english_nats": (val("context_ablation_nats", "english") or (None,))[0],
                                 "loss_german": val("loss", "german")[0], "loss_english": val("loss", "english")[0],
                                 "best_neuron": best[1] if best else None, "best_f1": best[0] if best else None,
                                 # the n-gram measurements (None in a sweep from before them)

@@ -247,6 +247,7 @@ def _measure(spec: dict, base: dict, t0: float) -> dict:
     from ...core.models import (
         _fingerprint_dir,
         _hub_snapshot,
+        checkpoint_n_params,
         delete_cached_weights,
         load_checkpoint,
         load_revision,
@@ -285,7 +286,7 @@ def _measure(spec: dict, base: dict, t0: float) -> dict:
                 model = load_checkpoint(spec["path"], None, device, model_id=spec["model"])
         t_load = time.perf_counter() - t0
         info = model.info
-        n_params = int(sum(p.numel() for p in model.bridge.original_model.parameters()))
+        n_params = checkpoint_n_params(Path(snap) if snap is not None else Path(spec["path"]))
         toks, records = {}, {}
         # the driver's data folder, else (mounted elsewhere here) this worker's own; the
         # sha256 check below holds either to the driver's files
