@@ -269,7 +269,8 @@ def test_robustness_row_passes_and_fails():
 
     def res(context="L2N100", de=0.2, p99=0.01, seq=1, other_tok=1, other_seq=1):
         return {"context_neuron": context, "run_corpus": "seed",
-                "null": {"n_random": 18, "random_p99": {"german": p99}, "context": {"german_nats": de}},
+                "null": {"n_random": 18, "random_p99": {"german": p99}, "context": {"german_nats": de},
+                         "examples": {"german": 8, "english": 8}, "tokens_per_example_max": 64},
                 "data": {"europarl-heldout": {"probe": {"per_token": {"rank": other_tok},
                                                         "sequence_mean": {"rank": other_seq}}},
                          "seed": {"probe": {"per_token": {"rank": 1}, "sequence_mean": {"rank": seq}}}}}
@@ -277,6 +278,8 @@ def test_robustness_row_passes_and_fails():
     n = Neuron(2, 100)
     rows = robustness_rows(n, res())
     assert [r["passed"] for r in rows] == [True] * 4
+    assert [bool(r.get("added_after_first_run")) for r in rows] == [False, True, True, True]
+    assert "8 examples of ≤ 64 tokens" in rows[0]["check"]
     assert sorted(r["check"].split(" (")[0] for r in rows[1:]) == [
         "rank among German-positive neurons, per-token probe on europarl-heldout",
         "rank among German-positive neurons, sequence-mean probe on europarl-heldout",
@@ -368,6 +371,7 @@ def test_default_plant_is_recovered(planted_default):
     # rule (F1 alone ties hundreds of neurons at 1.0 here; printed, the section states it)
     assert [rb["data"][k]["probe"]["sequence_mean"]["rank"] for k in ("seed", "europarl-heldout")] == [1, 1]
     assert all(row["passed"] for row in r["rows"] if row["check"].startswith("rank among"))
+    assert r["n_added_after_first_run"] == 3  # those rank rows, and the summary says so
     print("\nplanted: sequence-mean F1 ties " + ", ".join(
         f"{k}: {v['probe']['sequence_mean']['by_f1']}" for k, v in rb["data"].items()))
     must = rb["planted_must_hold"]
@@ -408,6 +412,7 @@ def test_the_report_calls_it_a_known_answer_control(planted_default):
     assert "Pipeline check, not the finding" not in md
     assert "Planted → recovered. The answer is known here: L3N669 was planted" in md
     assert "14 of the 14 checks that ran pass: the report recovers the planted neuron." in md
+    assert "3 of the rows (the ranks under each probe aggregation" in md
     assert 'pc = load("planted")' in code
 
 

@@ -412,7 +412,7 @@ def test_sweep_report_shows_one_curve_per_model(serial, sweep_report):
     if sweep_report["paper_dir"] is None:  # pythia-70m is the real id: the report says how to pass them
         assert "were not available to this report" in html and "--paper-dir DIR" in html
     # the final ablation in % and in nats (the effect split beside it is in nats)
-    assert re.search(r"raises the German loss by\s+[+−-][0-9.]+% \([+−-][0-9.]+ nats\)", html)
+    assert re.search(r"changes the German loss by\s+[+−-][0-9.]+% \([+−-][0-9.]+ nats\)", html)
 
 
 def test_sweep_report_overlays_the_authors_curves_and_lists_the_claims(serial, sweep_report, paper_dir):

@@ -180,7 +180,8 @@ def recovery_rows(plant: Neuron, rank: int | None, probe: Mapping, ablation: Map
     if robustness is not None:
         rows += robustness_rows(plant, robustness)
     checked = [r["passed"] for r in rows if r["passed"] is not None]
-    return {"rows": rows, "passed": all(checked), "n_passed": sum(checked), "n_checked": len(checked)}
+    return {"rows": rows, "passed": all(checked), "n_passed": sum(checked), "n_checked": len(checked),
+            "n_added_after_first_run": sum(bool(r.get("added_after_first_run")) for r in rows)}
 
 
 def robustness_rows(plant: Neuron, res: Mapping) -> list[dict]:
@@ -213,7 +214,9 @@ def robustness_rows(plant: Neuron, res: Mapping) -> list[dict]:
     de = null["context"]["german_nats"]
     rows = [
         {"check": f"German loss change when mean-ablated vs {null['n_random']} random neurons "
-                  "(nats; null's 99th percentile)",
+                  f"(nats, on the null's {null['examples']['german']} examples of ≤ "
+                  f"{null['tokens_per_example_max']} tokens, not the ablation row's full texts; "
+                  "null's 99th percentile)",
          "measured": de, "target": f"≥ {p99:.4f} (99th percentile of the null)",
          "passed": (de >= p99) if studied else None},
     ]
@@ -228,7 +231,7 @@ def robustness_rows(plant: Neuron, res: Mapping) -> list[dict]:
             rows.append({"check": f"rank among German-positive neurons, {agg.replace('_', '-')} probe on "
                                   f"{name} ({rule})",
                          "measured": rank, "target": "1 (first)",
-                         "passed": (rank == 1) if studied else None})
+                         "passed": (rank == 1) if studied else None, "added_after_first_run": True})
     return rows
 
 
