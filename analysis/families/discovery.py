@@ -30,6 +30,14 @@ VERIFY = 10  # top neurons refitted with sklearn (single_neuron_probe)
 N_STUDIED = 8  # discovered neurons studied when none of the seed's neurons exists in the model
 
 
+def crop_counts(toks: Sequence[Sequence[int]], crop: tuple[int, int]) -> list[int]:
+    """How many positions of each example the crop `crop[0]:crop[1]` keeps (position 0 is
+    BOS; none for an example no longer than the crop start): the rows each example gives
+    `sample_all_neurons`, in example order."""
+    start, end = crop
+    return [max(0, min(end, len(t)) - start) for t in toks]
+
+
 def sample_all_neurons(fwd: Forward, toks: Sequence[Sequence[int]], crop: tuple[int, int],
                        n_samples: int, batch_tokens: int, device: str = "cpu",
                        desc: str = "discovery", show_progress: bool = True) -> np.ndarray:
@@ -38,7 +46,7 @@ def sample_all_neurons(fwd: Forward, toks: Sequence[Sequence[int]], crop: tuple[
     `n_samples` rows only: float32 `[min(n_samples, available), n_layers * d_mlp]`, columns
     layer-major (`layer * d_mlp + index`). Only the examples needed are run."""
     start, end = crop
-    counts = [max(0, min(end, len(t)) - start) for t in toks]
+    counts = crop_counts(toks, crop)
     need, total = 0, 0
     for c in counts:
         if total >= n_samples:

@@ -300,9 +300,9 @@ def sequence_of_rows(toks: Sequence[Sequence[int]], crop: tuple[int, int], n_row
     """The example index of each row of `discovery.sample_all_neurons(toks, crop, n_rows)`
     (example order, then position order; an example contributes its positions in the crop):
     int64 `[min(n_rows, available)]`."""
-    start, end = crop
-    counts = [max(0, min(end, len(t)) - start) for t in toks]
-    return np.repeat(np.arange(len(toks)), counts)[:n_rows]
+    from .discovery import crop_counts
+
+    return np.repeat(np.arange(len(toks)), crop_counts(toks, crop))[:n_rows]
 
 
 def max_f1_null_per_token(german: np.ndarray, english: np.ndarray, seq_de: np.ndarray, seq_en: np.ndarray,
@@ -370,10 +370,11 @@ def corpus_activations(fwd: Forward, toks: Sequence[Sequence[int]], crop: tuple[
         example then position order), `"n_positions": int}`; columns layer-major.
     """
     from ..core.engine import make_batches
+    from .discovery import crop_counts
 
     start, end = crop
     L, d = fwd.w.n_layers, fwd.w.d_mlp
-    counts = [max(0, min(end, len(t)) - start) for t in toks]
+    counts = crop_counts(toks, crop)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
     total = int(offsets[-1])
     keep = min(n_samples, total)
